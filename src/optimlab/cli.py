@@ -1,0 +1,186 @@
+"""The command line: ``optimlab train | data``.
+
+Errors a user can fix are printed as one message, without a traceback, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from optimlab import __version__
+from optimlab.errors import OptimlabError
+from optimlab.models import model_names
+from optimlab.optimizers import hyperparameters, optimizer_names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except OptimlabError as e:
+        print(f"optimlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("optimlab: interrupted; `optimlab train ... --resume` with the same --out continues from "
+              "the last checkpoint", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="optimlab",
+        description="A PyTorch toolkit for optimization in machine learning.",
+    )
+    p.add_argument("--version", action="version", version=f"optimlab {__version__}")
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+
+    t = sub.add_parser(
+        "train", help="train one model with one optimizer",
+        description="Train one model with one optimizer on a named data set; print the test "
+        "accuracy at every evaluation; write metrics (JSON, CSV) and a checkpoint every epoch.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    t.add_argument("--dataset", default="mnist-10k",
+                   help="data set name, e.g. mnist-10k, fashion-mnist, mnist-10k:0,1, "
+                   "lls:n=1000,p=50,cond=1e3 (see `optimlab data list`)")
+    t.add_argument("--model", default="mlp", help=f"one of: {', '.join(model_names())}")
+    t.add_argument("--hidden", type=int, default=None, help="hidden units of the mlp (100)")
+    t.add_argument("--optimizer", default="sgd",
+                   help=f"a name, optionally with hyperparameters, e.g. 'adam(betas=(0.9, 0.99))'; "
+                   f"names: {', '.join(optimizer_names())}")
+    t.add_argument("--lr", type=str, default=None,
+                   help="learning rate (default: torch's default for the optimizer)")
+    t.add_argument("--batch-size", type=int, default=100)
+    budget = t.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, default=None, help="budget in epochs (default 1)")
+    budget.add_argument("--iterations", type=int, default=None, help="budget in iterations")
+    t.add_argument("--eval-every", type=int, default=None,
+                   help="evaluate every N iterations (default: at the end of every epoch)")
+    t.add_argument("--log-every", type=int, default=10,
+                   help="record the training batch loss every K iterations")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--drop-last", action="store_true", help="drop the last, smaller batch")
+    t.add_argument("--no-normalize", action="store_true",
+                   help="scale pixels to [0, 1] only, without the data set's mean and std")
+    t.add_argument("--no-eval-train", action="store_true",
+                   help="evaluate on the test set only (faster)")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    t.add_argument("--data-dir", default=None,
+                   help="folder holding data sets as DATA_DIR/NAME/ (also: OPTIMLAB_DATA)")
+    t.add_argument("--out", default=None,
+                   help="output folder for metrics and checkpoints (default: runs/NAME-OF-RUN)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in --out (an interrupted run ends with "
+                   "exactly the metrics of an uninterrupted one)")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no lines")
+    t.set_defaults(func=_train)
+
+    d = sub.add_parser("data", help="data sets: list, info",
+                       description="Data sets: which exist, where they were found, what is in them.")
+    dsub = d.add_subparsers(title="commands", metavar="COMMAND")
+    dl = dsub.add_parser("list", help="every data set, whether and where it was found",
+                         description="Every data set, whether and where it was found, or how to get it.")
+    dl.add_argument("--data-dir", default=None, help="folder holding data sets as DATA_DIR/NAME/")
+    dl.add_argument("--json", action="store_true", help="machine-readable output")
+    dl.set_defaults(func=_data_list)
+    di = dsub.add_parser("info", help="load a data set and describe it",
+                         description="Load a data set (downloading it if needed) and describe it.")
+    di.add_argument("name", help="data set name, e.g. mnist-10k or mnist-10k:0,1")
+    di.add_argument("--data-dir", default=None)
+    di.set_defaults(func=_data_info)
+    d.set_defaults(func=lambda a: (d.print_help(), 2)[1])
+
+    o = sub.add_parser("optimizers", help="the optimizer names and their hyperparameters",
+                       description="The optimizer names, each with its hyperparameters.")
+    o.set_defaults(func=_optimizers)
+    return p
+
+
+def _train(args: argparse.Namespace) -> int:
+    from optimlab.training import TrainConfig, train
+
+    config = TrainConfig(
+        dataset=args.dataset, model=args.model, optimizer=args.optimizer,
+        lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, iterations=args.iterations,
+        eval_every=args.eval_every, log_every=args.log_every, seed=args.seed,
+        drop_last=args.drop_last, normalize=not args.no_normalize,
+        eval_train=not args.no_eval_train, device=args.device,
+        model_options={"hidden": args.hidden} if args.hidden is not None else {},
+    )
+    out = Path(args.out) if args.out else Path("runs") / _run_name(config)
+
+    def show(row: dict) -> None:
+        if args.quiet or row["step"] == 0:
+            return
+        from tqdm.auto import tqdm
+
+        acc = row["test_accuracy"]
+        acc_text = f"{100 * acc:.2f}" if acc is not None else f"n/a (test loss {row['test_loss']:.6g})"
+        tqdm.write(f"Iteration: {row['step']}. Loss: {row['batch_loss']:.6g}. Accuracy: {acc_text}")
+
+    result = train(config, out=out, resume=args.resume, data_dir=args.data_dir, on_eval=show,
+                   progress=not args.quiet, keep_model=False)
+    final = result.final
+    if result.status == "diverged":
+        print(f"diverged at step {result.diverged_at} (non-finite training loss); "
+              f"metrics up to there in {out}")
+        return 1
+    if not args.quiet:
+        acc = final.get("test_accuracy")
+        summary = f"test accuracy {100 * acc:.2f}%" if acc is not None else \
+            f"test loss {final['test_loss']:.6g}"
+        print(f"done: {result.steps} iterations, {summary}, {result.wall_time:.1f} s on "
+              f"{result.device}; metrics in {out}")
+    return 0
+
+
+def _run_name(config) -> str:
+    opt = config.optimizer.split("(")[0]
+    data = config.dataset.replace(":", "_").replace(",", "-").replace("=", "")
+    return f"{data}-{config.model}-{opt}-lr{config.lr:g}-seed{config.seed}"
+
+
+def _data_list(args: argparse.Namespace) -> int:
+    from optimlab.data import dataset_status
+
+    rows = dataset_status(args.data_dir)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        mark = "found" if r["found"] else "missing"
+        print(f"{r['name']:<{width}}  {mark:<7}  {r['summary']}")
+        print(f"{'':<{width}}           {'at: ' + r['where'] if r['found'] else 'get it: ' + r['how_to_get']}")
+    return 0
+
+
+def _data_info(args: argparse.Namespace) -> int:
+    from optimlab.data import load_dataset
+
+    d = load_dataset(args.name, data_dir=args.data_dir)
+    print(f"{d.name}: {d.task}, {d.num_train} train / {d.num_test} test samples, "
+          f"input shape {d.input_shape}")
+    if d.classes:
+        counts = d.y_train.bincount(minlength=d.num_classes).tolist()
+        print("classes (train count): " + ", ".join(f"{c} ({n})" for c, n in zip(d.classes, counts)))
+    print(f"source: {d.source}")
+    return 0
+
+
+def _optimizers(args: argparse.Namespace) -> int:
+    for name in optimizer_names():
+        hp = ", ".join(f"{k}={v!r}" for k, v in hyperparameters(name).items())
+        print(f"{name:<9} {hp}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

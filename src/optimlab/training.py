@@ -1,0 +1,364 @@
+"""One training run: the loop, evaluation, metrics, checkpoint/resume and the divergence guard.
+
+Steps are counted from 1: step s is the s-th optimizer update, made on batch s. Its batch loss is the
+loss of batch s before the update; an evaluation "at step s" is made after it (step 0: before any).
+A run that meets a non-finite batch loss stops with ``status="diverged"`` and ``diverged_at=s``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from optimlab.data import Dataset, epoch_batches, load_dataset, steps_per_epoch
+from optimlab.devices import resolve_device
+from optimlab.errors import OptimlabError
+from optimlab.models import build_model
+from optimlab.optimizers import OptimizerSpec, build_optimizer, check_lr, default_lr
+from optimlab.runfiles import atomic_save, atomic_write_text, check_writable, load_checkpoint
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = "optimlab.run/1"
+EVAL_BATCH = 4096
+# fields of TrainConfig that may change between a run and its resumption
+RESUMABLE_CHANGES = ("epochs", "iterations", "device")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; the same config and seed give the same numbers (on the CPU).
+
+    Budget: ``epochs`` or ``iterations`` (one of them; one epoch when neither is given).
+    ``eval_every``: evaluate every so many iterations; None evaluates at the end of every epoch.
+    ``log_every``: record the training batch loss every so many iterations.
+    """
+
+    dataset: str = "mnist-10k"
+    model: str = "mlp"
+    optimizer: str = "sgd"
+    lr: float | None = None
+    batch_size: int = 100
+    epochs: int | None = None
+    iterations: int | None = None
+    eval_every: int | None = None
+    log_every: int = 10
+    seed: int = 0
+    drop_last: bool = False
+    normalize: bool = True
+    eval_train: bool = True
+    model_options: dict = field(default_factory=dict)
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        spec = OptimizerSpec.parse(self.optimizer) if isinstance(self.optimizer, str) else None
+        if spec is None:
+            raise OptimlabError(f"optimizer must be a string like 'adam'; got {self.optimizer!r}")
+        self.optimizer = str(spec)
+        self.lr = default_lr(spec.name) if self.lr is None else check_lr(self.lr)
+        for name in ("batch_size", "log_every", "seed"):
+            _check_int(name, getattr(self, name), minimum=0 if name == "seed" else 1)
+        if self.epochs is not None and self.iterations is not None:
+            raise OptimlabError("give the budget as epochs or as iterations, not both")
+        if self.epochs is None and self.iterations is None:
+            self.epochs = 1
+        for name in ("epochs", "iterations", "eval_every"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), minimum=1)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise OptimlabError(f"unknown run settings: {', '.join(unknown)}")
+        return cls(**d)
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise OptimlabError(f"{name} must be an integer >= {minimum}; got {value!r}")
+
+
+@dataclass
+class RunResult:
+    """What a run produced. ``evals``: one dict per evaluation (see :func:`train`); ``train_log``:
+    ``{"step", "epoch", "loss", "lr"}`` every ``log_every`` steps."""
+
+    config: TrainConfig
+    status: str  # "completed" or "diverged"
+    steps: int
+    diverged_at: int | None
+    evals: list[dict]
+    train_log: list[dict]
+    wall_time: float
+    device: str
+    model: nn.Module | None = None
+
+    @property
+    def final(self) -> dict:
+        return self.evals[-1] if self.evals else {}
+
+    def to_dict(self) -> dict:
+        return {
+            "config": self.config.to_dict(), "status": self.status, "steps": self.steps,
+            "diverged_at": self.diverged_at, "wall_time": self.wall_time, "device": self.device,
+            "final": self.final, "evals": self.evals, "train_log": self.train_log,
+        }
+
+
+def loss_function(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Mean cross-entropy over logits for classification; mean of 1/2 (prediction - y)^2 for
+    regression."""
+    if task == "classification":
+        return F.cross_entropy
+    return lambda pred, y: 0.5 * F.mse_loss(pred, y)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str,
+             batch_size: int = EVAL_BATCH) -> tuple[float, float | None]:
+    """Mean loss and accuracy (a fraction; None for regression) of ``model`` on all of (x, y)."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    for start in range(0, x.shape[0], batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        out = model(xb)
+        if task == "classification":
+            loss_sum += F.cross_entropy(out, yb, reduction="sum").double()
+            correct += (out.argmax(dim=1) == yb).sum()
+        else:
+            loss_sum += 0.5 * F.mse_loss(out, yb, reduction="sum").double()
+    model.train(was_training)
+    n = x.shape[0]
+    loss = loss_sum.item() / n
+    return loss, (correct.item() / n if task == "classification" else None)
+
+
+class _Progress:
+    """The state of a run that a checkpoint carries, besides model and optimizer."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.epoch = 0  # completed epochs
+        self.status = "running"
+        self.diverged_at: int | None = None
+        self.evals: list[dict] = []
+        self.train_log: list[dict] = []
+        self.wall_time = 0.0
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load(self, d: dict) -> None:
+        for k in vars(self):
+            setattr(self, k, d[k])
+
+
+def train(
+    config: TrainConfig,
+    out: str | Path | None = None,
+    resume: bool = False,
+    data: Dataset | None = None,
+    data_dir: str | Path | None = None,
+    on_eval: Callable[[dict], None] | None = None,
+    progress: bool = False,
+    keep_model: bool = True,
+) -> RunResult:
+    """Train one model as ``config`` says and return what happened.
+
+    ``out``: folder for ``checkpoint.pt`` (written atomically at the end of every epoch and of the
+    run), ``metrics.json``, ``evals.csv`` and ``train_log.csv``. ``resume``: continue from the
+    checkpoint in ``out`` (a run with no checkpoint starts fresh); it ends with exactly the metrics
+    of an uninterrupted run. ``data``: an already loaded data set (else ``config.dataset`` is loaded).
+    ``on_eval`` is called with every evaluation row: ``step``, ``epoch`` (fractional), ``batch_loss``,
+    ``train_loss``, ``train_accuracy``, ``test_loss``, ``test_accuracy`` (fractions; None for
+    regression or when ``eval_train`` is off), ``lr``, ``wall_time`` (seconds since the start,
+    evaluations included, summed over resumptions).
+    """
+    out = Path(out) if out is not None else None
+    if out is not None:
+        check_writable(out)
+    device = resolve_device(config.device)
+    if data is None:
+        data = load_dataset(config.dataset, data_dir=data_dir, device=device,
+                            normalize=config.normalize)
+    data = data.to(device)
+    n = data.num_train
+    if config.batch_size > n:
+        raise OptimlabError(
+            f"batch size {config.batch_size} is larger than the training set ({n} samples of "
+            f"{data.name}); use at most {n}"
+        )
+    per_epoch = steps_per_epoch(n, config.batch_size, config.drop_last)
+    total = config.iterations if config.iterations is not None else config.epochs * per_epoch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(config.model, data.input_shape, data.num_classes, data.task,
+                            **config.model_options)
+    model.to(device).train()
+    optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr)
+    order = torch.Generator().manual_seed(config.seed)  # the batch order, its own stream
+    state = _Progress()
+    if resume and out is not None and (out / CHECKPOINT).exists():
+        _restore(out / CHECKPOINT, config, model, optimizer, order, state)
+    loss_fn = loss_function(data.task)
+    x, y = data.x_train, data.y_train
+    started = time.perf_counter() - state.wall_time
+
+    def record_eval(batch_loss: float | None) -> None:
+        tr_loss, tr_acc = (evaluate(model, x, y, data.task) if config.eval_train
+                           else (None, None))
+        te_loss, te_acc = evaluate(model, data.x_test, data.y_test, data.task)
+        row = {"step": state.step, "epoch": round(state.step / per_epoch, 6),
+               "batch_loss": batch_loss, "train_loss": tr_loss, "train_accuracy": tr_acc,
+               "test_loss": te_loss, "test_accuracy": te_acc,
+               "lr": optimizer.param_groups[0]["lr"],
+               "wall_time": time.perf_counter() - started}
+        state.evals.append(row)
+        if on_eval is not None:
+            on_eval(row)
+
+    def save() -> None:
+        state.wall_time = time.perf_counter() - started
+        if out is None:
+            return
+        atomic_save({
+            "format": CHECKPOINT_FORMAT, "config": config.to_dict(),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "rng": {"epoch_start": epoch_start, "torch": torch.get_rng_state()},
+            "progress": state.to_dict(),
+        }, out / CHECKPOINT)
+        _write_metrics(out, _result(config, state, device, None))
+
+    if state.step == 0 and not state.evals:
+        record_eval(None)
+    bar = _progress_bar(total, state.step, progress)
+    # the batch-order state the epoch in progress was drawn from: a checkpoint carries it, so that
+    # a resumption mid-epoch draws the same permutation and skips the batches already done
+    epoch_start = order.get_state()
+    while state.status == "running" and state.step < total:
+        epoch_start = order.get_state()
+        batches = epoch_batches(n, config.batch_size, order, config.drop_last, device)
+        skip = state.step - state.epoch * per_epoch  # > 0 only when resuming mid-epoch
+        pending: list[torch.Tensor] = []  # batch losses not yet looked at
+        last_loss = None
+        for i in range(skip, len(batches)):
+            idx = batches[i]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            optimizer.step()
+            pending.append(loss.detach())
+            state.step += 1
+            step = state.step
+            at_eval = config.eval_every is not None and step % config.eval_every == 0
+            last = step == total or i == len(batches) - 1
+            if step % config.log_every == 0 or at_eval or last:
+                batch_loss = last_loss = _flush(pending, state, config.log_every, per_epoch,
+                                    optimizer.param_groups[0]["lr"])
+                bar.update(step - bar.n)
+                if state.status == "diverged":
+                    break
+                bar.set_postfix(loss=f"{batch_loss:.4f}", refresh=False)
+                if at_eval or (step == total and not _evaluated_at(state, step)):
+                    record_eval(batch_loss)
+            if step == total:
+                break
+        else:
+            state.epoch += 1
+            if config.eval_every is None and not _evaluated_at(state, state.step):
+                record_eval(last_loss)
+            epoch_start = order.get_state()
+            save()
+            continue
+        break
+    if state.status == "running":
+        state.status = "completed"
+    bar.close()
+    save()
+    return _result(config, state, device, model if keep_model else None)
+
+
+def _evaluated_at(state: _Progress, step: int) -> bool:
+    return bool(state.evals) and state.evals[-1]["step"] == step
+
+
+def _flush(pending: list[torch.Tensor], state: _Progress, log_every: int, per_epoch: int,
+           lr: float) -> float:
+    """Look at the batch losses since the last look (one device sync): log, detect divergence.
+
+    Returns the last batch loss. On a non-finite loss, marks the run diverged at its step.
+    """
+    values = torch.stack(pending).tolist()
+    first = state.step - len(values) + 1
+    pending.clear()
+    for offset, value in enumerate(values):
+        s = first + offset
+        if not math.isfinite(value):
+            state.status, state.diverged_at, state.step = "diverged", s, s
+            return value
+        if s % log_every == 0:
+            state.train_log.append({"step": s, "epoch": round(s / per_epoch, 6), "loss": value,
+                                    "lr": lr})
+    return values[-1]
+
+
+def _restore(path: Path, config: TrainConfig, model, optimizer, order, state: _Progress) -> None:
+    ckpt = load_checkpoint(path, CHECKPOINT_FORMAT)
+    saved = ckpt["config"]
+    mine = config.to_dict()
+    differ = [k for k in mine if k not in RESUMABLE_CHANGES and saved.get(k) != mine[k]]
+    if differ:
+        details = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {mine[k]!r}" for k in differ)
+        raise OptimlabError(
+            f"{path} belongs to a different run ({details}). Use another --out folder, or resume "
+            "with the same settings (only the budget and the device may change)."
+        )
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    state.load(ckpt["progress"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    order.set_state(ckpt["rng"]["epoch_start"])  # the loop skips the batches of it already done
+    if state.status == "completed":
+        state.status = "running"  # a larger budget continues it; an equal one ends at once
+
+
+def _result(config: TrainConfig, state: _Progress, device, model) -> RunResult:
+    return RunResult(config=config, status=state.status, steps=state.step,
+                     diverged_at=state.diverged_at, evals=list(state.evals),
+                     train_log=list(state.train_log), wall_time=state.wall_time,
+                     device=str(device), model=model)
+
+
+def _write_metrics(out: Path, result: RunResult) -> None:
+    """metrics.json (everything) and evals.csv / train_log.csv (one row per record)."""
+    atomic_write_text(out / "metrics.json", json.dumps(result.to_dict(), indent=1))
+    for name, rows in (("evals.csv", result.evals), ("train_log.csv", result.train_log)):
+        if rows:
+            cols = list(rows[0])
+            lines = [",".join(cols)] + [
+                ",".join("" if r[c] is None else repr(r[c]) for c in cols) for r in rows
+            ]
+            atomic_write_text(out / name, "\n".join(lines) + "\n")
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="it", dynamic_ncols=True,
+                leave=False)
