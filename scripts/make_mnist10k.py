@@ -69,7 +69,7 @@ def stratified_split(labels: np.ndarray, test_size: int, seed: int):
     for i in np.argsort(-(share - n_test), kind="stable")[: test_size - n_test.sum()]:
         n_test[i] += 1
     train, test = [], []
-    for c, k in zip(classes, n_test):
+    for c, k in zip(classes, n_test, strict=True):
         idx = rng.permutation(np.flatnonzero(labels == c))
         test.append(idx[:k])
         train.append(idx[k:])

@@ -158,7 +158,8 @@ def _data_list(args: argparse.Namespace) -> int:
     for r in rows:
         mark = "found" if r["found"] else "missing"
         print(f"{r['name']:<{width}}  {mark:<7}  {r['summary']}")
-        print(f"{'':<{width}}           {'at: ' + r['where'] if r['found'] else 'get it: ' + r['how_to_get']}")
+        detail = f"at: {r['where']}" if r["found"] else f"get it: {r['how_to_get']}"
+        print(f"{'':<{width}}           {detail}")
     return 0
 
 
@@ -170,7 +171,8 @@ def _data_info(args: argparse.Namespace) -> int:
           f"input shape {d.input_shape}")
     if d.classes:
         counts = d.y_train.bincount(minlength=d.num_classes).tolist()
-        print("classes (train count): " + ", ".join(f"{c} ({n})" for c, n in zip(d.classes, counts)))
+        pairs = zip(d.classes, counts, strict=True)
+        print("classes (train count): " + ", ".join(f"{c} ({n})" for c, n in pairs))
     print(f"source: {d.source}")
     return 0
 

@@ -290,9 +290,15 @@ def _parse_lls(options: str) -> dict:
                 f"lls option {item!r} is not KEY=VALUE with KEY in {', '.join(LLS_DEFAULTS)}"
             )
         try:
-            kwargs[key] = type(LLS_DEFAULTS[key])(float(value))
-        except ValueError:
-            raise OptimlabError(f"lls option {key}={value!r} is not a number") from None
+            number = float(value)
+            if isinstance(LLS_DEFAULTS[key], int):
+                if not number.is_integer():
+                    raise ValueError
+                number = int(number)
+        except (ValueError, OverflowError):
+            kind = "an integer" if isinstance(LLS_DEFAULTS[key], int) else "a number"
+            raise OptimlabError(f"lls option {key}={value!r} is not {kind}") from None
+        kwargs[key] = number
     return kwargs
 
 

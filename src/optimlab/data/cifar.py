@@ -30,6 +30,8 @@ def read_cifar10_binary(path: str | Path, num_classes: int = 10) -> tuple[np.nda
         buf = path.read_bytes()
     except FileNotFoundError:
         raise DataFormatError(f"{path}: no such file") from None
+    except OSError as e:
+        raise DataFormatError(f"{path}: cannot be read ({e.strerror or e})") from None
     if len(buf) == 0:
         raise DataFormatError(f"{path}: empty file; expected records of {RECORD_BYTES} bytes")
     if len(buf) % RECORD_BYTES:

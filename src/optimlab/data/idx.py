@@ -8,6 +8,7 @@ An IDX file is a big-endian header -- two zero bytes, a type code, the number of
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def read_idx(path: str | Path, expect_ndim: int | None = None) -> np.ndarray:
         raise DataFormatError(f"{path}: truncated inside the header ({len(buf)} bytes)")
     shape = struct.unpack(f">{ndim}I", buf[4:header])
     dtype = _IDX_TYPES[type_code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow on absurd headers
     got = len(buf) - header
     if got < expected:
         raise DataFormatError(

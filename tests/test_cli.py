@@ -1,0 +1,137 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from optimlab.cli import main
+
+FAST = ["--dataset", "mnist-10k", "--model", "logreg", "--batch-size", "100", "--device", "cpu"]
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "optimlab", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_train_prints_the_seeds_lines_and_writes_metrics(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", *FAST, "--optimizer", "sgd", "--lr", "0.1", "--iterations", "160",
+                 "--eval-every", "80", "--out", str(out), "-q"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 160
+    assert [e["step"] for e in metrics["evals"]] == [0, 80, 160]
+    assert capsys.readouterr().out == ""  # -q: nothing
+    code = main(["train", *FAST, "--lr", "0.1", "--iterations", "160", "--eval-every", "80",
+                 "--out", str(tmp_path / "again")])
+    lines = capsys.readouterr().out.splitlines()
+    expected = [f"Iteration: {e['step']}. Loss: {e['batch_loss']:.6g}. "
+                f"Accuracy: {100 * e['test_accuracy']:.2f}" for e in metrics["evals"][1:]]
+    assert lines[:2] == expected
+    assert lines[2].startswith("done: 160 iterations, test accuracy")
+
+
+def test_help_everywhere(capsys):
+    for args in (["train"], ["data"], ["data", "list"], ["data", "info"], ["optimizers"]):
+        with pytest.raises(SystemExit) as stop:
+            main([*args, "--help"])
+        assert stop.value.code == 0 and "usage: optimlab" in capsys.readouterr().out, args
+    r = run_cli("--help")  # the module entry point, as a real process
+    assert r.returncode == 0 and "train" in r.stdout and "data" in r.stdout
+
+
+def test_data_list_says_what_is_found(tmp_path, capsys):
+    assert main(["data", "list", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"mnist-10k", "mnist", "fashion-mnist", "cifar10", "lls"}
+    assert rows["mnist-10k"]["found"] and rows["mnist-10k"]["where"].endswith("mnist-10k")
+    assert main(["data", "list"]) == 0
+    text = capsys.readouterr().out
+    assert "mnist-10k      found" in text and "at: " in text
+    assert "cifar10        missing" in text or "cifar10        found" in text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "imagenet"], "unknown data set 'imagenet'"),
+        (["--model", "resnet"], "unknown model 'resnet'"),
+        (["--optimizer", "adamm"], "unknown optimizer 'adamm'"),
+        (["--optimizer", "adam(bettas=(0.9, 0.9))"], "no hyperparameter bettas"),
+        (["--lr", "0"], "learning rate must be a finite number > 0; got 0"),
+        (["--lr", "-0.1"], "learning rate must be a finite number > 0"),
+        (["--lr", "fast"], "learning rate 'fast' is not a number"),
+        (["--lr", "nan"], "learning rate must be a finite number > 0"),
+        (["--batch-size", "0"], "batch_size must be an integer >= 1"),
+        (["--batch-size", "8001"], "larger than the training set (8000 samples"),
+        (["--dataset", "mnist-10k:3"], "at least two distinct classes"),
+        (["--model", "cnn", "--dataset", "lls"], "use one of: linear"),
+    ],
+)
+def test_bad_input_is_one_clear_message(args, message, tmp_path, capsys):
+    code = main(["train", "--iterations", "1", "--out", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("optimlab: error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_missing_data_and_no_network_says_where_it_looked(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_cli("train", "--dataset", "mnist", "--out", str(tmp_path / "o"),
+                "--data-dir", str(tmp_path / "mine"),
+                env={"OPTIMLAB_SYSTEM_DATA": str(empty), "XDG_CACHE_HOME": str(empty),
+                     "OPTIMLAB_OFFLINE": "1"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    for place in (tmp_path / "mine" / "mnist", empty / "optimlab" / "mnist", empty / "mnist"):
+        assert str(place) in r.stderr
+    assert "How to get it" in r.stderr
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = run_cli("train", *FAST, "--iterations", "1", "--out", str(blocker / "out"))
+    assert r.returncode == 2 and "cannot write to the output folder" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_run_killed_mid_way_is_finished_by_resume_with_nothing_lost(tmp_path):
+    """A real process, SIGKILLed after a few checkpoints, then `--resume`d."""
+    args = [*FAST, "--optimizer", "adam", "--lr", "1e-3", "--epochs", "40", "--log-every", "20",
+            "--no-eval-train", "-q"]
+    whole = run_cli("train", *args, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "optimlab", "train", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    epoch = 0
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            epoch = torch.load(out / "checkpoint.pt", weights_only=True)["progress"]["epoch"]
+        except Exception:  # not written yet, or being replaced: look again
+            epoch = 0
+        if epoch >= 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    # metrics.json follows the checkpoint; the kill may land between the two writes
+    cut = json.loads((out / "metrics.json").read_text())
+    assert cut["status"] == "running" and 2 <= cut["steps"] // 80 < 40
+    resumed = run_cli("train", *args, "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    b = json.loads((out / "metrics.json").read_text())
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_time"} for r in rows]  # noqa: E731
+    assert b["status"] == "completed" and b["steps"] == a["steps"] == 40 * 80
+    assert strip(b["evals"]) == strip(a["evals"]) and b["train_log"] == a["train_log"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
