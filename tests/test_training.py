@@ -215,9 +215,28 @@ def test_bad_runs_are_refused(digits, tmp_path):
         train(TrainConfig(model="resnet", device="cpu"), data=digits)
     with pytest.raises(OptimlabError, match="unknown data set 'imagenet'"):
         train(TrainConfig(dataset="imagenet", device="cpu"))
+    with pytest.raises(OptimlabError, match="resume needs the output folder"):
+        train(TrainConfig(device="cpu"), data=digits, resume=True)
     with pytest.raises(OptimlabError, match="unknown device"):
         train(TrainConfig(device="gpu7"), data=digits)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(OptimlabError, match="cannot write to the output folder"):
         train(TrainConfig(device="cpu"), data=digits, out=blocker / "out")
+
+
+FASHION = pytest.mark.skipif(
+    __import__("optimlab.data", fromlist=["locate"]).locate("fashion-mnist") is None,
+    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)",
+)
+
+
+@FASHION
+def test_full_fashion_mnist_is_read_normalized_and_learnt():
+    data = load_dataset("fashion-mnist")
+    assert (data.num_train, data.num_test, data.input_shape) == (60000, 10000, (1, 28, 28))
+    assert data.y_train.bincount().tolist() == [6000] * 10  # the published class balance
+    assert abs(data.x_train.mean().item()) < 1e-3 and abs(data.x_train.std().item() - 1) < 1e-3
+    r = train(TrainConfig(dataset="fashion-mnist", model="logreg", optimizer="adam", lr=1e-3,
+                          batch_size=128, epochs=1, eval_train=False, device="cpu"), data=data)
+    assert r.final["test_accuracy"] > 0.80  # about 0.84 after 7 epochs

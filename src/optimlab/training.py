@@ -28,7 +28,7 @@ from optimlab.runfiles import atomic_save, atomic_write_text, check_writable, lo
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "optimlab.run/1"
-EVAL_BATCH = 4096
+EVAL_BATCH = 1024  # bounds the memory of a CNN evaluation (1024 x 64 x 32 x 32 floats)
 # fields of TrainConfig that may change between a run and its resumption
 RESUMABLE_CHANGES = ("epochs", "iterations", "device")
 
@@ -189,6 +189,8 @@ def train(
     evaluations included, summed over resumptions).
     """
     out = Path(out) if out is not None else None
+    if resume and out is None:
+        raise OptimlabError("resume needs the output folder of the run to continue (out=...)")
     if out is not None:
         check_writable(out)
     device = resolve_device(config.device)
