@@ -135,3 +135,21 @@ def test_a_run_killed_mid_way_is_finished_by_resume_with_nothing_lost(tmp_path):
     assert b["status"] == "completed" and b["steps"] == a["steps"] == 40 * 80
     assert strip(b["evals"]) == strip(a["evals"]) and b["train_log"] == a["train_log"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_a_corrupt_data_file_is_named_in_one_message(tmp_path, capsys):
+    import numpy as np
+
+    from optimlab.data import write_idx
+
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    write_idx(folder / "train-images-idx3-ubyte.gz", np.zeros((4, 28, 28), np.uint8))
+    write_idx(folder / "train-labels-idx1-ubyte.gz", np.array([0, 1, 2, 12], np.uint8))
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", np.zeros((2, 28, 28), np.uint8))
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x00\x00\x08\x01\x00\x00")
+    code = main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out",
+                 str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert str(folder / "train-labels-idx1-ubyte.gz") in err and "label 12 at index 3" in err
