@@ -166,6 +166,14 @@ def test_a_longer_budget_continues_a_finished_run_mid_epoch(digits, tmp_path):
     assert again.steps == 70 and no_time(again.evals) == no_time(more.evals)
 
 
+def test_partial_files_of_a_killed_write_are_cleaned_up(digits, tmp_path):
+    leftover = tmp_path / ".checkpoint.pt.abc123.partial"
+    leftover.write_bytes(b"half a checkpoint")
+    train(TrainConfig(model="logreg", lr=0.1, iterations=3, device="cpu"), data=digits, out=tmp_path,
+          resume=True)
+    assert not leftover.exists() and (tmp_path / CHECKPOINT).exists()
+
+
 def test_the_checkpoint_loads_with_weights_only(digits, tmp_path):
     train(TrainConfig(model="logreg", lr=0.1, epochs=1, device="cpu"), data=digits, out=tmp_path)
     ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)

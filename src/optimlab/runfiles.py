@@ -16,6 +16,14 @@ import torch
 
 from optimlab.errors import OptimlabError
 
+TEMP_SUFFIX = ".partial"
+
+
+def remove_partial_files(folder: Path) -> None:
+    """Delete what a write killed half-way left behind (``.NAME.*.partial``) in ``folder``."""
+    for leftover in folder.glob(f".*{TEMP_SUFFIX}"):
+        leftover.unlink(missing_ok=True)
+
 
 def check_writable(folder: Path) -> None:
     """Create ``folder`` if needed and make sure a file can be written there, or raise a clear error."""
@@ -31,7 +39,7 @@ def check_writable(folder: Path) -> None:
 
 
 def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -24,7 +24,13 @@ from optimlab.devices import resolve_device
 from optimlab.errors import OptimlabError
 from optimlab.models import build_model
 from optimlab.optimizers import OptimizerSpec, build_optimizer, check_lr, default_lr
-from optimlab.runfiles import atomic_save, atomic_write_text, check_writable, load_checkpoint
+from optimlab.runfiles import (
+    atomic_save,
+    atomic_write_text,
+    check_writable,
+    load_checkpoint,
+    remove_partial_files,
+)
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "optimlab.run/1"
@@ -176,6 +182,8 @@ def train(
     on_eval: Callable[[dict], None] | None = None,
     progress: bool = False,
     keep_model: bool = True,
+    resume_from: dict | None = None,
+    on_checkpoint: Callable[[dict, RunResult], None] | None = None,
 ) -> RunResult:
     """Train one model as ``config`` says and return what happened.
 
@@ -187,36 +195,35 @@ def train(
     ``train_loss``, ``train_accuracy``, ``test_loss``, ``test_accuracy`` (fractions; None for
     regression or when ``eval_train`` is off), ``lr``, ``wall_time`` (seconds since the start,
     evaluations included, summed over resumptions).
+
+    Without a folder: ``on_checkpoint(checkpoint, result_so_far)`` receives the checkpoint (a dict
+    of tensors and plain values) at the same moments, and ``resume_from`` continues from one.
     """
     out = Path(out) if out is not None else None
     if resume and out is None:
         raise OptimlabError("resume needs the output folder of the run to continue (out=...)")
     if out is not None:
         check_writable(out)
+        remove_partial_files(out)
+        if resume and (out / CHECKPOINT).exists():
+            resume_from = load_checkpoint(out / CHECKPOINT, CHECKPOINT_FORMAT)
+        on_checkpoint = _folder_writer(out, on_checkpoint)
     device = resolve_device(config.device)
     if data is None:
         data = load_dataset(config.dataset, data_dir=data_dir, device=device,
                             normalize=config.normalize)
     data = data.to(device)
     n = data.num_train
-    if config.batch_size > n:
-        raise OptimlabError(
-            f"batch size {config.batch_size} is larger than the training set ({n} samples of "
-            f"{data.name}); use at most {n}"
-        )
+    check_batch_size(config.batch_size, data)
     per_epoch = steps_per_epoch(n, config.batch_size, config.drop_last)
-    total = config.iterations if config.iterations is not None else config.epochs * per_epoch
+    total = total_steps(config, per_epoch)
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = build_model(config.model, data.input_shape, data.num_classes, data.task,
-                            **config.model_options)
-    model.to(device).train()
+    model = init_model(config, data).to(device).train()
     optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr)
     order = torch.Generator().manual_seed(config.seed)  # the batch order, its own stream
     state = _Progress()
-    if resume and out is not None and (out / CHECKPOINT).exists():
-        _restore(out / CHECKPOINT, config, model, optimizer, order, state)
+    if resume_from is not None:
+        _restore(resume_from, config, model, optimizer, order, state)
     loss_fn = loss_function(data.task)
     x, y = data.x_train, data.y_train
     started = time.perf_counter() - state.wall_time
@@ -236,15 +243,14 @@ def train(
 
     def save() -> None:
         state.wall_time = time.perf_counter() - started
-        if out is None:
+        if on_checkpoint is None:
             return
-        atomic_save({
+        on_checkpoint({
             "format": CHECKPOINT_FORMAT, "config": config.to_dict(),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "rng": {"epoch_start": epoch_start, "torch": torch.get_rng_state()},
             "progress": state.to_dict(),
-        }, out / CHECKPOINT)
-        _write_metrics(out, _result(config, state, device, None))
+        }, _result(config, state, device, None))
 
     if state.step == 0 and not state.evals:
         record_eval(None)
@@ -295,6 +301,38 @@ def train(
     return _result(config, state, device, model if keep_model else None)
 
 
+def check_batch_size(batch_size: int, data: Dataset) -> None:
+    if batch_size > data.num_train:
+        raise OptimlabError(
+            f"batch size {batch_size} is larger than the training set ({data.num_train} samples of "
+            f"{data.name}); use at most {data.num_train}"
+        )
+
+
+def total_steps(config: TrainConfig, per_epoch: int) -> int:
+    """The run's budget in steps."""
+    return config.iterations if config.iterations is not None else config.epochs * per_epoch
+
+
+def init_model(config: TrainConfig, data: Dataset) -> nn.Module:
+    """The model of ``config``, initialized after ``torch.manual_seed(config.seed)`` (on the CPU),
+    leaving the global RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return build_model(config.model, data.input_shape, data.num_classes, data.task,
+                           **config.model_options)
+
+
+def _folder_writer(out: Path, also: Callable | None) -> Callable[[dict, RunResult], None]:
+    def write(ckpt: dict, result: RunResult) -> None:
+        atomic_save(ckpt, out / CHECKPOINT)
+        _write_metrics(out, result)
+        if also is not None:
+            also(ckpt, result)
+
+    return write
+
+
 def _evaluated_at(state: _Progress, step: int) -> bool:
     return bool(state.evals) and state.evals[-1]["step"] == step
 
@@ -319,15 +357,16 @@ def _flush(pending: list[torch.Tensor], state: _Progress, log_every: int, per_ep
     return values[-1]
 
 
-def _restore(path: Path, config: TrainConfig, model, optimizer, order, state: _Progress) -> None:
-    ckpt = load_checkpoint(path, CHECKPOINT_FORMAT)
+def _restore(ckpt: dict, config: TrainConfig, model, optimizer, order, state: _Progress) -> None:
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise OptimlabError(f"not a checkpoint of one run (format {ckpt.get('format')!r})")
     saved = ckpt["config"]
     mine = config.to_dict()
     differ = [k for k in mine if k not in RESUMABLE_CHANGES and saved.get(k) != mine[k]]
     if differ:
         details = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {mine[k]!r}" for k in differ)
         raise OptimlabError(
-            f"{path} belongs to a different run ({details}). Use another --out folder, or resume "
+            f"the checkpoint belongs to a different run ({details}). Use another --out folder, or resume "
             "with the same settings (only the budget and the device may change)."
         )
     model.load_state_dict(ckpt["model"])
