@@ -1,0 +1,135 @@
+"""The ``processes`` executor: N worker processes train units; this process stores what they report.
+
+Each worker gets one unit at a time on its own queue and sends back, on a shared queue, a message at
+every checkpoint. A worker that dies (killed, out of memory) is replaced; its unit goes back to the
+queue until it has been tried ``max_attempts`` times, then its runs are recorded as failed and the
+study goes on. Workers end themselves when the driving process is gone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing as mp
+import os
+import queue
+import signal
+import sys
+import traceback
+
+from optimlab.errors import OptimlabError
+from optimlab.study.spec import ExecutorSpec
+from optimlab.study.units import Unit, train_unit
+
+POLL_S = 0.2
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to kill this worker when its parent dies (else: checked at every message)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _worker(inbox, outbox, parent: int, threads: int, data_dir: str | None) -> None:
+    _die_with_parent(parent)
+    import torch
+
+    torch.set_num_threads(threads)
+    while True:
+        task = inbox.get()
+        if task is None:
+            return
+        unit, tag = Unit.from_message(task["unit"]), (task["unit_key"], task["attempt"])
+
+        def emit(checkpoint: bytes, results: list[dict], finished: bool, tag=tag) -> None:
+            if os.getppid() != parent:
+                os._exit(1)
+            outbox.put(("progress", tag, checkpoint, results, finished))
+
+        try:
+            train_unit(unit, task["checkpoint"], emit, data_dir=data_dir)
+        except Exception as e:  # reported to the driver, which records it
+            fatal = isinstance(e, OptimlabError)
+            outbox.put(("error", tag, traceback.format_exc(), fatal))
+
+
+class _Slot:
+    def __init__(self, ctx, outbox, threads: int, data_dir: str | None):
+        self.inbox = ctx.Queue()
+        self.process = ctx.Process(target=_worker, daemon=True,
+                                   args=(self.inbox, outbox, os.getpid(), threads, data_dir))
+        self.process.start()
+        self.unit: Unit | None = None
+
+
+def run_in_processes(units: list[Unit], store, board, executor: ExecutorSpec,
+                     data_dir: str | None) -> None:
+    ctx = mp.get_context("spawn")
+    outbox = ctx.Queue()
+    n = min(executor.workers, max(1, len(units)))
+    threads = max(1, (os.cpu_count() or 1) // n)
+    slots = [_Slot(ctx, outbox, threads, data_dir) for _ in range(n)]
+    todo = list(units)
+    attempts = {u.key: 0 for u in units}
+    by_key = {u.key: u for u in units}
+    try:
+        while todo or any(s.unit for s in slots):
+            for i, slot in enumerate(slots):
+                if slot.unit is not None and not slot.process.is_alive():
+                    _lost(slot, board, executor, attempts, todo)
+                if not slot.process.is_alive():
+                    slots[i] = slot = _Slot(ctx, outbox, threads, data_dir)
+                if slot.unit is None and todo:
+                    slot.unit = todo.pop(0)
+                    attempts[slot.unit.key] += 1
+                    checkpoint = store.start_unit(slot.unit.key, slot.unit.run_ids,
+                                                  worker=slot.process.pid)
+                    slot.inbox.put({"unit": slot.unit.to_message(), "unit_key": slot.unit.key,
+                                    "attempt": attempts[slot.unit.key], "checkpoint": checkpoint})
+            try:
+                msg = outbox.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+            kind, (key, attempt) = msg[0], msg[1]
+            slot = next((s for s in slots if s.unit is not None and s.unit.key == key), None)
+            if slot is None or attempt != attempts[key]:  # from a worker already given up on
+                continue
+            if kind == "progress":
+                _, _, checkpoint, results, finished = msg
+                board.commit(by_key[key], checkpoint, results, finished)
+                if finished:
+                    slot.unit = None
+            else:
+                _, _, error, fatal = msg
+                if fatal:
+                    raise OptimlabError(error.strip().splitlines()[-1].partition(": ")[2] or error)
+                retry = attempts[key] < executor.max_attempts
+                board.failed(slot.unit, error, retry)
+                if retry:
+                    todo.append(slot.unit)
+                slot.unit = None
+    finally:
+        for slot in slots:
+            if slot.process.is_alive():
+                slot.inbox.put(None)
+        for slot in slots:
+            slot.process.join(timeout=5)
+            if slot.process.is_alive():
+                slot.process.kill()
+
+
+def _lost(slot: _Slot, board, executor: ExecutorSpec, attempts: dict, todo: list) -> None:
+    """A worker died holding a unit: retry the unit or record its runs as failed."""
+    unit = slot.unit
+    code = slot.process.exitcode
+    why = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+    retry = attempts[unit.key] < executor.max_attempts
+    board.failed(unit, f"worker process {slot.process.pid} died ({why}) while training runs "
+                 f"{unit.run_ids} (attempt {attempts[unit.key]} of {executor.max_attempts})", retry)
+    if retry:
+        todo.append(unit)
+    slot.unit = None

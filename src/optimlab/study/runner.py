@@ -1,0 +1,161 @@
+"""Running a study: plan the units of work still to do, hand them to an executor, store what comes back.
+
+Executors: ``sequential`` (one run after another, in this process: the reference), ``vectorized``
+(groups of runs trained together, in this process), ``processes`` (N worker processes, each training
+whole runs or groups) and ``ray`` (the same units as Ray tasks, on a local Ray or a cluster). Whatever
+the executor, only this process writes the store, one transaction per checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from optimlab.errors import OptimlabError
+from optimlab.study.spec import ExecutorSpec, StudySpec, check_executor, load_study
+from optimlab.study.store import StudyStore
+from optimlab.study.units import Unit, plan_units, train_unit
+
+DB_NAME = "study.db"
+
+
+@dataclass
+class StudyOutcome:
+    """Counts of the runs of a study after :func:`run_study`, and where its store is."""
+
+    store: Path
+    completed: int
+    diverged: int
+    failed: int
+    pending: int
+    wall_time: float
+
+
+def run_study(
+    study: str | Path | StudySpec,
+    out: str | Path | None = None,
+    executor: ExecutorSpec | None = None,
+    extend: bool = False,
+    data_dir: str | None = None,
+    progress: bool = False,
+    verbose: bool = False,
+) -> StudyOutcome:
+    """Run every run of ``study`` that is not finished yet; return the counts.
+
+    ``out``: the study's folder (default ``runs/<name>``), holding ``study.db``. Runs already
+    completed (or diverged) are skipped; runs interrupted continue from their last checkpoint.
+    ``executor`` overrides the study file's ``[executor]``.
+    """
+    spec = study if isinstance(study, StudySpec) else load_study(study)
+    executor = check_executor(executor or spec.executor)
+    out = Path(out) if out is not None else Path("runs") / spec.name
+    store = StudyStore.create(out / DB_NAME, spec, extend=extend)
+    started = time.perf_counter()
+    try:
+        store.reset_interrupted()
+        todo = [r for r in store.runs() if r["status"] in ("pending", "running", "failed")]
+        units = plan_units(todo, groups=executor.unit_kind == "groups")
+        board = _Board(store, len(store.runs()), progress, verbose)
+        if executor.kind in ("sequential", "vectorized"):
+            _run_here(units, store, board, data_dir)
+        elif executor.kind == "processes":
+            from optimlab.study.processes import run_in_processes
+
+            run_in_processes(units, store, board, executor, data_dir)
+        else:
+            from optimlab.study.ray_executor import run_on_ray
+
+            run_on_ray(units, store, board, executor, data_dir)
+        board.close()
+        counts = {s: len(store.runs(s)) for s in ("completed", "diverged", "failed", "pending")}
+    finally:
+        store.close()
+    return StudyOutcome(store=out / DB_NAME, wall_time=time.perf_counter() - started, **counts)
+
+
+def _run_here(units: list[Unit], store: StudyStore, board: _Board, data_dir: str | None) -> None:
+    for unit in units:
+        checkpoint = store.start_unit(unit.key, unit.run_ids)
+        try:
+            train_unit(unit, checkpoint, board.receiver(unit), data_dir=data_dir)
+        except OptimlabError:
+            raise
+        except Exception:  # a bug or a resource error in one unit: record it, go on
+            board.failed(unit, traceback.format_exc(), retry=False)
+
+
+class _Board:
+    """Writes what units report to the store, and keeps the progress bar and lines up to date."""
+
+    def __init__(self, store: StudyStore, total: int, progress: bool, verbose: bool):
+        from tqdm.auto import tqdm
+
+        self.store, self.verbose = store, verbose
+        runs = store.runs()
+        self.done = sum(r["status"] in ("completed", "diverged", "failed") for r in runs)
+        self.diverged = sum(r["status"] == "diverged" for r in runs)
+        self.failed_runs = sum(r["status"] == "failed" for r in runs)
+        self.total = total
+        self.bar = tqdm(total=total, initial=self.done, unit="run", disable=not progress,
+                        dynamic_ncols=True)
+        self._postfix()
+
+    def _postfix(self) -> None:
+        self.bar.set_postfix(diverged=self.diverged, failed=self.failed_runs, refresh=False)
+
+    def receiver(self, unit: Unit):
+        def emit(checkpoint: bytes, results: list[dict], finished: bool) -> None:
+            self.commit(unit, checkpoint, results, finished)
+
+        return emit
+
+    def commit(self, unit: Unit, checkpoint: bytes, results: list[dict], finished: bool) -> None:
+        self.store.commit(unit.key, unit.run_ids, checkpoint or None, results, finished)
+        if finished:
+            for config, r in zip(unit.configs, results, strict=True):
+                self.done += 1
+                self.diverged += r["status"] == "diverged"
+                if self.verbose:
+                    self.bar.write(self._line(config, r))
+            self.bar.update(len(results))
+            self._postfix()
+
+    def failed(self, unit: Unit, error: str, retry: bool) -> None:
+        self.store.fail(unit.run_ids, error, retry)
+        if not retry:
+            self.failed_runs += len(unit.run_ids)
+            self.done += len(unit.run_ids)
+            self.bar.update(len(unit.run_ids))
+            self._postfix()
+        if self.verbose or not retry:
+            last = error.strip().splitlines()[-1] if error.strip() else "unknown error"
+            self.bar.write(f"{'retrying' if retry else 'failed'}: runs {unit.run_ids}: {last}")
+
+    def _line(self, config, r: dict) -> str:
+        final = r["evals"][-1] if r["evals"] else {}
+        acc = final.get("test_accuracy")
+        what = (f"diverged at step {r['diverged_at']}" if r["status"] == "diverged" else
+                f"test accuracy {acc:.4f}" if acc is not None else f"test loss {final.get('test_loss')}")
+        return (f"[{self.done}/{self.total}] {config.optimizer} lr={config.lr:g} seed={config.seed}: "
+                f"{what}, {r['wall_time']:.1f} s")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def executor_from_options(spec: StudySpec, kind: str | None, workers: int | None,
+                          address: str | None) -> ExecutorSpec:
+    """The study file's executor with the command line's overrides."""
+    changes = {k: v for k, v in (("kind", kind), ("workers", workers), ("address", address))
+               if v is not None}
+    if "kind" in changes and spec.executor.kind != changes["kind"]:
+        changes.setdefault("units", None)  # the new kind's own default
+    return check_executor(dataclasses.replace(spec.executor, **changes))
+
+
+def default_workers() -> int:
+    return max(1, (os.cpu_count() or 2))

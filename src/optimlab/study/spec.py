@@ -1,0 +1,231 @@
+"""The study file: a TOML description of optimizers x learning rates x seeds on one task, validated.
+
+    name = "optimizers-mlp"
+    dataset = "mnist-10k"
+    model = "mlp"
+    batch_size = 100
+    iterations = 3000            # or: epochs = 20
+    eval_every = 500             # optional; default: every epoch
+    optimizers = ["sgd", "momentum", { name = "adam", learning_rates = [1e-3] }]
+    learning_rates = [0.1]       # or: { from = 1e-5, to = 1e-1, count = 5 } (log-spaced)
+    seeds = [0, 1, 2]
+
+    [model_options]
+    hidden = 100
+
+    [executor]
+    kind = "vectorized"          # sequential | vectorized | processes | ray
+    workers = 2                  # processes / ray
+    units = "groups"             # what one worker trains: "runs" or "groups" (vectorized)
+    address = "auto"             # ray: a cluster address; default: a local Ray
+    max_attempts = 2             # tries per unit when a worker dies
+
+Every error names the field, what was wrong and what is valid; a malformed file gives the line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from optimlab.errors import OptimlabError
+from optimlab.optimizers import OptimizerSpec, check_lr
+from optimlab.training import TrainConfig
+
+EXECUTORS = ("sequential", "vectorized", "processes", "ray")
+UNITS = ("runs", "groups")
+# fields of the study file -> what they are
+FIELDS = {
+    "name": "the study's name",
+    "dataset": "a data set name (optimlab data list)",
+    "model": "logreg, mlp, cnn or linear",
+    "model_options": "a table of model options, e.g. hidden = 100",
+    "batch_size": "an integer >= 1",
+    "epochs": "the budget in epochs",
+    "iterations": "the budget in iterations",
+    "eval_every": "evaluate every N iterations (default: every epoch)",
+    "log_every": "record the training loss every K iterations (default 10)",
+    "drop_last": "true or false",
+    "normalize": "true or false",
+    "eval_train": "true or false",
+    "device": "auto, cpu, cuda, cuda:N",
+    "optimizers": "a list of names, name(hyperparameters) or {name, learning_rates} tables",
+    "learning_rates": "a list of numbers > 0, or {from, to, count}",
+    "seeds": "a list of integers >= 0",
+    "executor": "a table: kind, workers, units, address, max_attempts",
+}
+EXECUTOR_FIELDS = ("kind", "workers", "units", "address", "max_attempts")
+# settings shared by every run of the study (the rest of a run is optimizer, lr, seed)
+SHARED = ("dataset", "model", "model_options", "batch_size", "epochs", "iterations", "eval_every",
+          "log_every", "drop_last", "normalize", "eval_train")
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    kind: str = "vectorized"
+    workers: int = 2
+    units: str | None = None  # None: "groups" for vectorized, "runs" otherwise
+    address: str | None = None
+    max_attempts: int = 2
+
+    @property
+    def unit_kind(self) -> str:
+        return self.units or ("groups" if self.kind == "vectorized" else "runs")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated study. ``grid`` is the list of (optimizer, lr, seed), in file order."""
+
+    name: str
+    shared: dict
+    grid: tuple[tuple[str, float, int], ...]
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec)
+    device: str = "auto"
+    text: str = ""
+
+    def configs(self) -> list[TrainConfig]:
+        """One :class:`TrainConfig` per run of the grid."""
+        return [TrainConfig(**self.shared, optimizer=o, lr=lr, seed=s, device=self.device)
+                for o, lr, s in self.grid]
+
+    def definition(self) -> str:
+        """What makes two study files the same study (not the executor, not the device)."""
+        return json.dumps({"name": self.name, "shared": self.shared, "grid": self.grid},
+                          sort_keys=True)
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Read and validate a study file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise OptimlabError(f"cannot read the study file {path}: {e.strerror or e}") from None
+    return parse_study(text, str(path))
+
+
+def parse_study(text: str, source: str = "<study>") -> StudySpec:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise OptimlabError(f"{source}: malformed TOML: {e}") from None
+
+    def fail(message: str) -> OptimlabError:
+        return OptimlabError(f"{source}: {message}")
+
+    unknown = sorted(set(doc) - set(FIELDS))
+    if unknown:
+        raise fail(f"unknown field {', '.join(map(repr, unknown))}; valid fields: {', '.join(FIELDS)}")
+    for required in ("name", "dataset", "model", "optimizers", "learning_rates", "seeds"):
+        if required not in doc:
+            raise fail(f"missing field {required!r} ({FIELDS[required]})")
+    name = doc["name"]
+    if not isinstance(name, str) or not name.strip() or "/" in name:
+        raise fail(f"name must be a non-empty string without '/'; got {name!r}")
+    default_lrs = _learning_rates(doc["learning_rates"], "learning_rates", fail)
+    seeds = doc["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
+    ):
+        raise fail(f"seeds must be a non-empty list of integers >= 0; got {seeds!r}")
+    optimizers = doc["optimizers"]
+    if not isinstance(optimizers, list) or not optimizers:
+        raise fail(f"optimizers must be a non-empty list ({FIELDS['optimizers']}); got {optimizers!r}")
+    grid = []
+    for i, entry in enumerate(optimizers):
+        where = f"optimizers[{i}]"
+        lrs = default_lrs
+        if isinstance(entry, dict):
+            extra = sorted(set(entry) - {"name", "learning_rates"})
+            if extra or "name" not in entry:
+                raise fail(f"{where}: a table takes name and learning_rates; got {sorted(entry)}")
+            if "learning_rates" in entry:
+                lrs = _learning_rates(entry["learning_rates"], f"{where}.learning_rates", fail)
+            entry = entry["name"]
+        if not isinstance(entry, str):
+            raise fail(f"{where}: expected a name like 'adam' or 'adam(betas=(0.9, 0.99))'; got {entry!r}")
+        try:
+            spec = str(OptimizerSpec.parse(entry))
+        except OptimlabError as e:
+            raise fail(f"{where}: {e}") from None
+        grid += [(spec, lr, seed) for lr in lrs for seed in seeds]
+    seen, duplicates = set(), []
+    for run in grid:
+        if run in seen:
+            duplicates.append(run)
+        seen.add(run)
+    if duplicates:
+        shown = "; ".join(f"{o} lr={lr:g} seed={s}" for o, lr, s in duplicates[:5])
+        raise fail(f"duplicate configurations ({len(duplicates)}): {shown}. Each optimizer, learning "
+                   "rate and seed may appear once")
+
+    shared = {k: doc[k] for k in SHARED if k in doc}
+    shared.setdefault("model_options", {})
+    if not isinstance(shared["model_options"], dict):
+        raise fail(f"model_options must be a table, e.g. [model_options] hidden = 100; "
+                   f"got {shared['model_options']!r}")
+    device = doc.get("device", "auto")
+    try:  # every shared setting checked by the one place that knows them
+        TrainConfig(**shared, optimizer=grid[0][0], lr=grid[0][1], seed=grid[0][2], device=device)
+    except (OptimlabError, TypeError) as e:
+        raise fail(str(e)) from None
+    shared = TrainConfig(**shared, optimizer="sgd", lr=1.0).to_dict()
+    for k in ("optimizer", "lr", "seed", "device"):
+        shared.pop(k)
+    return StudySpec(name=name.strip(), shared=shared, grid=tuple(grid),
+                     executor=_executor(doc.get("executor", {}), fail), device=device, text=text)
+
+
+def _learning_rates(value, where: str, fail) -> list[float]:
+    if isinstance(value, dict):
+        if set(value) != {"from", "to", "count"}:
+            raise fail(f"{where}: a log range is {{from = 1e-5, to = 1e-1, count = 5}}; got {value!r}")
+        lo, hi, count = value["from"], value["to"], value["count"]
+        try:
+            lo, hi = check_lr(lo), check_lr(hi)
+        except OptimlabError as e:
+            raise fail(f"{where}: {e}") from None
+        if not (isinstance(count, int) and count >= 1) or (count == 1 and lo != hi) or lo > hi:
+            raise fail(f"{where}: need from <= to and an integer count >= 1 (1 only when from = to)")
+        if count == 1:
+            return [lo]
+        step = (math.log10(hi) - math.log10(lo)) / (count - 1)
+        return [float(f"{10 ** (math.log10(lo) + i * step):.12g}") for i in range(count)]
+    if not isinstance(value, list) or not value:
+        raise fail(f"{where} must be a non-empty list of numbers > 0 or {{from, to, count}}; got {value!r}")
+    out = []
+    for lr in value:
+        try:
+            out.append(check_lr(lr))
+        except OptimlabError as e:
+            raise fail(f"{where}: {e}") from None
+    return out
+
+
+def _executor(table, fail) -> ExecutorSpec:
+    if not isinstance(table, dict):
+        raise fail(f"executor must be a table ([executor] kind = ...); got {table!r}")
+    unknown = sorted(set(table) - set(EXECUTOR_FIELDS))
+    if unknown:
+        raise fail(f"executor: unknown field {', '.join(map(repr, unknown))}; valid: "
+                   f"{', '.join(EXECUTOR_FIELDS)}")
+    spec = ExecutorSpec(**table)
+    return check_executor(spec, fail)
+
+
+def check_executor(spec: ExecutorSpec, fail=OptimlabError) -> ExecutorSpec:
+    if spec.kind not in EXECUTORS:
+        raise fail(f"executor kind {spec.kind!r} is unknown; valid: {', '.join(EXECUTORS)}")
+    if spec.units is not None and spec.units not in UNITS:
+        raise fail(f"executor units {spec.units!r} is unknown; valid: {', '.join(UNITS)}")
+    for name in ("workers", "max_attempts"):
+        value = getattr(spec, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise fail(f"executor {name} must be an integer >= 1; got {value!r}")
+    if spec.address is not None and not isinstance(spec.address, str):
+        raise fail("executor address must be a string such as 'auto' or 'ray://host:10001'")
+    return spec

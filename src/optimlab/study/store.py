@@ -1,0 +1,287 @@
+"""The store of a study: one SQLite database (WAL) with the study file, the environment, every run,
+every evaluation row, the logged training losses and the checkpoints of the work in flight.
+
+Rows reach the database only together with the checkpoint they belong to, in one transaction
+(:meth:`StudyStore.commit`). So a process killed at any moment leaves the database as it was at the
+last checkpoint: no partial or duplicate rows, at most one epoch of the runs in flight to redo.
+Only the process that drives the study writes; workers send it their checkpoints.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import sqlite3
+import time
+from pathlib import Path
+
+import torch
+
+from optimlab import __version__
+from optimlab.errors import OptimlabError
+from optimlab.study.spec import StudySpec
+
+SCHEMA_VERSION = 1
+EVAL_COLUMNS = ("step", "epoch", "batch_loss", "train_loss", "train_accuracy", "test_loss",
+                "test_accuracy", "lr", "wall_time")
+LOG_COLUMNS = ("step", "epoch", "loss", "lr")
+STATUSES = ("pending", "running", "completed", "diverged", "failed")
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    optimizer TEXT NOT NULL,
+    lr REAL NOT NULL,
+    seed INTEGER NOT NULL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN {STATUSES}),
+    steps INTEGER NOT NULL DEFAULT 0,
+    diverged_at INTEGER,
+    wall_time REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    worker INTEGER,
+    updated REAL,
+    UNIQUE (optimizer, lr, seed)
+);
+CREATE TABLE IF NOT EXISTS evals (
+    run_id INTEGER NOT NULL REFERENCES runs (id),
+    step INTEGER NOT NULL, epoch REAL NOT NULL, batch_loss REAL, train_loss REAL,
+    train_accuracy REAL, test_loss REAL, test_accuracy REAL, lr REAL, wall_time REAL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE IF NOT EXISTS train_log (
+    run_id INTEGER NOT NULL REFERENCES runs (id),
+    step INTEGER NOT NULL, epoch REAL NOT NULL, loss REAL, lr REAL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    unit TEXT PRIMARY KEY, data BLOB NOT NULL, updated REAL
+);
+"""
+
+
+def unit_key(kind: str, run_ids: list[int]) -> str:
+    """The name of a unit of work: its kind ("run" or "group") and its runs, e.g. "group:3,4,5"."""
+    return f"{kind}:{','.join(map(str, sorted(run_ids)))}"
+
+
+def unit_runs(key: str) -> list[int]:
+    return [int(i) for i in key.partition(":")[2].split(",")]
+
+
+def environment() -> dict:
+    """Versions and device of this machine, recorded with the study."""
+    import numpy
+
+    info = {"optimlab": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "host": platform.node(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return info
+
+
+def checkpoint_bytes(ckpt: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    return buf.getvalue()
+
+
+def checkpoint_from_bytes(data: bytes) -> dict:
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+class StudyStore:
+    """One study's database. Open with :meth:`create` (a study file) or :meth:`open` (to read)."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection):
+        self.path = path
+        self.conn = conn
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def _connect(cls, path: Path) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, timeout=60, isolation_level=None)  # explicit transactions
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    @classmethod
+    def open(cls, path: str | Path) -> StudyStore:
+        """Open an existing store (to read it or to continue its study)."""
+        path = Path(path)
+        if not path.is_file():
+            raise OptimlabError(f"{path}: no such study store")
+        try:
+            conn = cls._connect(path)
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as e:
+            raise OptimlabError(f"{path} is not a study store (SQLite says: {e})") from None
+        if not {"meta", "runs", "evals"} <= tables:
+            conn.close()
+            raise OptimlabError(f"{path} is an SQLite database but not an optimlab study store")
+        store = cls(path, conn)
+        version = int(store.meta("schema_version") or 0)
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise OptimlabError(
+                f"{path} was written by a newer optimlab (store schema {version}; this one reads up "
+                f"to {SCHEMA_VERSION}); upgrade optimlab to read it"
+            )
+        return store
+
+    @classmethod
+    def create(cls, path: str | Path, spec: StudySpec, extend: bool = False) -> StudyStore:
+        """Open the store of ``spec`` at ``path``, creating it, or check that it holds this study.
+
+        A store of another study file is refused unless ``extend``, which adds the new runs of a
+        file whose shared settings (data, model, budget, ...) are the same.
+        """
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OptimlabError(f"cannot create the folder of {path}: {e.strerror or e}") from None
+        existed = path.exists()
+        if existed:
+            store = cls.open(path)
+        else:
+            try:
+                store = cls(path, cls._connect(path))
+            except sqlite3.OperationalError as e:
+                raise OptimlabError(f"cannot write the study store {path}: {e}") from None
+        if not existed:
+            store.conn.executescript(SCHEMA)
+        with store.transaction():
+            if existed:
+                store._check_same_study(spec, extend)
+            else:
+                store._set_meta(schema_version=str(SCHEMA_VERSION), name=spec.name,
+                                created=str(time.time()))
+            store._set_meta(study_file=spec.text, definition=spec.definition(),
+                            environment=json.dumps(environment()))
+            for config in spec.configs():
+                store.conn.execute(
+                    "INSERT OR IGNORE INTO runs (optimizer, lr, seed, config, updated) VALUES (?,?,?,?,?)",
+                    (config.optimizer, config.lr, config.seed, json.dumps(config.to_dict()), time.time()))
+        return store
+
+    def _check_same_study(self, spec: StudySpec, extend: bool) -> None:
+        old = json.loads(self.meta("definition") or "{}")
+        new = json.loads(spec.definition())
+        if old == new:
+            return
+        if not extend:
+            raise OptimlabError(
+                f"{self.path} holds another study (name {old.get('name')!r}) or another version of this "
+                "file. Use another --out, or pass --extend to add the new runs of this file to it"
+            )
+        if old.get("shared") != new["shared"]:
+            differ = sorted(k for k in new["shared"] if old.get("shared", {}).get(k) != new["shared"][k])
+            raise OptimlabError(
+                f"cannot extend {self.path}: the shared settings differ ({', '.join(differ)}); only "
+                "optimizers, learning rates and seeds may be added"
+            )
+        self._set_meta(definition=json.dumps({**new, "grid": sorted(
+            {tuple(g) for g in old.get("grid", [])} | {tuple(g) for g in new["grid"]})}, sort_keys=True))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ------------------------------------------------------------------ helpers
+    def transaction(self):
+        return _Transaction(self.conn)
+
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, **items: str) -> None:
+        self.conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", items.items())
+
+    # ------------------------------------------------------------------ runs
+    def runs(self, status: str | None = None) -> list[dict]:
+        """Every run (or those of one status) as dicts: id, optimizer, lr, seed, config, status, ..."""
+        query = "SELECT * FROM runs" + (" WHERE status=?" if status else "") + " ORDER BY id"
+        cur = self.conn.execute(query, (status,) if status else ())
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur]
+
+    def checkpoint(self, unit: str) -> bytes | None:
+        row = self.conn.execute("SELECT data FROM checkpoints WHERE unit=?", (unit,)).fetchone()
+        return row[0] if row else None
+
+    def start_unit(self, unit: str, run_ids: list[int], worker: int | None = None) -> bytes | None:
+        """Begin (or continue) a unit of work: returns its checkpoint (as stored), or None after
+        clearing any rows and checkpoints its runs have from an earlier cut of the study into units."""
+        ckpt = self.checkpoint(unit)
+        with self.transaction():
+            if ckpt is None:
+                marks = ",".join("?" * len(run_ids))
+                for table in ("evals", "train_log"):
+                    self.conn.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", run_ids)
+                for (other,) in self.conn.execute("SELECT unit FROM checkpoints").fetchall():
+                    if set(unit_runs(other)) & set(run_ids):
+                        self.conn.execute("DELETE FROM checkpoints WHERE unit=?", (other,))
+            self.conn.executemany(
+                "UPDATE runs SET status='running', attempts=attempts+1, error=NULL, worker=?, updated=? "
+                "WHERE id=?", [(worker or os.getpid(), time.time(), i) for i in run_ids])
+        return ckpt
+
+    def commit(self, unit: str, run_ids: list[int], checkpoint: bytes | None, results: list[dict],
+               finished: bool) -> None:
+        """Write, in one transaction, the rows and state of the unit's runs and its checkpoint
+        (removed when ``finished``). ``results``: per run, ``status``, ``steps``, ``diverged_at``,
+        ``wall_time``, ``evals`` and ``train_log`` (all rows so far; those already stored are kept)."""
+        with self.transaction():
+            for run_id, r in zip(run_ids, results, strict=True):
+                status = r["status"] if r["status"] != "running" or not finished else "completed"
+                self.conn.execute(
+                    "UPDATE runs SET status=?, steps=?, diverged_at=?, wall_time=?, updated=? WHERE id=?",
+                    (status, r["steps"], r["diverged_at"], r["wall_time"], time.time(), run_id))
+                self._insert_rows("evals", EVAL_COLUMNS, run_id, r["evals"])
+                self._insert_rows("train_log", LOG_COLUMNS, run_id, r["train_log"])
+            if finished or checkpoint is None:
+                self.conn.execute("DELETE FROM checkpoints WHERE unit=?", (unit,))
+            else:
+                self.conn.execute("INSERT OR REPLACE INTO checkpoints (unit, data, updated) VALUES (?,?,?)",
+                                  (unit, checkpoint, time.time()))
+
+    def _insert_rows(self, table: str, columns: tuple[str, ...], run_id: int, rows: list[dict]) -> None:
+        last = self.conn.execute(f"SELECT MAX(step) FROM {table} WHERE run_id=?", (run_id,)).fetchone()[0]
+        new = [r for r in rows if last is None or r["step"] > last]
+        if new:
+            marks = ",".join("?" * (len(columns) + 1))
+            self.conn.executemany(
+                f"INSERT OR REPLACE INTO {table} (run_id, {', '.join(columns)}) VALUES ({marks})",
+                [(run_id, *(r[c] for c in columns)) for r in new])
+
+    def fail(self, run_ids: list[int], error: str, retry: bool) -> None:
+        """Record that a unit's worker failed: back to pending (``retry``) or failed, with the error."""
+        with self.transaction():
+            self.conn.executemany(
+                "UPDATE runs SET status=?, error=?, updated=? WHERE id=?",
+                [("pending" if retry else "failed", error[-4000:], time.time(), i) for i in run_ids])
+
+    def reset_interrupted(self) -> None:
+        """Runs left 'running' by a process that died go back to 'pending' (their checkpoints stay)."""
+        with self.transaction():
+            self.conn.execute("UPDATE runs SET status='pending' WHERE status='running'")
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on an exception): one writer at a time."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb):
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False

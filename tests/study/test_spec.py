@@ -1,0 +1,75 @@
+import pytest
+
+from optimlab.errors import OptimlabError
+from optimlab.study.spec import ExecutorSpec, parse_study
+
+BASE = """
+name = "t"
+dataset = "mnist-10k"
+model = "logreg"
+batch_size = 100
+epochs = 2
+optimizers = ["sgd", "adam(betas=(0.9, 0.99))"]
+learning_rates = [0.1, 0.01]
+seeds = [0, 1]
+"""
+
+
+def test_the_grid_is_optimizers_by_learning_rates_by_seeds():
+    spec = parse_study(BASE)
+    assert spec.grid == (
+        ("sgd", 0.1, 0), ("sgd", 0.1, 1), ("sgd", 0.01, 0), ("sgd", 0.01, 1),
+        ("adam(betas=(0.9, 0.99))", 0.1, 0), ("adam(betas=(0.9, 0.99))", 0.1, 1),
+        ("adam(betas=(0.9, 0.99))", 0.01, 0), ("adam(betas=(0.9, 0.99))", 0.01, 1))
+    configs = spec.configs()
+    assert [c.optimizer for c in configs][:2] == ["sgd", "sgd"]
+    assert {(c.batch_size, c.epochs, c.model) for c in configs} == {(100, 2, "logreg")}
+    assert spec.executor == ExecutorSpec() and spec.executor.unit_kind == "groups"
+
+
+def test_log_range_and_per_optimizer_learning_rates():
+    spec = parse_study(BASE.replace("learning_rates = [0.1, 0.01]",
+                                    "learning_rates = { from = 1e-5, to = 1e-1, count = 5 }")
+                       .replace('"adam(betas=(0.9, 0.99))"', '{ name = "adam", learning_rates = [1e-3] }'))
+    assert sorted({lr for o, lr, _ in spec.grid if o == "sgd"}) == [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    assert {lr for o, lr, _ in spec.grid if o == "adam"} == {1e-3}
+    assert len(spec.grid) == 5 * 2 + 2
+
+
+def test_the_definition_ignores_the_executor_but_not_the_grid():
+    a = parse_study(BASE)
+    b = parse_study(BASE + '\n[executor]\nkind = "processes"\nworkers = 3\n')
+    c = parse_study(BASE.replace("seeds = [0, 1]", "seeds = [0, 2]"))
+    assert a.definition() == b.definition() != c.definition()
+    assert b.executor.kind == "processes" and b.executor.unit_kind == "runs"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("", "foo = 1\n"), "unknown field 'foo'; valid fields: name, dataset"),
+        (('name = "t"', ""), "missing field 'name'"),
+        (("optimizers = [", "optimizers = [[["), "malformed TOML"),
+        (('model = "logreg"', "model = \"logreg\"\nmodel = 'mlp'"), "(at line 5"),
+        (("batch_size = 100", "batch_size = = 100"), "(at line 5, column 14)"),
+        (('["sgd", "adam(betas=(0.9, 0.99))"]', "[]"), "optimizers must be a non-empty list"),
+        (('["sgd", "adam(betas=(0.9, 0.99))"]', '["sgd", "adamm"]'), "optimizers[1]: unknown optimizer"),
+        (('["sgd", "adam(betas=(0.9, 0.99))"]', '["sgd", "sgd()"]'), "duplicate configurations (4)"),
+        (("[0.1, 0.01]", "[0.1, 0.1]"), "duplicate configurations"),
+        (("[0.1, 0.01]", "[0.1, -0.01]"), "learning_rates: learning rate must be a finite number > 0"),
+        (("[0.1, 0.01]", "[]"), "learning_rates must be a non-empty list"),
+        (("[0.1, 0.01]", "{ from = 1, to = 0.1, count = 3 }"), "need from <= to"),
+        (("seeds = [0, 1]", "seeds = [0, -1]"), "seeds must be a non-empty list of integers >= 0"),
+        (("batch_size = 100", "batch_size = 0"), "batch_size must be an integer >= 1"),
+        (("epochs = 2", "epochs = 2\niterations = 5"), "not both"),
+        (("", '[executor]\nkind = "gpu-farm"\n'), "executor kind 'gpu-farm' is unknown; valid: sequential"),
+        (("", "[executor]\nworkers = 0\n"), "executor workers must be an integer >= 1"),
+        (("", "[executor]\nthreads = 2\n"), "executor: unknown field 'threads'"),
+    ],
+)
+def test_bad_study_files_name_the_field(change, message):
+    old, new = change
+    text = (BASE + new) if old == "" else BASE.replace(old, new, 1)
+    with pytest.raises(OptimlabError) as e:
+        parse_study(text, "study.toml")
+    assert str(e.value).startswith("study.toml: ") and message in str(e.value)
