@@ -53,7 +53,7 @@ def _worker(inbox, outbox, parent: int, threads: int, data_dir: str | None) -> N
         try:
             train_unit(unit, task["checkpoint"], emit, data_dir=data_dir)
         except Exception as e:  # reported to the driver, which records it
-            fatal = isinstance(e, OptimlabError)
+            fatal = str(e) if isinstance(e, OptimlabError) else None  # the user's to fix: stop
             outbox.put(("error", tag, traceback.format_exc(), fatal))
 
 
@@ -70,7 +70,7 @@ def run_in_processes(units: list[Unit], store, board, executor: ExecutorSpec,
                      data_dir: str | None) -> None:
     ctx = mp.get_context("spawn")
     outbox = ctx.Queue()
-    n = min(executor.workers, max(1, len(units)))
+    n = min(executor.workers or os.cpu_count() or 1, max(1, len(units)))
     threads = max(1, (os.cpu_count() or 1) // n)
     slots = [_Slot(ctx, outbox, threads, data_dir) for _ in range(n)]
     todo = list(units)
@@ -106,7 +106,7 @@ def run_in_processes(units: list[Unit], store, board, executor: ExecutorSpec,
             else:
                 _, _, error, fatal = msg
                 if fatal:
-                    raise OptimlabError(error.strip().splitlines()[-1].partition(": ")[2] or error)
+                    raise OptimlabError(fatal)
                 retry = attempts[key] < executor.max_attempts
                 board.failed(slot.unit, error, retry)
                 if retry:

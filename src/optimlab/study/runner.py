@@ -9,7 +9,6 @@ the executor, only this process writes the store, one transaction per checkpoint
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -155,7 +154,3 @@ def executor_from_options(spec: StudySpec, kind: str | None, workers: int | None
     if "kind" in changes and spec.executor.kind != changes["kind"]:
         changes.setdefault("units", None)  # the new kind's own default
     return check_executor(dataclasses.replace(spec.executor, **changes))
-
-
-def default_workers() -> int:
-    return max(1, (os.cpu_count() or 2))

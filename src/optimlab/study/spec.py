@@ -15,7 +15,7 @@
 
     [executor]
     kind = "vectorized"          # sequential | vectorized | processes | ray
-    workers = 2                  # processes / ray
+    workers = 2                  # processes / ray (default: all CPUs of the machine / cluster)
     units = "groups"             # what one worker trains: "runs" or "groups" (vectorized)
     address = "auto"             # ray: a cluster address; default: a local Ray
     max_attempts = 2             # tries per unit when a worker dies
@@ -66,7 +66,7 @@ SHARED = ("dataset", "model", "model_options", "batch_size", "epochs", "iteratio
 @dataclass(frozen=True)
 class ExecutorSpec:
     kind: str = "vectorized"
-    workers: int = 2
+    workers: int | None = None  # None: this machine's CPUs (processes), the cluster's (ray)
     units: str | None = None  # None: "groups" for vectorized, "runs" otherwise
     address: str | None = None
     max_attempts: int = 2
@@ -224,6 +224,8 @@ def check_executor(spec: ExecutorSpec, fail=OptimlabError) -> ExecutorSpec:
         raise fail(f"executor units {spec.units!r} is unknown; valid: {', '.join(UNITS)}")
     for name in ("workers", "max_attempts"):
         value = getattr(spec, name)
+        if name == "workers" and value is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise fail(f"executor {name} must be an integer >= 1; got {value!r}")
     if spec.address is not None and not isinstance(spec.address, str):

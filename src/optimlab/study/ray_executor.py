@@ -1,0 +1,116 @@
+"""The ``ray`` executor: the units of a study as Ray tasks, on a local Ray (started here) or a cluster.
+
+Tasks send their checkpoints and rows through a Ray queue to this process, which alone writes the
+store, exactly as with the other executors. A task that fails (its worker died, its node was lost)
+is retried until it has been tried ``max_attempts`` times, then its runs are recorded as failed.
+Data sets are loaded by name on the node that trains (``mnist-10k`` is bundled; others must be
+where the catalogue looks, or downloadable there).
+"""
+
+from __future__ import annotations
+
+import queue as stdlib_queue
+
+from optimlab.errors import OptimlabError
+from optimlab.study.spec import ExecutorSpec
+from optimlab.study.units import Unit
+
+POLL_S = 0.2
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise OptimlabError(
+            "the ray executor needs Ray: pip install 'optimlab[ray]' (or choose --executor processes)"
+        ) from None
+    return ray
+
+
+def run_on_ray(units: list[Unit], store, board, executor: ExecutorSpec, data_dir: str | None) -> None:
+    if not units:
+        return
+    ray = _ray()
+    from ray.util.queue import Queue
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            ray.init(address=executor.address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            where = executor.address or "a local Ray"
+            raise OptimlabError(f"cannot start or reach {where}: {e}") from None
+    try:
+        events = Queue()
+        task = ray.remote(max_retries=0)(_ray_task)
+        limit = executor.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        todo, running, attempts = list(units), {}, {u.key: 0 for u in units}
+        by_key = {u.key: u for u in units}
+        while todo or running:
+            while todo and len(running) < limit:
+                unit = todo.pop(0)
+                attempts[unit.key] += 1
+                checkpoint = store.start_unit(unit.key, unit.run_ids)
+                ref = task.remote(unit.to_message(), checkpoint, events,
+                                  (unit.key, attempts[unit.key]), data_dir)
+                running[ref] = unit
+            _drain(events, by_key, attempts, running, board)
+            done, _ = ray.wait(list(running), timeout=0)
+            for ref in done:
+                unit = running.pop(ref)
+                _drain(events, by_key, attempts, {**running, ref: unit}, board)  # its last messages
+                try:
+                    error = ray.get(ref)
+                except Exception as e:  # the task's worker died or its node was lost
+                    error = (f"Ray task for runs {unit.run_ids} failed "
+                             f"(attempt {attempts[unit.key]} of {executor.max_attempts}): {e}", None)
+                if error is None:
+                    continue
+                message, fatal = error
+                if fatal:
+                    raise OptimlabError(fatal)
+                retry = attempts[unit.key] < executor.max_attempts
+                board.failed(unit, message, retry)
+                if retry:
+                    todo.append(unit)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _drain(events, by_key: dict, attempts: dict, running: dict, board) -> None:
+    """Store every message waiting in the queue (waiting up to POLL_S for the first)."""
+    in_flight = {u.key for u in running.values()}
+    timeout = POLL_S
+    while True:
+        try:
+            tag, checkpoint, results, finished = events.get(timeout=timeout)
+        except stdlib_queue.Empty:
+            return
+        except Exception:  # ray.util.queue.Empty subclasses queue.Empty in recent Ray
+            return
+        timeout = 0.001
+        key, attempt = tag
+        if key in in_flight and attempt == attempts[key]:
+            board.commit(by_key[key], checkpoint, results, finished)
+
+
+def _ray_task(unit_msg: dict, checkpoint: bytes | None, events, tag, data_dir: str | None):
+    """Runs on a Ray worker: train the unit, sending progress. Returns None, or (traceback, the
+    message of an error the user must fix, else None)."""
+    import traceback
+
+    from optimlab.study.units import Unit, train_unit
+
+    unit = Unit.from_message(unit_msg)
+
+    def emit(ckpt: bytes, results: list[dict], finished: bool) -> None:
+        events.put((tag, ckpt, results, finished))
+
+    try:
+        train_unit(unit, checkpoint, emit, data_dir=data_dir)
+    except Exception as e:
+        return traceback.format_exc(), (str(e) if isinstance(e, OptimlabError) else None)
+    return None
