@@ -99,6 +99,18 @@ def _parser() -> argparse.ArgumentParser:
 
     _study_parser(sub)
 
+    rp = sub.add_parser("report", help="a study's report: tables, figures, report.html",
+                        description="Summarize a study store: final metrics, convergence speed, "
+                        "robustness to the learning rate, a ranking; figures; report.html and report.md. "
+                        "Works on a study that is still running or was interrupted.")
+    rp.add_argument("db", help="the study's store (study.db)")
+    rp.add_argument("--out", default=None, help="folder for the report (default: report/ beside the store)")
+    rp.add_argument("--target-fraction", type=float, default=0.95,
+                    help="convergence target: this fraction of the best mean final test accuracy")
+    rp.add_argument("--target-accuracy", type=float, default=None,
+                    help="convergence target as an absolute test accuracy (overrides the fraction)")
+    rp.set_defaults(func=_report)
+
     o = sub.add_parser("optimizers", help="the optimizer names and their hyperparameters",
                        description="The optimizer names, each with its hyperparameters.")
     o.set_defaults(func=_optimizers)
@@ -182,6 +194,17 @@ def _study_export(args: argparse.Namespace) -> int:
     out = args.out or str(Path(args.db).resolve().parent / "export")
     for path in export_results(args.db, out, args.format):
         print(path)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from optimlab.report import make_report
+
+    report = make_report(args.db, args.out, target_fraction=args.target_fraction,
+                         target_accuracy=args.target_accuracy)
+    for note in report.summary.notes:
+        print(f"note: {note}")
+    print(f"report: {report.html}")
     return 0
 
 

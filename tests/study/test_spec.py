@@ -73,3 +73,15 @@ def test_bad_study_files_name_the_field(change, message):
     with pytest.raises(OptimlabError) as e:
         parse_study(text, "study.toml")
     assert str(e.value).startswith("study.toml: ") and message in str(e.value)
+
+
+def test_the_example_study_files_are_valid():
+    from pathlib import Path
+
+    from optimlab.study.spec import load_study
+
+    examples = sorted((Path(__file__).parents[2] / "examples").glob("*.toml"))
+    assert len(examples) >= 3
+    sizes = {p.stem: len(load_study(p).grid) for p in examples}
+    assert sizes["lr_robustness"] == sizes["lr_robustness_fashion"] == 8 * 5 * 3  # seed 004's grid
+    assert sizes["optimizers_mlp"] == 7 * 3

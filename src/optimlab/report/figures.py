@@ -1,0 +1,155 @@
+"""The figures of a study report (matplotlib, PNG): learning-rate sensitivity, learning curves at
+each optimizer's best learning rate, convergence speed, and an optimizer x learning-rate heatmap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from optimlab.report.summaries import Summary
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def sensitivity(summary: Summary, path: Path) -> Path | None:
+    """Final test accuracy and final training loss against the learning rate (log axis), one line per
+    optimizer, the spread over seeds shaded (mean +- std); diverged cells marked with x."""
+    cells = summary.cells
+    if cells.empty:
+        return None
+    plt = _plt()
+    has_acc = cells.final_test_accuracy_mean.notna().any()
+    panels = [("final_train_loss", "final training loss")]
+    if has_acc:
+        panels.insert(0, ("final_test_accuracy", "final test accuracy"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (col, label) in zip(axes[0], panels, strict=True):
+        for opt, g in cells.groupby("optimizer", sort=False):
+            g = g.sort_values("lr")
+            mean, std = g[f"{col}_mean"], g[f"{col}_std"].fillna(0)
+            (line,) = ax.plot(g.lr, mean, marker="o", label=opt)
+            ax.fill_between(g.lr, mean - std, mean + std, alpha=0.2, color=line.get_color())
+            bad = g[g.diverged > 0]
+            if len(bad):
+                y = np.nanmin(mean) if col.endswith("accuracy") else np.nanmax(mean)
+                ax.scatter(bad.lr, [y] * len(bad), marker="x", color=line.get_color())
+        ax.set_xscale("log")
+        if col == "final_train_loss":
+            ax.set_yscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Sensitivity to the learning rate (mean +- std over seeds; x: a seed diverged)")
+    return _save(fig, path)
+
+
+def learning_curves(summary: Summary, path: Path) -> Path | None:
+    """Test accuracy and training loss against the epoch at each optimizer's best learning rate."""
+    curves = summary.curves
+    if curves.empty:
+        return None
+    plt = _plt()
+    has_acc = curves.test_accuracy_mean.notna().any()
+    panels = [("train_loss", "training loss")]
+    if has_acc:
+        panels.insert(0, ("test_accuracy", "test accuracy"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (col, label) in zip(axes[0], panels, strict=True):
+        for (opt, lr), g in curves.groupby(["optimizer", "lr"], sort=False):
+            mean, std = g[f"{col}_mean"], g[f"{col}_std"].fillna(0)
+            (line,) = ax.plot(g.epoch, mean, label=f"{opt} (lr {lr:g})")
+            ax.fill_between(g.epoch, mean - std, mean + std, alpha=0.2, color=line.get_color())
+        if col == "train_loss":
+            ax.set_yscale("log")
+        if col == "test_accuracy" and summary.target_accuracy is not None:
+            ax.axhline(summary.target_accuracy, color="grey", ls="--", lw=1, label="target")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Learning curves at each optimizer's best learning rate (mean +- std over seeds)")
+    return _save(fig, path)
+
+
+def convergence(summary: Summary, path: Path) -> Path | None:
+    """Epochs to reach the target accuracy at each optimizer's best learning rate (bars), with how
+    many seeds reached it."""
+    rob = summary.robustness
+    if summary.target_accuracy is None or rob.empty or "epochs_to_target" not in rob:
+        return None
+    plt = _plt()
+    cells = summary.cells.set_index(["optimizer", "lr"])
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rob) + 1.5))
+    names, values, labels = [], [], []
+    for r in rob.itertuples():
+        if pd.isna(r.best_lr):
+            continue
+        cell = cells.loc[(r.optimizer, r.best_lr)]
+        names.append(f"{r.optimizer} (lr {r.best_lr:g})")
+        values.append(r.epochs_to_target if pd.notna(r.epochs_to_target) else 0.0)
+        labels.append(f"{int(cell.reached_target)}/{int(cell.seeds)} seeds"
+                      if cell.reached_target else "never")
+    bars = ax.barh(names[::-1], values[::-1], color="tab:blue")
+    for bar, text in zip(bars, labels[::-1], strict=True):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {text}", va="center", fontsize=8)
+    ax.set_xlabel(f"epochs to reach test accuracy {summary.target_accuracy:.3f} (mean over seeds that did)")
+    ax.set_title("Convergence speed at each optimizer's best learning rate")
+    return _save(fig, path)
+
+
+def heatmap(summary: Summary, path: Path) -> Path | None:
+    """Mean final test accuracy (or training loss) of every optimizer x learning rate."""
+    cells = summary.cells
+    if cells.empty:
+        return None
+    plt = _plt()
+    has_acc = cells.final_test_accuracy_mean.notna().any()
+    col = "final_test_accuracy_mean" if has_acc else "final_train_loss_mean"
+    grid = cells.pivot(index="optimizer", columns="lr", values=col)
+    order = [o for o in summary.robustness.optimizer if o in grid.index]
+    grid = grid.loc[order + [o for o in grid.index if o not in order]]
+    fig, ax = plt.subplots(figsize=(1.1 * grid.shape[1] + 3, 0.5 * grid.shape[0] + 1.5))
+    image = ax.imshow(grid.values.astype(float), aspect="auto", cmap="viridis" if has_acc else "viridis_r")
+    ax.set_xticks(range(grid.shape[1]), [f"{lr:g}" for lr in grid.columns])
+    ax.set_yticks(range(grid.shape[0]), grid.index)
+    diverged = cells.pivot(index="optimizer", columns="lr", values="diverged").reindex_like(grid)
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            v, d = grid.values[i, j], diverged.values[i, j]
+            text = "div." if pd.notna(d) and d > 0 and pd.isna(v) else ("" if pd.isna(v) else f"{v:.3g}")
+            shade = image.norm(v) if has_acc else 1 - image.norm(v)  # where v sits in the colour map
+            light = pd.notna(v) and shade > 0.6  # viridis is light at its top
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="black" if light else "white")
+    ax.set_xlabel("learning rate")
+    fig.colorbar(image, ax=ax, label="mean final test accuracy" if has_acc else "mean final training loss")
+    ax.set_title("Optimizer x learning rate")
+    return _save(fig, path)
+
+
+def all_figures(summary: Summary, folder: Path) -> dict[str, Path]:
+    """Write every figure that the study's data allows into ``folder``; name -> path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made = {}
+    for name, draw in (("sensitivity", sensitivity), ("learning_curves", learning_curves),
+                       ("convergence", convergence), ("heatmap", heatmap)):
+        path = draw(summary, folder / f"{name}.png")
+        if path is not None:
+            made[name] = path
+    return made

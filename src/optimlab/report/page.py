@@ -1,0 +1,134 @@
+"""The report as files: ``report.html`` (self-contained: figures inlined, opens offline), ``report.md``
+(figures beside it as PNG) and the PNGs."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from optimlab.report.summaries import Summary
+
+
+def _num(v, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _pm(mean, std) -> str:
+    if mean is None or pd.isna(mean):
+        return "-"
+    return f"{mean:.4f} ± {std:.4f}" if pd.notna(std) else f"{mean:.4f}"
+
+
+def ranking_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
+    head = ["rank", "optimizer", "best lr", "final test accuracy", "epochs to target",
+            "width (accuracy), decades", "width (loss), decades", "diverged runs"]
+    rows = []
+    for r in summary.robustness.itertuples():
+        rows.append([str(r.rank), r.optimizer, _num(r.best_lr),
+                     _pm(getattr(r, "best_final_test_accuracy", None),
+                         getattr(r, "best_final_test_accuracy_std", None)),
+                     _num(getattr(r, "epochs_to_target", None), 3),
+                     _num(r.width_accuracy_decades, 3), _num(r.width_loss_decades, 3),
+                     str(r.diverged_runs)])
+    return head, rows
+
+
+def cell_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
+    head = ["optimizer", "lr", "seeds", "diverged", "final train loss", "final test accuracy",
+            "best test accuracy", "reached target", "epochs to target", "seconds to target"]
+    rows = []
+    for c in summary.cells.itertuples():
+        rows.append([c.optimizer, _num(c.lr), str(c.seeds), str(c.diverged),
+                     _pm(c.final_train_loss_mean, c.final_train_loss_std),
+                     _pm(c.final_test_accuracy_mean, c.final_test_accuracy_std),
+                     _pm(c.best_test_accuracy_mean, c.best_test_accuracy_std),
+                     f"{c.reached_target}/{c.seeds}", _num(c.epochs_to_target_mean, 3),
+                     _num(c.seconds_to_target_mean, 3)])
+    return head, rows
+
+
+def missing_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
+    head = ["run", "optimizer", "lr", "seed", "status", "error"]
+    rows = [[str(m.run_id), m.optimizer, _num(m.lr), str(m.seed), m.status,
+             (m.error or "").strip().splitlines()[-1] if m.error else ""]
+            for m in summary.missing.itertuples()]
+    return head, rows
+
+
+CAPTIONS = {
+    "sensitivity": "Final test accuracy and training loss against the learning rate.",
+    "learning_curves": "Learning curves at each optimizer's best learning rate.",
+    "convergence": "Epochs to the target accuracy at each optimizer's best learning rate.",
+    "heatmap": "Mean final metric of every optimizer and learning rate.",
+}
+
+
+def _html_table(head, rows) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _md_table(head, rows) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td:nth-child(-n+2) { text-align: left; }
+img { max-width: 100%; border: 1px solid #eee; } figure { margin: 1.5em 0; }
+.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 0.5em 1em; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
+"""
+
+
+def write_pages(summary: Summary, figures: dict[str, Path], out: Path, title: str,
+                meta: dict) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.md`` into ``out``; returns their paths."""
+    sections = [("Ranking", ranking_rows(summary)), ("Every optimizer and learning rate", cell_rows(summary))]
+    if len(summary.missing):
+        sections.append(("Runs not finished", missing_rows(summary)))
+    target = (f"Convergence target: test accuracy {summary.target_accuracy:.4f}."
+              if summary.target_accuracy is not None else "")
+    env = meta.get("environment", {})
+    about = (f"{meta.get('runs', 0)} runs; optimlab {env.get('optimlab', '?')}, "
+             f"torch {env.get('torch', '?')}, on {env.get('cuda') or 'CPU'} ({env.get('host', '?')}). "
+             f"{target}")
+
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}"
+             f"</title><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+             f"<p>{html.escape(about)}</p>"]
+    parts += [f"<p class='note'>{html.escape(n)}</p>" for n in summary.notes]
+    md = [f"# {title}", "", about, ""] + [f"> {n}\n" for n in summary.notes]
+    for i, (name, (head, rows)) in enumerate(sections):
+        parts.append(f"<h2>{html.escape(name)}</h2>{_html_table(head, rows)}")
+        md += [f"## {name}", "", _md_table(head, rows), ""]
+        if i == 0 and figures:
+            parts.append("<h2>Figures</h2>")
+            md += ["## Figures", ""]
+            for key, path in figures.items():
+                data = base64.b64encode(path.read_bytes()).decode()
+                caption = CAPTIONS.get(key, key)
+                parts.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(caption)}'>"
+                             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+                md += [f"![{caption}]({path.name})", ""]
+    if meta.get("study_file"):
+        parts.append(f"<h2>Study file</h2><pre>{html.escape(meta['study_file'])}</pre>")
+        md += ["## Study file", "", "```toml", meta["study_file"].strip(), "```", ""]
+    parts.append("</body></html>")
+    page, notes = out / "report.html", out / "report.md"
+    page.write_text("\n".join(parts), encoding="utf-8")
+    notes.write_text("\n".join(md), encoding="utf-8")
+    return page, notes

@@ -1,0 +1,59 @@
+"""Study stores with hand-made results, so that every number of a report is known in advance."""
+
+from optimlab.study.spec import parse_study
+from optimlab.study.store import StudyStore
+
+LRS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+
+
+def _study(optimizers, lrs, seeds):
+    return parse_study(f"""
+name = "made-up"
+dataset = "mnist-10k"
+model = "logreg"
+epochs = 4
+optimizers = {optimizers!r}
+learning_rates = {lrs!r}
+seeds = {seeds!r}
+""".replace("'", '"'))
+
+
+def evals(accs, losses=None, per_epoch=10):
+    """Rows at steps 0, 10, 20, ... with the given test accuracies (and train losses)."""
+    losses = losses or [1.0 - a for a in accs]
+    return [{"step": i * per_epoch, "epoch": float(i), "batch_loss": None, "train_loss": loss,
+             "train_accuracy": None, "test_loss": loss, "test_accuracy": acc, "lr": 0.1,
+             "wall_time": 2.0 * i} for i, (acc, loss) in enumerate(zip(accs, losses, strict=True))]
+
+
+def fill(path, spec, outcome):
+    """``outcome(optimizer, lr, seed)`` -> None (leave pending), ("diverged", step, rows) or rows."""
+    store = StudyStore.create(path, spec)
+    for run in store.runs():
+        got = outcome(run["optimizer"], run["lr"], run["seed"])
+        if got is None:
+            continue
+        status, diverged_at, rows = ("completed", None, got) if isinstance(got, list) else got
+        store.start_unit(f"run:{run['id']}", [run["id"]])
+        store.commit(f"run:{run['id']}", [run["id"]], None, [{
+            "status": status, "steps": rows[-1]["step"] if rows else 0, "diverged_at": diverged_at,
+            "wall_time": 1.0, "evals": rows, "train_log": []}], finished=True)
+    store.close()
+    return path
+
+
+# final test accuracy of optimizer "sgd" by learning rate, for seeds 0, 1, 2
+SGD_FINAL = {1e-4: [0.50, 0.52, 0.48], 1e-3: [0.891, 0.893, 0.892], 1e-2: [0.90, 0.91, 0.89],
+             1e-1: [0.895, 0.897, 0.893]}
+
+
+def standard(opt, lr, seed):
+    if opt == "sgd":
+        if lr == 1.0:
+            return ("diverged", 7, evals([0.1]))  # only the step-0 row, then divergence
+        final = SGD_FINAL[lr][seed]
+        return evals([0.1, final * 0.8, final * 0.96, final])
+    # adam: flat 0.8 everywhere, never reaches the target; lr 1 fine
+    return evals([0.1, 0.7, 0.78, 0.8])
+
+

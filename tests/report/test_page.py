@@ -1,0 +1,83 @@
+import re
+import shutil
+import sqlite3
+import subprocess
+
+import pytest
+from madeup import evals
+
+from optimlab.cli import main
+from optimlab.errors import OptimlabError
+from optimlab.report import make_report
+from optimlab.study.store import SCHEMA_VERSION
+
+
+def test_the_report_is_self_contained_and_complete(made_up_store, tmp_path):
+    report = make_report(made_up_store, tmp_path / "r")
+    assert set(report.figures) == {"sensitivity", "learning_curves", "convergence", "heatmap"}
+    page = report.html.read_text()
+    images = re.findall(r"<img src='([^']*)'", page)
+    assert len(images) == 4 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert not re.search(r"(src|href)=['\"](http|//|file:)", page)  # nothing fetched: opens offline
+    assert "3 runs diverged" in page and "<td>sgd</td>" in page and "Study file" in page
+    md = report.markdown.read_text()
+    for png in re.findall(r"\]\(([^)]+\.png)\)", md):
+        assert (tmp_path / "r" / png).stat().st_size > 1000
+    assert "| 1 | sgd | 0.01 |" in md
+
+
+def test_the_command_line_prints_where_the_page_is(made_up_store, tmp_path, capsys):
+    assert main(["report", str(made_up_store), "--out", str(tmp_path / "r2")]) == 0
+    out = capsys.readouterr().out
+    assert f"report: {tmp_path / 'r2' / 'report.html'}" in out and "note: 3 runs diverged" in out
+
+
+def test_bad_stores_are_one_clear_message(tmp_path, make_store, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database")
+    assert main(["report", str(text)]) == 2
+    assert "is not a study store" in capsys.readouterr().err
+    with pytest.raises(OptimlabError, match="none of its 2 runs has finished yet"):
+        make_report(make_store(["sgd"], [0.1], [0, 1], lambda o, lr, s: None, name="empty.db"))
+    newer = make_store(["sgd"], [0.1], [0], lambda o, lr, s: evals([0.1, 0.9]), name="newer.db")
+    conn = sqlite3.connect(newer)
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    conn.commit()
+    with pytest.raises(OptimlabError, match="written by a newer optimlab"):
+        make_report(newer)
+    with pytest.raises(OptimlabError, match="target fraction must be in"):
+        make_report(newer, target_fraction=1.5)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# the probe: console errors and uncaught exceptions counted from the first line of <head>, images
+# counted once the page has loaded; the verdict goes into the title, which --dump-dom shows
+HOOK = """<head><script>
+window.__errors = 0;
+window.addEventListener('error', () => { window.__errors += 1; }, true);
+const __consoleError = console.error;
+console.error = (...a) => { window.__errors += 1; __consoleError(...a); };
+</script>"""
+CHECK = """<script>
+window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.title = 'IMAGES ' + ok + '/' + imgs.length + ' ERRORS ' + window.__errors;
+});
+</script></body>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_the_page_loads_in_a_real_browser_with_every_image_decoded(made_up_store, tmp_path):
+    report = make_report(made_up_store, tmp_path / "r")
+    probe = tmp_path / "probe.html"  # the report, with a script that counts the decoded images
+    probe.write_text(report.html.read_text().replace("<head>", HOOK, 1).replace("</body>", CHECK))
+    run = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+         "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    console = [line for line in run.stderr.splitlines() if "CONSOLE" in line]
+    assert "<title>IMAGES 4/4 ERRORS 0</title>" in run.stdout, (console, run.stderr[-2000:])
+    assert not console, console  # the page itself logs nothing

@@ -1,0 +1,84 @@
+import math
+
+import numpy as np
+import pytest
+from madeup import SGD_FINAL, evals
+
+from optimlab.report.summaries import summarize
+from optimlab.study.results import load_results
+
+
+def test_cells_are_means_and_stds_over_the_seeds(made_up_store):
+    s = summarize(load_results(made_up_store))
+    cell = s.cells.set_index(["optimizer", "lr"])
+    for lr, finals in SGD_FINAL.items():
+        assert cell.loc[("sgd", lr), "final_test_accuracy_mean"] == pytest.approx(np.mean(finals))
+        assert cell.loc[("sgd", lr), "final_test_accuracy_std"] == pytest.approx(np.std(finals))
+        assert cell.loc[("sgd", lr), "final_train_loss_mean"] == pytest.approx(1 - np.mean(finals))
+    diverged = cell.loc[("sgd", 1.0)]
+    assert diverged.diverged == 3 and math.isnan(diverged.final_test_accuracy_mean)
+    assert (s.final.query("status == 'diverged'").diverged_at == 7).all()
+
+
+def test_convergence_is_the_first_epoch_at_the_target_and_never_is_not_zero(made_up_store):
+    s = summarize(load_results(made_up_store))
+    best_mean = np.mean(SGD_FINAL[1e-2])
+    assert s.target_accuracy == pytest.approx(0.95 * best_mean)
+    cell = s.cells.set_index(["optimizer", "lr"])
+    # sgd at 1e-2: epoch-2 accuracies are 0.96 * final = 0.864, 0.8736, 0.8544 vs target 0.855
+    reached = [2.0 if 0.96 * f >= s.target_accuracy else 3.0 for f in SGD_FINAL[1e-2]]
+    assert cell.loc[("sgd", 1e-2), "reached_target"] == 3
+    assert cell.loc[("sgd", 1e-2), "epochs_to_target_mean"] == pytest.approx(np.mean(reached))
+    assert cell.loc[("sgd", 1e-2), "seconds_to_target_mean"] == pytest.approx(2 * np.mean(reached))
+    # adam never reaches it: counted as not reaching, no number
+    assert cell.loc[("adam", 1e-3), "reached_target"] == 0
+    assert math.isnan(cell.loc[("adam", 1e-3), "epochs_to_target_mean"])
+    assert cell.loc[("sgd", 1e-4), "reached_target"] == 0
+
+
+def test_robustness_widths_best_learning_rates_and_ranking(made_up_store):
+    s = summarize(load_results(made_up_store))
+    rob = s.robustness.set_index("optimizer")
+    assert rob.loc["sgd", "best_lr"] == 1e-2
+    # within 1 point of 0.90: 1e-3 (0.892) and 1e-1 (0.895), not 1e-4; 1.0 diverged: 1e-3 .. 1e-1
+    assert rob.loc["sgd", "width_accuracy_decades"] == pytest.approx(2.0)
+    # loss within 1 % of the best (0.10 at 1e-2): 0.105 at 1e-1 is 5 % worse: a width of 0
+    assert rob.loc["sgd", "width_loss_decades"] == pytest.approx(0.0)
+    assert rob.loc["sgd", "diverged_runs"] == 3
+    # adam is flat over all five learning rates: 4 decades, ranked below sgd
+    assert rob.loc["adam", "width_accuracy_decades"] == pytest.approx(4.0)
+    assert rob.loc["adam", "width_loss_decades"] == pytest.approx(4.0)
+    assert s.robustness.optimizer.tolist() == ["sgd", "adam"] and s.robustness["rank"].tolist() == [1, 2]
+    assert any("3 runs diverged" in n for n in s.notes)
+
+
+def test_learning_curves_are_at_the_best_learning_rate(made_up_store):
+    s = summarize(load_results(made_up_store))
+    sgd = s.curves[s.curves.optimizer == "sgd"]
+    assert set(sgd.lr) == {1e-2} and sgd.epoch.tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert sgd.test_accuracy_mean.iloc[-1] == pytest.approx(np.mean(SGD_FINAL[1e-2]))
+
+
+def test_a_single_learning_rate_has_no_width_and_says_so(make_store):
+    db = make_store(["sgd", "adam"], [0.1], [0, 1], lambda o, lr, s: evals([0.1, 0.5, 0.9 - 0.01 * s]))
+    s = summarize(load_results(db))
+    assert s.robustness.width_accuracy_decades.isna().all()
+    assert any("not defined for adam, sgd" in n for n in s.notes)
+
+
+def test_an_unfinished_study_is_summarized_and_its_missing_runs_named(make_store):
+    db = make_store(["sgd"], [0.1, 0.01], [0, 1],
+                    lambda o, lr, s: None if (lr, s) == (0.01, 1) else evals([0.1, 0.8]))
+    s = summarize(load_results(db))
+    assert len(s.missing) == 1 and s.missing.iloc[0].status == "pending"
+    assert s.cells.set_index("lr").loc[0.01, "seeds"] == 1
+    assert any("1 of 4 runs are not finished (1 pending)" in n for n in s.notes)
+
+
+def test_an_optimizer_that_always_diverged_is_ranked_last(make_store):
+    db = make_store(["sgd", "adam"], [0.1, 1.0], [0],
+                    lambda o, lr, s: ("diverged", 3, evals([0.1])) if o == "adam" else evals([0.1, 0.9]))
+    s = summarize(load_results(db))
+    assert s.robustness.optimizer.tolist() == ["sgd", "adam"]
+    adam = s.robustness.set_index("optimizer").loc["adam"]
+    assert math.isnan(adam.best_lr) and adam.diverged_runs == 2
