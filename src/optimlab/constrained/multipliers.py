@@ -1,0 +1,130 @@
+"""Lagrange multipliers: dense (one per constraint entry), indexed (looked up by entry), implicit (a model).
+
+Sign convention: lambda >= 0 for an inequality group g(theta) <= 0, mu free for an equality group
+h(theta) = 0. The multipliers are *maximised* by the dual optimizer. Explicit multipliers (dense,
+indexed) are projected onto lambda >= 0 after every dual step; an implicit multiplier's output is
+clamped at 0 on the way out instead.
+
+Lookups by index use plain tensor indexing, so gradients are dense (zero where nothing was observed):
+any ``torch.optim`` optimizer works (Adam included), unlike ``nn.Embedding(sparse=True)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from optimlab.errors import OptimlabError
+
+
+class Multiplier(nn.Module):
+    """Base class. ``nonnegative`` is set by the constraint that owns the multiplier (inequality)."""
+
+    kind = "multiplier"
+    nonnegative: bool = False
+
+    def value(self, indices: torch.Tensor | None = None, features: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        """The multiplier values for the observed entries (differentiable w.r.t. the dual parameters)."""
+        raise NotImplementedError
+
+    def explicit_weight(self) -> torch.Tensor | None:
+        """The tensor of values, for multipliers that are stored explicitly (None for implicit ones)."""
+        return None
+
+
+class DenseMultiplier(Multiplier):
+    """One multiplier per entry of a constraint group of shape ``shape``: ``weight`` has that shape.
+
+    ``value(None)`` is the whole tensor; ``value(indices)`` the entries at ``indices`` (a 1-D long
+    tensor into the flattened group), for constraints sampled entry by entry.
+    """
+
+    kind = "dense"
+
+    def __init__(self, shape: Sequence[int] | int = (), init: float | torch.Tensor = 0.0,
+                 dtype: torch.dtype = torch.float32, device: str | torch.device | None = None):
+        super().__init__()
+        shape = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
+        init_t = torch.as_tensor(init, dtype=dtype, device=device)
+        if init_t.dim() and tuple(init_t.shape) != shape:
+            raise OptimlabError(
+                f"multiplier init has shape {tuple(init_t.shape)} but the constraint has shape {shape}; "
+                "give a number or a tensor of the constraint's shape"
+            )
+        self.weight = nn.Parameter(init_t.expand(shape).clone())
+
+    def value(self, indices: torch.Tensor | None = None, features: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        if indices is None:
+            return self.weight
+        return self.weight.reshape(-1)[indices]
+
+    def explicit_weight(self) -> torch.Tensor:
+        return self.weight
+
+
+class IndexedMultiplier(DenseMultiplier):
+    """A table of ``num_constraints`` multipliers of which each step observes some, by index.
+
+    Same storage as :class:`DenseMultiplier` of shape ``(num_constraints,)``; every observation must
+    give ``indices`` (1-D long). Gradients are dense, so Adam and DDP work; an entry never observed
+    gets a zero gradient (a stateless optimizer such as SGD leaves it exactly where it is).
+    """
+
+    kind = "indexed"
+
+    def __init__(self, num_constraints: int, init: float | torch.Tensor = 0.0,
+                 dtype: torch.dtype = torch.float32, device: str | torch.device | None = None):
+        super().__init__((int(num_constraints),), init, dtype, device)
+
+
+class _ProjectedClamp(torch.autograd.Function):
+    """max(x, 0) forward; backward passes the ascent direction unless it pushes a clamped entry down.
+
+    The gradient reaching an implicit multiplier is that of the dual Lagrangian, which is maximised:
+    at an entry clamped to 0 it is let through only when positive (it would raise the multiplier),
+    the projected gradient of ascent on lambda >= 0 (a plain relu would stall there for ever).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return torch.where((x > 0) | (grad > 0), grad, torch.zeros_like(grad))
+
+
+class ImplicitMultiplier(Multiplier):
+    """Multipliers predicted by a model from features of the observed constraints.
+
+    ``model(features)`` must give one value per observed entry (shape of the violation, or that shape
+    with a trailing 1). For an inequality group the values are clamped at 0 (see ``_ProjectedClamp``).
+    The model's parameters are the dual parameters.
+    """
+
+    kind = "implicit"
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise OptimlabError(f"ImplicitMultiplier needs a torch.nn.Module; got {type(model).__name__}")
+        self.model = model
+
+    def value(self, indices: torch.Tensor | None = None, features: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        if features is None:
+            raise OptimlabError(
+                "an implicit multiplier predicts its values from features: return "
+                "Violation(value, features=...) for this constraint"
+            )
+        out = self.model(features)
+        return _ProjectedClamp.apply(out) if self.nonnegative else out
+
+
+MULTIPLIER_KINDS = ("dense", "indexed", "implicit")

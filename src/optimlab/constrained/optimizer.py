@@ -1,0 +1,407 @@
+"""The primal-dual optimizer: one ``step(*batch)`` evaluates the problem and moves primal and dual variables.
+
+Schemes (``scheme=``), with theta the primal parameters and lambda the multipliers; "descend"/"ascend"
+mean one step of the given ``torch.optim`` optimizers (the dual ones are set to ``maximize=True``):
+
+* ``simultaneous``: descend theta on L(theta_t, lambda_t), ascend lambda with g(theta_t). ONE
+  backward pass of L_primal + L_dual, where L_primal = f + terms(lambda.detach(), g) and L_dual =
+  sum(lambda * s.detach()) (s = the formulation's dual signal; see ``formulations``); plain
+  Lagrangian groups without a proxy enter once as sum(lambda * g), which gives both gradients.
+* ``primal_then_dual``: descend theta, then re-evaluate the violations at theta_{t+1} (no gradient)
+  and ascend lambda with them.
+* ``dual_then_primal``: ascend lambda with g(theta_t), then descend theta on L(theta_t, lambda_{t+1});
+  one forward and one backward through the model (the dual backward touches only the multipliers).
+* ``extragradient``: an extrapolation step of both from (theta_t, lambda_t), then the update step
+  from (theta_t, lambda_t) with the gradients at the extrapolated point (optimizer states restored
+  in between: with SGD this is the extragradient method). Two forwards and two backwards.
+* ``unconstrained``: descend theta on f + the penalty terms; for problems without multipliers.
+
+After every dual step the inequality multipliers are projected onto lambda >= 0, and penalty
+updaters of the observed constraints are applied (every ``updater.every`` steps). The step returns a
+:class:`StepResult` describing the point where it started. A step whose loss, violations or
+Lagrangian is not finite is refused with nothing changed (raised, or reported with
+``on_nonfinite="skip"``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from optimlab.constrained.diagnostics import KKT, Tolerances, measure
+from optimlab.constrained.lagrangian import Terms, assemble
+from optimlab.constrained.problem import Evaluation, Observed, Problem
+from optimlab.errors import OptimlabError
+
+SCHEMES = ("simultaneous", "primal_then_dual", "dual_then_primal", "extragradient", "unconstrained")
+FORMAT = "optimlab.constrained.optimizer/1"
+Optimizers = torch.optim.Optimizer | Sequence[torch.optim.Optimizer]
+
+
+@dataclass
+class StepResult:
+    """What one step did, described at the point (theta_t, lambda_t) where it started.
+
+    ``step``: steps taken so far (this one included when it was taken). ``loss``: f(theta_t) (None
+    for a feasibility problem). ``lagrangian``: the primal Lagrangian f + the formulation terms at
+    (theta_t, lambda_t). ``violations``: name -> the (strict) violations observed at theta_t.
+    ``multipliers``: name -> lambda_t of the observed entries. ``misc``: passed through from compute.
+    ``kkt``: the KKT measures when diagnostics are on; ``converged``: whether they met the
+    tolerances. ``skipped``/``reason``: a refused step (nothing changed). All tensors are detached.
+    """
+
+    step: int
+    loss: torch.Tensor | None
+    lagrangian: torch.Tensor | None
+    violations: dict[str, torch.Tensor]
+    multipliers: dict[str, torch.Tensor]
+    misc: dict[str, Any] = field(default_factory=dict)
+    kkt: KKT | None = None
+    converged: bool | None = None
+    skipped: bool = False
+    reason: str = ""
+
+
+def _as_list(opts: Optimizers | None, side: str) -> list[torch.optim.Optimizer]:
+    if opts is None:
+        return []
+    seq = [opts] if isinstance(opts, torch.optim.Optimizer) else list(opts)
+    for o in seq:
+        if not isinstance(o, torch.optim.Optimizer):
+            raise OptimlabError(f"{side} optimizers must be torch.optim.Optimizer instances; got "
+                                f"{type(o).__name__}")
+    return seq
+
+
+def _params(opts: Iterable[torch.optim.Optimizer]) -> list[torch.Tensor]:
+    return [p for o in opts for g in o.param_groups for p in g["params"]]
+
+
+class _Snapshot:
+    """Parameters and states of some optimizers, to come back to (extragradient, refused steps)."""
+
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]):
+        self.items = []
+        for o in optimizers:
+            params = [p for g in o.param_groups for p in g["params"]]
+            values = [p.detach().clone() for p in params]
+            state = {p: {k: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                         for k, v in s.items()} for p, s in o.state.items()}
+            self.items.append((o, params, values, state))
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for o, params, values, state in self.items:
+            for p, v in zip(params, values, strict=True):
+                p.copy_(v)
+            o.state = defaultdict(dict, state)
+
+
+class ConstrainedOptimizer:
+    """Primal-dual optimization of a :class:`Problem` with any ``torch.optim`` optimizers.
+
+    ``primal``: optimizer(s) of the model's parameters. ``dual``: optimizer(s) of
+    ``problem.dual_parameters()``, or a function ``params -> optimizer`` (e.g.
+    ``functools.partial(torch.optim.SGD, lr=1e-2)``); None when the problem has no multipliers. Dual
+    optimizers must have a ``maximize`` option and are set to ``maximize=True`` here. ``scheme``:
+    one of ``SCHEMES`` (see the module docstring). ``diagnostics``: compute :class:`KKT` measures
+    every step (implied by ``tolerances``, which also sets ``StepResult.converged``).
+    ``check_finite``: refuse steps with non-finite values (one device sync per step);
+    ``on_nonfinite``: ``"raise"`` an :class:`OptimlabError` or ``"skip"`` (return a result with
+    ``skipped=True``).
+    """
+
+    def __init__(
+        self,
+        problem: Problem,
+        primal: Optimizers,
+        dual: Optimizers | Callable[[list], torch.optim.Optimizer] | None = None,
+        scheme: str = "simultaneous",
+        *,
+        diagnostics: bool = False,
+        tolerances: Tolerances | Mapping[str, float] | None = None,
+        check_finite: bool = True,
+        on_nonfinite: str = "raise",
+    ):
+        if not isinstance(problem, Problem):
+            raise OptimlabError(
+                f"problem must be an optimlab.constrained.Problem; got {type(problem).__name__}")
+        if scheme not in SCHEMES:
+            raise OptimlabError(f"unknown scheme {scheme!r}; valid: {', '.join(SCHEMES)}")
+        if on_nonfinite not in ("raise", "skip"):
+            raise OptimlabError(f"on_nonfinite must be 'raise' or 'skip'; got {on_nonfinite!r}")
+        self.problem, self.scheme = problem, scheme
+        if dual is not None and callable(dual) and not isinstance(dual, (torch.optim.Optimizer, Sequence)):
+            dual = dual(problem.dual_parameters())
+        self.primal_optimizers = _as_list(primal, "primal")
+        self.dual_optimizers = _as_list(dual, "dual")
+        if not self.primal_optimizers:
+            raise OptimlabError("give at least one primal optimizer (of the model's parameters)")
+        self._check_parameters()
+        for o in self.dual_optimizers:
+            _set_maximize(o)
+        if isinstance(tolerances, Mapping):
+            tolerances = Tolerances(**tolerances)
+        self.tolerances = tolerances
+        self.diagnostics = diagnostics or tolerances is not None
+        self.check_finite, self.on_nonfinite = check_finite, on_nonfinite
+        self.steps = 0
+        self._primal_params = _params(self.primal_optimizers)
+        self._nonneg = [c.multiplier.explicit_weight() for c in problem.constraints.values()
+                        if c.inequality and c.multiplier is not None
+                        and c.multiplier.explicit_weight() is not None]
+        self._updaters = any(c.formulation.uses_penalty and c.updater is not None
+                             for c in problem.constraints.values())
+        self._step = getattr(self, "_" + scheme)
+
+    def _check_parameters(self) -> None:
+        names = {id(p): name for name, c in self.problem.constraints.items() for p in c.parameters()}
+        dual_ids = {id(p) for p in _params(self.dual_optimizers)}
+        in_primal = sorted({names[id(p)] for p in _params(self.primal_optimizers) if id(p) in names})
+        if in_primal:
+            raise OptimlabError(
+                f"a primal optimizer holds the multipliers of {', '.join(in_primal)}: they would be "
+                "minimised; give the primal optimizers the model's parameters only"
+            )
+        strangers = dual_ids - set(names)
+        if strangers:
+            raise OptimlabError(
+                f"a dual optimizer holds {len(strangers)} tensor(s) that are not multipliers of this "
+                "problem (the model's parameters?); build it on problem.dual_parameters()"
+            )
+        missing = sorted({n for i, n in names.items() if i not in dual_ids})
+        if self.scheme == "unconstrained":  # (a dual optimizer here holds strangers: refused above)
+            if names:
+                raise OptimlabError(
+                    "the unconstrained scheme moves no multipliers, but constraints "
+                    f"{', '.join(sorted(set(names.values())))} have some; use scheme='simultaneous' "
+                    "(or another primal-dual scheme) with a dual optimizer, or the quadratic_penalty "
+                    "formulation"
+                )
+        elif missing:
+            raise OptimlabError(
+                f"the multipliers of {', '.join(missing)} are in no dual optimizer; give dual="
+                "torch.optim.SGD(problem.dual_parameters(), lr=...) (or another optimizer)"
+            )
+
+    # -- the step ---------------------------------------------------------------------------------
+
+    def step(self, *args: Any, **kwargs: Any) -> StepResult:
+        """Evaluate ``problem.compute(*args, **kwargs)`` and update primal and dual variables."""
+        return self._step(args, kwargs)
+
+    def zero_grad(self) -> None:
+        for o in self.primal_optimizers:
+            o.zero_grad(set_to_none=True)
+        for o in self.dual_optimizers:
+            o.zero_grad(set_to_none=True)
+
+    def _finite(self, total: torch.Tensor) -> bool:
+        return not self.check_finite or math.isfinite(total.item())  # .item(): cheaper than isfinite
+
+    def _backward(self, total: torch.Tensor) -> None:
+        if not total.requires_grad:
+            raise OptimlabError(
+                "the loss and the violations do not depend on any parameter (computed under "
+                "torch.no_grad, or detached?); nothing to differentiate"
+            )
+        total.backward()
+
+    def _primal_step(self) -> None:
+        for o in self.primal_optimizers:
+            o.step()
+
+    @torch.no_grad()
+    def _dual_step(self) -> None:
+        for o in self.dual_optimizers:
+            o.step()
+        if self._nonneg:
+            torch._foreach_clamp_min_(self._nonneg, 0.0)
+
+    def _after(self, observed: list[Observed]) -> None:
+        """Count the step; apply the penalty updaters due at it."""
+        self.steps += 1
+        if self._updaters:
+            for ob in observed:
+                c = ob.constraint
+                u = c.updater if c.formulation.uses_penalty else None
+                if u is not None and self.steps % u.every == 0:
+                    u.update_(c.penalty, c.penalty_init, ob.true_value, c.inequality, ob.indices)
+
+    def _kkt(self, ev: Evaluation, terms: Terms) -> KKT | None:
+        if not self.diagnostics:
+            return None
+        grads = [p.grad for p in self._primal_params if p.grad is not None]
+        return measure(ev.observed, terms.multipliers, grads, self._primal_params[0].device)
+
+    def _result(self, ev: Evaluation, terms: Terms, kkt: KKT | None) -> StepResult:
+        converged = self.tolerances.met(kkt) if (kkt is not None and self.tolerances is not None) else None
+        return StepResult(self.steps, None if ev.loss is None else ev.loss.detach(), terms.primal.detach(),
+                          terms.violations, terms.multipliers, ev.misc, kkt, converged)
+
+    def _simultaneous(self, args, kwargs) -> StepResult:
+        self.zero_grad()
+        ev = self.problem.evaluate(args, kwargs)
+        terms = assemble(ev.loss, ev.observed, fuse=True)
+        total = terms.total
+        if not self._finite(total):
+            return self._refuse(ev, terms)
+        self._backward(total)  # the one backward pass: primal and dual gradients
+        kkt = self._kkt(ev, terms)
+        self._primal_step()
+        self._dual_step()
+        self._after(ev.observed)
+        return self._result(ev, terms, kkt)
+
+    def _unconstrained(self, args, kwargs) -> StepResult:
+        self.zero_grad()
+        ev = self.problem.evaluate(args, kwargs)
+        terms = assemble(ev.loss, ev.observed, fuse=False, with_dual=False)
+        if not self._finite(terms.primal):
+            return self._refuse(ev, terms)
+        self._backward(terms.primal)
+        kkt = self._kkt(ev, terms)
+        self._primal_step()
+        self._after(ev.observed)
+        return self._result(ev, terms, kkt)
+
+    def _primal_then_dual(self, args, kwargs) -> StepResult:
+        self.zero_grad()
+        ev = self.problem.evaluate(args, kwargs)
+        terms = assemble(ev.loss, ev.observed, fuse=False, with_dual=False)
+        if not self._finite(terms.primal):
+            return self._refuse(ev, terms)
+        self._backward(terms.primal)
+        kkt = self._kkt(ev, terms)
+        snapshot = _Snapshot(self.primal_optimizers) if self.check_finite else None
+        self._primal_step()
+        new = self.problem.evaluate_violations(args, kwargs)
+        dual = assemble(None, new, fuse=False).dual if any(
+            ob.constraint.multiplier is not None for ob in new) else None
+        if dual is not None:
+            if not self._finite(dual):  # a non-finite violation makes lambda * g non-finite
+                snapshot.restore()
+                return self._refuse(Evaluation(ev.loss, new, ev.misc), terms, "at the new point ")
+            dual.backward()
+        self._dual_step()
+        self._after(new)
+        return self._result(ev, terms, kkt)
+
+    def _dual_then_primal(self, args, kwargs) -> StepResult:
+        self.zero_grad()
+        ev = self.problem.evaluate(args, kwargs)
+        terms = assemble(ev.loss, ev.observed, fuse=False)
+        if not self._finite(terms.total):
+            return self._refuse(ev, terms)
+        if terms.dual is not None:
+            terms.dual.backward()  # only the multipliers' graph: the violations are detached in it
+        self._dual_step()
+        self._backward(assemble(ev.loss, ev.observed, fuse=False, with_dual=False).primal)
+        kkt = self._kkt(ev, terms)
+        self._primal_step()
+        self._after(ev.observed)
+        return self._result(ev, terms, kkt)
+
+    def _extragradient(self, args, kwargs) -> StepResult:
+        self.zero_grad()
+        ev = self.problem.evaluate(args, kwargs)
+        terms = assemble(ev.loss, ev.observed, fuse=True)
+        total = terms.total
+        if not self._finite(total):
+            return self._refuse(ev, terms)
+        snapshot = _Snapshot(self.primal_optimizers + self.dual_optimizers)
+        self._backward(total)
+        kkt = self._kkt(ev, terms)
+        self._primal_step()
+        self._dual_step()  # now at the extrapolated point
+        self.zero_grad()
+        ev2 = self.problem.evaluate(args, kwargs)
+        terms2 = assemble(ev2.loss, ev2.observed, fuse=True)
+        total2 = terms2.total
+        if not self._finite(total2):
+            snapshot.restore()
+            return self._refuse(ev2, terms2, "at the extrapolated point ")
+        self._backward(total2)
+        snapshot.restore()  # back to (theta_t, lambda_t) and the optimizers' states there
+        self._primal_step()
+        self._dual_step()
+        self._after(ev2.observed)
+        return self._result(ev, terms, kkt)
+
+    def _refuse(self, ev: Evaluation, terms: Terms, where: str = "") -> StepResult:
+        self.zero_grad()
+        bad = []
+        if ev.loss is not None and not bool(torch.isfinite(ev.loss.detach())):
+            bad.append("loss")
+        for ob in ev.observed:
+            if not bool(torch.isfinite(ob.value.detach()).all()):
+                bad.append(f"violation of {ob.name!r}")
+            if ob.strict is not None and not bool(torch.isfinite(ob.strict).all()):
+                bad.append(f"strict violation of {ob.name!r}")
+            lam = terms.multipliers.get(ob.name)
+            if lam is not None and not bool(torch.isfinite(lam).all()):
+                bad.append(f"multiplier of {ob.name!r}")
+        what = ", ".join(bad) or "Lagrangian (overflow)"
+        reason = (f"step {self.steps + 1} refused {where}and nothing changed: non-finite {what}. "
+                  "Lower the learning rates, or look at the data of this batch")
+        if self.on_nonfinite == "raise":
+            raise OptimlabError(reason)
+        return StepResult(self.steps, None if ev.loss is None else ev.loss.detach(), None,
+                          {ob.name: ob.true_value for ob in ev.observed}, terms.multipliers, ev.misc,
+                          None, None, True, reason)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything but the model: the problem (multipliers, penalties), every optimizer, the step
+        count. Tensors and plain values only (loads with ``torch.load(..., weights_only=True)``)."""
+        return {"format": FORMAT, "scheme": self.scheme, "steps": self.steps,
+                "problem": self.problem.state_dict(),
+                "primal": [o.state_dict() for o in self.primal_optimizers],
+                "dual": [o.state_dict() for o in self.dual_optimizers]}
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        """Restore a :meth:`state_dict`; everything is checked first, and a refused one changes nothing."""
+        if not isinstance(state_dict, Mapping) or state_dict.get("format") != FORMAT:
+            raise OptimlabError("not a state of an optimlab ConstrainedOptimizer (format missing or other)")
+        if state_dict["scheme"] != self.scheme:
+            raise OptimlabError(f"the checkpoint was made with scheme {state_dict['scheme']!r}; this "
+                                f"optimizer uses {self.scheme!r}")
+        self.problem.check_state_dict(state_dict["problem"])
+        for side, opts in (("primal", self.primal_optimizers), ("dual", self.dual_optimizers)):
+            saved = state_dict[side]
+            if len(saved) != len(opts):
+                raise OptimlabError(
+                    f"the checkpoint has {len(saved)} {side} optimizer(s); this one has {len(opts)}")
+            for i, (o, s) in enumerate(zip(opts, saved, strict=True)):
+                mine = [len(g["params"]) for g in o.param_groups]
+                theirs = [len(g["params"]) for g in s["param_groups"]]
+                if mine != theirs:
+                    raise OptimlabError(f"{side} optimizer {i} of the checkpoint has parameter groups of "
+                                        f"sizes {theirs}; this one {mine}: a different problem or model")
+        self.problem.load_state_dict(state_dict["problem"])
+        for o, s in zip(self.primal_optimizers, state_dict["primal"], strict=True):
+            o.load_state_dict(s)
+        for o, s in zip(self.dual_optimizers, state_dict["dual"], strict=True):
+            o.load_state_dict(s)
+            _set_maximize(o)
+        self.steps = int(state_dict["steps"])
+
+
+def _set_maximize(o: torch.optim.Optimizer) -> None:
+    if "maximize" not in o.defaults or any("maximize" not in g for g in o.param_groups):
+        raise OptimlabError(
+            f"the dual optimizer {type(o).__name__} has no 'maximize' option, so it cannot ascend on "
+            "the multipliers; use one that has (torch.optim.SGD, Adam, AdamW, RMSprop, Adagrad, ..., "
+            "or optimlab.constrained.NuPI)"
+        )
+    o.defaults["maximize"] = True
+    for g in o.param_groups:
+        g["maximize"] = True
+
