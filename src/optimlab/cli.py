@@ -111,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="convergence target as an absolute test accuracy (overrides the fraction)")
     rp.set_defaults(func=_report)
 
+    _localflow_parser(sub)
+
     o = sub.add_parser("optimizers", help="the optimizer names and their hyperparameters",
                        description="The optimizer names, each with its hyperparameters.")
     o.set_defaults(func=_optimizers)
@@ -137,6 +139,8 @@ def _study_parser(sub) -> None:
     r.add_argument("--extend", action="store_true",
                    help="add this file's new runs to a store of an earlier version of the study")
     r.add_argument("--data-dir", default=None, help="folder holding data sets as DATA_DIR/NAME/")
+    r.add_argument("--report", action="store_true",
+                   help="then write the study's report (as `optimlab report`) and print where it is")
     r.add_argument("-v", "--verbose", action="store_true", help="a line per finished run")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_study_run)
@@ -165,6 +169,13 @@ def _study_run(args: argparse.Namespace) -> int:
     print(f"{spec.name}: {outcome.completed} completed, {outcome.diverged} diverged, "
           f"{outcome.failed} failed, {outcome.pending} pending ({outcome.wall_time:.1f} s); "
           f"store: {outcome.store}")
+    if args.report:
+        from optimlab.report import make_report
+
+        report = make_report(outcome.store)
+        for note in report.summary.notes:
+            print(f"note: {note}")
+        print(f"report: {report.html}")
     return 0 if outcome.failed == 0 and outcome.pending == 0 else 1
 
 
@@ -194,6 +205,69 @@ def _study_export(args: argparse.Namespace) -> int:
     out = args.out or str(Path(args.db).resolve().parent / "export")
     for path in export_results(args.db, out, args.format):
         print(path)
+    return 0
+
+
+def _localflow_parser(sub) -> None:
+    lf = sub.add_parser("localflow", help="learning rates from the local problem: picture, schedule",
+                        description="The local flow of a batch: the projection picture, and the "
+                        "learning rates the curvature scheduler sets.")
+    lsub = lf.add_subparsers(title="commands", metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dataset", default="mnist-10k:0,1", help="a data set name")
+    common.add_argument("--model", default="logreg", help="logreg, mlp, cnn, linear (for lls)")
+    common.add_argument("--batch-size", type=int, default=64)
+    common.add_argument("--seed", type=int, default=0)
+    pic = lsub.add_parser("picture", parents=[common], help="the projection picture of a batch (PNG)",
+                          description="Project parameters around theta and the batch gradients there on "
+                          "the batch's principal gradient direction q; fit g; write the scatter plot.")
+    pic.add_argument("--steps", type=int, default=0, help="SGD steps before the picture (0: at init)")
+    pic.add_argument("--lr", type=float, default=0.1, help="learning rate of those SGD steps")
+    pic.add_argument("--radius", type=float, default=1.0, help="sample theta + t q for |t| <= radius")
+    pic.add_argument("--spread", type=float, default=0.0, help="noise off the line (the seed's cloud)")
+    pic.add_argument("--out", default="picture.png", help="the PNG to write")
+    pic.set_defaults(func=_localflow_picture)
+    sch = lsub.add_parser("schedule", parents=[common], help="the per-epoch learning rates of a run",
+                          description="Train with SGD under the curvature scheduler (lr = the flow time "
+                          "h) and print the learning rate it sets, one per epoch (the median).")
+    sch.add_argument("--lr", type=float, default=1.0, help="the flow time h")
+    sch.add_argument("--epochs", type=int, default=3)
+    sch.add_argument("--every", type=int, default=10, help="measure the curvature every k steps")
+    sch.add_argument("--method", default="hvp", choices=("hvp", "secant"))
+    sch.add_argument("--momentum", type=float, default=0.0)
+    sch.add_argument("--out", default=None, help="also write every step's record as JSON here")
+    sch.set_defaults(func=_localflow_schedule)
+    lf.set_defaults(func=lambda a: (lf.print_help(), 2)[1])
+
+
+def _localflow_picture(args: argparse.Namespace) -> int:
+    from optimlab.localflow import save_picture
+    from optimlab.localflow.runs import picture_at
+    from optimlab.runfiles import check_writable
+
+    check_writable(Path(args.out).resolve().parent)
+    pic = picture_at(args.dataset, args.model, args.batch_size, args.steps, args.lr, args.seed,
+                     radius=args.radius, spread=args.spread)
+    save_picture(pic, args.out)
+    print(f"slope {pic.slope:.6g} (curvature along q), intercept {pic.intercept:.6g}, R^2 {pic.r2:.6f}; "
+          f"picture: {args.out}")
+    return 0
+
+
+def _localflow_schedule(args: argparse.Namespace) -> int:
+    from optimlab.localflow.runs import schedule_run
+    from optimlab.runfiles import atomic_write_text, check_writable
+
+    if args.out:
+        check_writable(Path(args.out).resolve().parent)
+    run = schedule_run(args.dataset, args.model, args.lr, args.epochs, args.batch_size, args.every,
+                       args.method, args.momentum, args.seed)
+    for epoch, h in enumerate(run["hs"], 1):
+        print(f"epoch {epoch}: lr {h:.6g}")
+    print(f"final training loss {run['train_loss']:.6g}, test loss {run['test_loss']:.6g}")
+    if args.out:
+        atomic_write_text(Path(args.out), json.dumps(run, indent=1))
+        print(f"records: {args.out}")
     return 0
 
 
