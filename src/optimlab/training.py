@@ -344,8 +344,16 @@ def _flush(pending: list[torch.Tensor], state: _Progress, log_every: int, per_ep
     Returns the last batch loss. On a non-finite loss, marks the run diverged at its step.
     """
     values = torch.stack(pending).tolist()
-    first = state.step - len(values) + 1
     pending.clear()
+    return record_losses(values, state, log_every, per_epoch, lr)
+
+
+def record_losses(values: list[float], state: _Progress, log_every: int, per_epoch: int,
+                  lr: float) -> float:
+    """Record the batch losses of the last ``len(values)`` steps (up to ``state.step``) as
+    :func:`train` does: a train_log row every ``log_every`` steps; at the first non-finite loss the
+    run is marked diverged at its step. Returns the last loss looked at."""
+    first = state.step - len(values) + 1
     for offset, value in enumerate(values):
         s = first + offset
         if not math.isfinite(value):

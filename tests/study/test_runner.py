@@ -211,3 +211,18 @@ def test_an_unwritable_study_folder_is_one_message(tmp_path):
     blocker.write_text("")
     with pytest.raises(OptimlabError, match="cannot create the folder"):
         run_study(parse_study(STUDY), out=blocker / "x", executor=SEQUENTIAL)
+
+
+def test_units_are_groups_of_runs_that_differ_only_in_lr_and_seed_but_cnns_run_alone_on_the_cpu():
+    import json
+
+    from optimlab.study.units import plan_units
+
+    spec = parse_study(STUDY)
+    runs = [{"id": i + 1, "config": json.dumps(c.to_dict())} for i, c in enumerate(spec.configs())]
+    units = plan_units(runs, groups=True)
+    assert [(u.kind, u.run_ids) for u in units] == [("group", [1, 2, 3, 4]), ("group", [5, 6])]
+    assert [u.kind for u in plan_units(runs, groups=False)] == ["run"] * 6
+    cnn = parse_study(STUDY.replace('model = "logreg"', 'model = "cnn"'))
+    runs = [{"id": i + 1, "config": json.dumps(c.to_dict())} for i, c in enumerate(cnn.configs())]
+    assert [u.kind for u in plan_units(runs, groups=True)] == ["run"] * 6

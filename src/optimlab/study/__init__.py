@@ -1,1 +1,28 @@
-"""Optimizer studies: grids of optimizers x learning rates x seeds, trained, stored and resumed."""
+"""Optimizer studies: grids of optimizers x learning rates x seeds, trained, stored and resumed.
+
+``load_study`` reads a study file (TOML); ``run_study`` trains what is not finished yet with an
+executor (sequential, vectorized, processes, ray) into one SQLite store; ``load_results`` reads a
+store as pandas DataFrames and ``export_results`` writes them as CSV or Parquet; ``train_group``
+trains runs that differ only in learning rate and seed in one vectorized pass.
+"""
+
+from optimlab.study.results import StudyResults, export_results, load_results
+from optimlab.study.runner import StudyOutcome, run_study
+from optimlab.study.spec import ExecutorSpec, StudySpec, load_study, parse_study
+from optimlab.study.store import StudyStore
+from optimlab.study.vectorized import train_group, vectorizable_key
+
+__all__ = [
+    "ExecutorSpec",
+    "StudyOutcome",
+    "StudyResults",
+    "StudySpec",
+    "StudyStore",
+    "export_results",
+    "load_results",
+    "load_study",
+    "parse_study",
+    "run_study",
+    "train_group",
+    "vectorizable_key",
+]

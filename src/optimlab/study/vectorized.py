@@ -1,0 +1,556 @@
+"""Many runs in one pass: runs that differ only in learning rate and seed, trained together.
+
+The K runs of a group sit in a grid of S seeds x L learning-rate slots. Their parameters are stacked
+on two leading axes, (S, L, *shape) (``torch.func.stack_module_state``), and the model is applied
+with ``functional_call`` under two ``vmap``: the outer one over seeds with the batch batched, the inner
+one over learning rates with the batch shared. Runs of one seed share their initialization and batch
+order, so each step gathers one batch per seed, not one per run.
+
+One stock ``torch.optim`` optimizer at lr=1 steps all the stacked parameters. Every optimizer of the
+catalogue updates ``p <- p - lr * u`` with ``u`` independent of ``lr`` (DESIGN.md, "Many
+configurations in one pass"), so after the step at lr=1 (``p_new = p - u``) each slice's own update
+is ``p + lr * (p_new - p)``, one ``torch.lerp`` with the learning rates as a broadcast weight.
+
+Each slice reproduces :func:`optimlab.training.train` of its config: initialization, batch order,
+evaluation and train_log rows, divergence step, final parameters (up to the summation order of the
+batched kernels). A slice whose loss turns non-finite is recorded diverged and masked (parameters and
+optimizer state zeroed, learning rate 0) without disturbing the others.
+
+Where the time went (torch.profiler and cProfile, 15 runs of an MLP on Fashion-MNIST, one CPU
+thread), and what was done about it:
+
+* vmap turned ``x @ w.T`` with a shared batch into a copy of the batch per run and a batched
+  matmul: the Linear layers are computed as ``(w @ x.T).T``, which vmap folds into one matmul per
+  seed (:class:`_SharedInputLinear`; an Adam step of 15 runs: logreg 4.5 -> 2.8 ms, MLP 18 -> 12);
+* the default (one op at a time) optimizers read and write the stacked state once per operation:
+  torch's fused kernels where there is one (Adam 4.8 -> 1.0 ms a step);
+* the copy and lerp of the lr scaling cost about as much as an SGD step (1.1 ms for 15 MLPs). For
+  SGD without weight decay, weighting each slice's loss by its lr in the backward pass would save it
+  and is exact in real arithmetic, but its rounding drifts from the independent run far sooner on
+  unstable trajectories (5e-3 against 7e-6 after an epoch of the MLP at lr 0.1): not taken;
+* ``F.cross_entropy`` under vmap goes through a Python decomposition of ``nll_loss``: the loss is
+  written with ``logsumexp`` (2.6x faster); dicts of tensors given to vmap are flattened once.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+from torch.overrides import TorchFunctionMode
+
+from optimlab.data import Dataset, epoch_batches, load_dataset, steps_per_epoch
+from optimlab.devices import resolve_device
+from optimlab.errors import OptimlabError
+from optimlab.optimizers import OptimizerSpec, build_optimizer
+from optimlab.training import (
+    EVAL_BATCH,
+    RESUMABLE_CHANGES,
+    RunResult,
+    TrainConfig,
+    _evaluated_at,
+    _Progress,
+    _progress_bar,
+    _result,
+    check_batch_size,
+    init_model,
+    record_losses,
+    total_steps,
+)
+
+__all__ = ["GROUP_FORMAT", "check_group", "train_group", "vectorizable_key"]
+
+GROUP_FORMAT = "optimlab.group/1"
+VARYING = ("lr", "seed")  # the only settings in which the runs of a group may differ
+# activations (floats) one evaluation chunk of all slices may hold: train's own bound, a CNN on
+# 32x32 images (64 x 32 x 32 floats a sample) evaluated EVAL_BATCH samples at a time
+EVAL_FLOATS = EVAL_BATCH * 64 * 32 * 32
+
+
+def vectorizable_key(config: TrainConfig) -> tuple:
+    """Every setting of ``config`` but ``lr`` and ``seed``, hashable: configs with equal keys can be
+    trained together by :func:`train_group`."""
+    return tuple((k, _frozen(v)) for k, v in config.to_dict().items() if k not in VARYING)
+
+
+def _frozen(value: object) -> object:
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def check_group(configs: list[TrainConfig]) -> None:
+    """Raise :class:`OptimlabError` naming the first setting, other than lr and seed, in which the
+    runs differ."""
+    if not configs:
+        raise OptimlabError("a group of runs needs at least one run")
+    first = configs[0].to_dict()
+    for i, config in enumerate(configs[1:], start=1):
+        mine = config.to_dict()
+        for k, v in first.items():
+            if k not in VARYING and mine[k] != v:
+                raise OptimlabError(
+                    f"runs trained together may differ only in lr and seed; run {i} has "
+                    f"{k}={mine[k]!r} where run 0 has {k}={v!r}"
+                )
+
+
+def train_group(
+    configs: list[TrainConfig],
+    data: Dataset | None = None,
+    data_dir: str | Path | None = None,
+    resume_from: dict | None = None,
+    on_checkpoint: Callable[[dict, list[RunResult]], None] | None = None,
+    on_eval: Callable[[int, dict], None] | None = None,
+    progress: bool = False,
+    keep_models: bool = True,
+) -> list[RunResult]:
+    """Train the runs of ``configs`` (equal but for lr and seed) together; one result per config,
+    in order, each as :func:`optimlab.training.train` of that config alone would give it.
+
+    ``on_eval(k, row)``: every evaluation row of run ``k`` (``k`` indexes ``configs``).
+    ``on_checkpoint(ckpt, results_so_far)``: at the end of every epoch and at the end; ``ckpt``
+    (format ``optimlab.group/1``) holds only tensors and plain values, and ``resume_from=ckpt``
+    continues from it to the same numbers as an uninterrupted group. ``wall_time``: the group's.
+    ``keep_models``: each result's ``model`` holds its slice's final parameters (for a diverged
+    run: those it had when the divergence was seen, as :func:`train` returns them).
+    """
+    configs = list(configs)
+    check_group(configs)
+    base = configs[0]
+    device = resolve_device(base.device)
+    if data is None:
+        data = load_dataset(base.dataset, data_dir=data_dir, device=device, normalize=base.normalize)
+    data = data.to(device)
+    check_batch_size(base.batch_size, data)
+    group = _Group(configs, data, device)
+    if resume_from is not None:
+        group.restore(resume_from)
+    return group.run(on_checkpoint, on_eval, progress, keep_models)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where each run sits in the grid of S seeds x L slots; cells without a run are padding."""
+
+    seeds: tuple[int, ...]
+    cells: tuple[tuple[int, int], ...]  # run k -> (seed index, slot)
+    width: int  # L
+
+    @classmethod
+    def of(cls, configs: list[TrainConfig]) -> _Layout:
+        seeds = list(dict.fromkeys(c.seed for c in configs))
+        used = [0] * len(seeds)
+        cells = []
+        for c in configs:
+            s = seeds.index(c.seed)
+            cells.append((s, used[s]))
+            used[s] += 1
+        return cls(tuple(seeds), tuple(cells), max(used))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.seeds), self.width
+
+
+class _SharedInputLinear(TorchFunctionMode):
+    """Computes ``F.linear(x, w, b)`` of a 2-D input as ``(w @ x.T).T + b``, the products of
+    ``x @ w.T`` in the other orientation.
+
+    Under vmap, ``x @ w.T`` with x shared by the slices (the batch, or the evaluation set: unbatched)
+    and w stacked makes one copy of x per slice and a batched matmul; the profiler showed that copy
+    and that bmm taking most of a step. ``w @ x.T`` lets vmap fold the slices into the rows of one
+    matmul, (L * out, in) @ (in, B). Every layer is flipped, so that all activations keep one
+    layout, (features, batch), and each weight's gradient comes out in the weight's own layout;
+    the model's output is left transposed (the loss is as fast on it).
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            x, w, b = _linear_arguments(*args, **kwargs)
+            if x.dim() == 2:
+                out = torch.matmul(w, x.mT).mT
+                return out if b is None else out + b
+        return func(*args, **kwargs)
+
+
+def _linear_arguments(input, weight, bias=None):  # noqa: A002 - F.linear's own names
+    return input, weight, bias
+
+
+class _Stack:
+    """The S x L models as stacked tensors (S, L, *shape), and the vmapped functions applying them.
+
+    The vmapped functions take the stacked tensors as a flat tuple (``self.tensors``: parameters,
+    then buffers): flattening a dict at each call of each vmap level was a tenth of a small step.
+    """
+
+    def __init__(self, models: list[nn.Module], width: int, data: Dataset, device: torch.device):
+        stacked, buffers = stack_module_state([m for m in models for _ in range(width)])
+        grid = (len(models), width)
+        self.params = {k: v.detach().reshape(*grid, *v.shape[1:]).to(device).requires_grad_()
+                       for k, v in stacked.items()}
+        self.buffers = {k: v.reshape(*grid, *v.shape[1:]).to(device) for k, v in buffers.items()}
+        self.names = [*self.params, *self.buffers]
+        self.tensors = (*self.params.values(), *self.buffers.values())
+        self.template = copy.deepcopy(models[0]).to("meta")
+        self.task = data.task
+        self.loss_fn = _mean_loss(data.task)
+        stacked_dims = (0,) * len(self.tensors)
+        per_seed = vmap(self._loss, in_dims=(*stacked_dims, None, None))  # the batch: shared
+        self._losses = vmap(per_seed, in_dims=(*stacked_dims, 0, 0))  # the batch: one per seed
+        shared = (*stacked_dims, None, None)  # the evaluation set: shared by all
+        self._sums = vmap(vmap(self._sum_metrics, in_dims=shared), in_dims=shared)
+        act = _largest_activation(self.template, data.input_shape)
+        self.eval_chunk = max(1, min(EVAL_BATCH, EVAL_FLOATS // (grid[0] * grid[1] * act)))
+
+    def _apply(self, tensors: tuple, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.template, dict(zip(self.names, tensors, strict=True)), (x,))
+
+    def _loss(self, *args):
+        *tensors, x, y = args
+        return self.loss_fn(self._apply(tensors, x), y)
+
+    def _sum_metrics(self, *args):
+        *tensors, x, y = args
+        out = self._apply(tensors, x)
+        if self.task == "classification":  # argmax: 3x faster on (batch, class) than on its transpose
+            hits = (out.contiguous().argmax(dim=1) == y).sum()
+            return _cross_entropies(out, y).sum(), hits
+        return 0.5 * (out - y).square().sum(), torch.zeros((), dtype=torch.int64)
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean batch loss of every slice: x (S, B, *input), y (S, B) -> (S, L)."""
+        with _SharedInputLinear():
+            return self._losses(*self.tensors, x, y)
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list, list | None]:
+        """Mean loss and accuracy (None for regression) of every slice on all of (x, y), a set
+        shared by the slices: nested lists [S][L], as :func:`optimlab.training.evaluate` gives them."""
+        self.template.eval()
+        loss_sum = torch.zeros(self.shape, dtype=torch.float64, device=x.device)
+        correct = torch.zeros(self.shape, dtype=torch.int64, device=x.device)
+        with _SharedInputLinear():
+            for start in range(0, x.shape[0], self.eval_chunk):
+                stop = start + self.eval_chunk
+                loss, hits = self._sums(*self.tensors, x[start:stop], y[start:stop])
+                loss_sum += loss.double()
+                correct += hits
+        self.template.train()
+        n = x.shape[0]
+        losses = [[v / n for v in row] for row in loss_sum.tolist()]
+        if self.task != "classification":
+            return losses, None
+        return losses, [[c / n for c in row] for row in correct.tolist()]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(next(iter(self.params.values())).shape[:2])
+
+    def state_of(self, s: int, j: int) -> dict[str, torch.Tensor]:
+        """A copy of the parameters and buffers of slice (s, j), named as in the model."""
+        return {k: v[s, j].detach().clone() for k, v in {**self.params, **self.buffers}.items()}
+
+
+def _mean_loss(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """:func:`optimlab.training.loss_function`, the same loss written to batch well under vmap:
+    cross-entropy as mean(logsumexp(out) - out[y]) (``F.cross_entropy`` went through a Python
+    decomposition of ``nll_loss``: 2.6x slower, 1 ms a step for 15 runs); 1/2 mean squared error
+    by hand (``F.mse_loss`` with a target shared by the slices mixes them up, torch 2.13: "size
+    of tensor a (200) must match the size of tensor b (100)" for 2 x 2 slices of 100)."""
+    if task == "classification":
+        return lambda out, y: _cross_entropies(out, y).mean()
+    return lambda pred, y: 0.5 * (pred - y).square().mean()
+
+
+def _cross_entropies(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """-log softmax(out)[y] of each sample: out (B, C), y (B,) -> (B,)."""
+    return out.logsumexp(dim=-1) - out.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+
+
+def _largest_activation(template: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Floats in the largest activation of one sample (a forward pass on the meta device)."""
+    sizes = [math.prod(input_shape)]
+    def record(_module, _inputs, out) -> None:
+        if isinstance(out, torch.Tensor):
+            sizes.append(out[0].numel())
+
+    hooks = [m.register_forward_hook(record) for m in template.modules()]
+    try:
+        template(torch.empty(1, *input_shape, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    return max(sizes)
+
+
+class _ScaledOptimizer:
+    """One stock optimizer at lr=1 over the stacked parameters; each slice's step scaled by its lr.
+
+    The optimizer turns p (S, L, *shape) into p_new = p - u; each slice then gets
+    p + lr * (p_new - p) = lerp(p, p_new, lr), with ``lrs`` (S, L) broadcast as the weight: a copy of
+    p before the step and the lerp after, two passes over the parameters.
+    """
+
+    def __init__(self, spec: str, params: list[torch.Tensor], lrs: torch.Tensor):
+        self.optimizer = _build_fast(spec, params)
+        self.params = params
+        self.lrs = lrs
+        self.before = [torch.empty_like(p) for p in params]
+        self.weights = [lrs.view(*lrs.shape, *(1,) * (p.dim() - 2)) for p in params]
+
+    def backward(self, losses: torch.Tensor) -> None:
+        """Gradients of the slices' losses (S, L): the sum's gradient is each slice's own."""
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        torch._foreach_copy_(self.before, self.params)
+        self.optimizer.step()
+        for p, before, weight in zip(self.params, self.before, self.weights, strict=True):
+            torch.lerp(before, p, weight, out=p)
+
+    @torch.no_grad()
+    def mask(self, s: int, j: int) -> None:
+        """Stop slice (s, j): learning rate 0, parameters and optimizer state zeroed (finite)."""
+        self.lrs[s, j] = 0.0
+        for p in self.params:
+            p[s, j] = 0.0
+            for value in self.optimizer.state.get(p, {}).values():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                    value[s, j] = 0.0
+
+
+def _build_fast(spec: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """The optimizer of ``spec`` at lr=1, with torch's fused kernel where it has one (unless the spec
+    chooses an implementation): on stacked parameters, several times faster than the default
+    one-op-at-a-time implementation (Adam: 1.0 against 4.8 ms a step for 15 MLPs), which
+    reads and writes every state tensor once per operation."""
+    chosen = {"fused", "foreach"} & set(OptimizerSpec.parse(spec).options)
+    if not chosen and params[0].device.type in ("cpu", "cuda"):  # where every fused kernel runs
+        try:
+            return build_optimizer(spec, params, lr=1.0, fused=True)
+        except OptimlabError:  # no fused kernel for this optimizer
+            pass
+    return build_optimizer(spec, params, lr=1.0)
+
+
+class _Group:
+    """The training of one group: the stacked models, the optimizer, each run's progress and rows."""
+
+    def __init__(self, configs: list[TrainConfig], data: Dataset, device: torch.device):
+        self.configs, self.base, self.data, self.device = configs, configs[0], data, device
+        self.layout = _Layout.of(configs)
+        self.per_epoch = steps_per_epoch(data.num_train, self.base.batch_size, self.base.drop_last)
+        self.total = total_steps(self.base, self.per_epoch)
+        by_seed = {c.seed: c for c in reversed(configs)}
+        self.models = [init_model(by_seed[s], data) for s in self.layout.seeds]  # on the CPU
+        self.stack = _Stack(self.models, self.layout.width, data, device)
+        lrs = torch.zeros(self.layout.shape, device=device)
+        for config, (s, j) in zip(configs, self.layout.cells, strict=True):
+            lrs[s, j] = config.lr
+        self.update = _ScaledOptimizer(self.base.optimizer, list(self.stack.params.values()), lrs)
+        self.orders = [torch.Generator().manual_seed(s) for s in self.layout.seeds]
+        self.runs = [_Progress() for _ in configs]
+        self.seen_diverged: list[dict | None] = [None] * len(configs)  # parameters at divergence
+        self.step = self.epoch = 0
+        self.wall_time = 0.0
+
+    def live(self) -> list[int]:
+        return [k for k, run in enumerate(self.runs) if run.status == "running"]
+
+    # -- the loop, step by step as optimlab.training.train --------------------------------------
+
+    def run(self, on_checkpoint, on_eval, progress: bool, keep_models: bool) -> list[RunResult]:
+        self.on_eval, self.on_checkpoint = on_eval, on_checkpoint
+        self.started = time.perf_counter() - self.wall_time
+        cfg = self.base
+        if self.step == 0 and not any(run.evals for run in self.runs):
+            self.record_eval([None] * len(self.runs))
+        bar = _progress_bar(self.total, self.step, progress)
+        epoch_start = [order.get_state() for order in self.orders]
+        while self.live() and self.step < self.total:
+            epoch_start = [order.get_state() for order in self.orders]
+            batches = [epoch_batches(self.data.num_train, cfg.batch_size, order, cfg.drop_last,
+                                     self.device) for order in self.orders]
+            skip = self.step - self.epoch * self.per_epoch  # > 0 only when resuming mid-epoch
+            pending: list[torch.Tensor] = []
+            last_losses: list = [None] * len(self.runs)
+            for i in range(skip, len(batches[0])):
+                pending.append(self.train_step(torch.cat([b[i] for b in batches])))
+                self.step += 1
+                at_eval = cfg.eval_every is not None and self.step % cfg.eval_every == 0
+                last = self.step == self.total or i == len(batches[0]) - 1
+                if self.step % cfg.log_every == 0 or at_eval or last:
+                    last_losses = self.flush(pending)
+                    bar.update(self.step - bar.n)
+                    if not self.live():
+                        break
+                    if at_eval or (self.step == self.total and not self.evaluated()):
+                        self.record_eval(last_losses)
+                if self.step == self.total:
+                    break
+            else:
+                self.epoch += 1
+                for k in self.live():
+                    self.runs[k].epoch = self.epoch
+                if cfg.eval_every is None and not self.evaluated():
+                    self.record_eval(last_losses)
+                epoch_start = [order.get_state() for order in self.orders]
+                self.save(epoch_start)
+                continue
+            break
+        for k in self.live():
+            self.runs[k].status, self.runs[k].step = "completed", self.step
+        bar.close()
+        self.save(epoch_start)
+        return self.results(keep_models)
+
+    def train_step(self, idx: torch.Tensor) -> torch.Tensor:
+        """One optimizer step of every slice on its seed's batch; idx (S * B,) -> losses (S, L)."""
+        seeds = len(self.layout.seeds)
+        x = self.data.x_train.index_select(0, idx)
+        x = x.view(seeds, -1, *x.shape[1:])
+        y = self.data.y_train.index_select(0, idx).view(seeds, -1)
+        losses = self.stack.losses(x, y)
+        self.update.backward(losses)
+        self.update.step()
+        return losses.detach()
+
+    def flush(self, pending: list[torch.Tensor]) -> list[float | None]:
+        """Look at the batch losses since the last look (one sync for all runs): record them as
+        :func:`train` does, mask the runs that diverged. Returns each run's last batch loss."""
+        values = torch.stack(pending).tolist()  # [step][seed][slot]
+        pending.clear()
+        last: list[float | None] = [None] * len(self.runs)
+        for k in self.live():
+            (s, j), run, config = self.layout.cells[k], self.runs[k], self.configs[k]
+            run.step = self.step
+            last[k] = record_losses([v[s][j] for v in values], run, config.log_every,
+                                    self.per_epoch, config.lr)
+            if run.status == "diverged":
+                self.seen_diverged[k] = self.stack.state_of(s, j)
+                self.update.mask(s, j)
+        return last
+
+    def evaluated(self) -> bool:
+        return any(_evaluated_at(self.runs[k], self.step) for k in self.live())
+
+    def record_eval(self, batch_losses: list[float | None]) -> None:
+        """One evaluation row for every live run (all slices evaluated at once)."""
+        live = self.live()
+        if not live:
+            return
+        d = self.data
+        train = self.stack.evaluate(d.x_train, d.y_train) if self.base.eval_train else None
+        test = self.stack.evaluate(d.x_test, d.y_test)
+        wall_time = time.perf_counter() - self.started
+        for k in live:
+            s, j = self.layout.cells[k]
+            row = {"step": self.step, "epoch": round(self.step / self.per_epoch, 6),
+                   "batch_loss": batch_losses[k],
+                   "train_loss": train[0][s][j] if train else None,
+                   "train_accuracy": train[1][s][j] if train and train[1] else None,
+                   "test_loss": test[0][s][j],
+                   "test_accuracy": test[1][s][j] if test[1] else None,
+                   "lr": self.configs[k].lr, "wall_time": wall_time}
+            self.runs[k].evals.append(row)
+            if self.on_eval is not None:
+                self.on_eval(k, row)
+
+    def results(self, keep_models: bool) -> list[RunResult]:
+        out = []
+        for k, (config, run) in enumerate(zip(self.configs, self.runs, strict=True)):
+            run.wall_time = self.wall_time
+            out.append(_result(config, run, self.device, self.model_of(k) if keep_models else None))
+        return out
+
+    def model_of(self, k: int) -> nn.Module:
+        """A module holding run k's final parameters."""
+        s, j = self.layout.cells[k]
+        model = copy.deepcopy(self.models[s]).to(self.device)
+        state = self.seen_diverged[k] or self.stack.state_of(s, j)
+        model.load_state_dict(state)
+        return model
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def save(self, epoch_start: list[torch.Tensor]) -> None:
+        self.wall_time = time.perf_counter() - self.started
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.checkpoint(epoch_start), self.results(keep_models=False))
+
+    def checkpoint(self, epoch_start: list[torch.Tensor]) -> dict:
+        """A snapshot (copies, not views of the live tensors) of everything :meth:`restore` needs."""
+        for run in self.runs:
+            run.wall_time = self.wall_time
+        return copy.deepcopy({
+            "format": GROUP_FORMAT,
+            "configs": [c.to_dict() for c in self.configs],
+            "params": {k: v.detach() for k, v in self.stack.params.items()},
+            "buffers": self.stack.buffers,
+            "optimizer": self.update.optimizer.state_dict(),
+            "rng": {"epoch_start": list(epoch_start), "torch": torch.get_rng_state()},
+            "progress": {"step": self.step, "epoch": self.epoch, "wall_time": self.wall_time,
+                         "runs": [run.to_dict() for run in self.runs]},
+            "seen_diverged": self.seen_diverged,
+        })
+
+    def restore(self, ckpt: dict) -> None:
+        _check_checkpoint(ckpt, self.configs)
+        saved = {**ckpt["params"], **ckpt["buffers"]}
+        mine = {**self.stack.params, **self.stack.buffers}
+        if {k: tuple(v.shape) for k, v in saved.items()} != {k: tuple(v.shape) for k, v in mine.items()}:
+            raise OptimlabError("the checkpoint's parameters do not fit this group's models (another "
+                                "data set under the same name?)")
+        with torch.no_grad():
+            for name, value in {**self.stack.params, **self.stack.buffers}.items():
+                value.copy_(ckpt["params" if name in self.stack.params else "buffers"][name])
+        self.update.optimizer.load_state_dict(ckpt["optimizer"])
+        progress = ckpt["progress"]
+        self.step, self.epoch, self.wall_time = progress["step"], progress["epoch"], progress["wall_time"]
+        for k, (run, saved) in enumerate(zip(self.runs, progress["runs"], strict=True)):
+            run.load(saved)
+            if run.status == "completed":
+                run.status = "running"  # a larger budget continues it; an equal one ends at once
+            if run.status != "running":
+                self.update.lrs[self.layout.cells[k]] = 0.0
+        self.seen_diverged = [None if p is None else {k: v.to(self.device) for k, v in p.items()}
+                              for p in ckpt["seen_diverged"]]
+        for order, state in zip(self.orders, ckpt["rng"]["epoch_start"], strict=True):
+            order.set_state(state)
+        torch.set_rng_state(ckpt["rng"]["torch"])
+
+
+def _check_checkpoint(ckpt: dict, configs: list[TrainConfig]) -> None:
+    """Refuse, naming the difference, a checkpoint that is not one of this group."""
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if fmt != GROUP_FORMAT:
+        raise OptimlabError(f"not a checkpoint of a group of runs (format {fmt!r}, expected "
+                            f"{GROUP_FORMAT!r})")
+    saved = ckpt["configs"]
+    if len(saved) != len(configs):
+        raise OptimlabError(f"the checkpoint belongs to a different group: it holds {len(saved)} "
+                            f"runs, this group has {len(configs)}")
+    for i, (theirs, config) in enumerate(zip(saved, configs, strict=True)):
+        mine = config.to_dict()
+        differ = [k for k in mine if k not in RESUMABLE_CHANGES and theirs.get(k) != mine[k]]
+        if differ:
+            details = "; ".join(f"{k}: checkpoint {theirs.get(k)!r}, now {mine[k]!r}" for k in differ)
+            raise OptimlabError(
+                f"the checkpoint belongs to a different group (run {i}: {details}); resume with "
+                "the same runs in the same order (only the budget and the device may change)"
+            )
