@@ -71,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="scale pixels to [0, 1] only, without the data set's mean and std")
     t.add_argument("--no-eval-train", action="store_true",
                    help="evaluate on the test set only (faster)")
+    t.add_argument("--constraint", action="append", default=[], metavar="NAME<=BOUND",
+                   help="train under a constraint, e.g. 'l2norm<=1' (the squared L2 norm of the "
+                   "parameters, as seed 001); repeatable; names: l2norm, l1norm")
+    t.add_argument("--dual-optimizer", default="sgd", help="the multipliers' optimizer (it ascends)")
+    t.add_argument("--dual-lr", type=str, default="1e-3", help="the multipliers' learning rate")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     t.add_argument("--data-dir", default=None,
                    help="folder holding data sets as DATA_DIR/NAME/ (also: OPTIMLAB_DATA)")
@@ -292,6 +297,7 @@ def _train(args: argparse.Namespace) -> int:
         drop_last=args.drop_last, normalize=not args.no_normalize,
         eval_train=not args.no_eval_train, device=args.device,
         model_options={"hidden": args.hidden} if args.hidden is not None else {},
+        constraints=args.constraint, dual_optimizer=args.dual_optimizer, dual_lr=args.dual_lr,
     )
     out = Path(args.out) if args.out else Path("runs") / _run_name(config)
 
@@ -302,11 +308,18 @@ def _train(args: argparse.Namespace) -> int:
 
         acc = row["test_accuracy"]
         acc_text = f"{100 * acc:.2f}" if acc is not None else f"n/a (test loss {row['test_loss']:.6g})"
-        tqdm.write(f"Iteration: {row['step']}. Loss: {row['batch_loss']:.6g}. Accuracy: {acc_text}")
+        extra = "".join(f". {k.split('_')[0].capitalize()} {k.partition('_')[2]}: {v:.6g}"
+                        for k, v in row.items() if k.startswith(("violation_", "multiplier_")))
+        tqdm.write(f"Iteration: {row['step']}. Loss: {row['batch_loss']:.6g}. Accuracy: {acc_text}{extra}")
 
     result = train(config, out=out, resume=args.resume, data_dir=args.data_dir, on_eval=show,
                    progress=not args.quiet, keep_model=False)
     final = result.final
+    if config.constraints:
+        from optimlab.report.figures import constrained_panels
+
+        constrained_panels(result.train_log, out / "figure.png", f"{config.model} under "
+                           f"{', '.join(config.constraints)}")
     if result.status == "diverged":
         print(f"diverged at step {result.diverged_at} (non-finite training loss); "
               f"metrics up to there in {out}")

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from optimlab.constrained.named import parse_constraint
 from optimlab.data import Dataset, epoch_batches, load_dataset, steps_per_epoch
 from optimlab.devices import resolve_device
 from optimlab.errors import OptimlabError
@@ -46,6 +47,9 @@ class TrainConfig:
     Budget: ``epochs`` or ``iterations`` (one of them; one epoch when neither is given).
     ``eval_every``: evaluate every so many iterations; None evaluates at the end of every epoch.
     ``log_every``: record the training batch loss every so many iterations.
+    ``constraints``: e.g. ``["l2norm<=1"]`` (see :mod:`optimlab.constrained.named`): the run is then
+    a Lagrangian problem, stepped by simultaneous gradient descent-ascent with ``optimizer`` on the
+    model and ``dual_optimizer`` at ``dual_lr`` on the multipliers.
     """
 
     dataset: str = "mnist-10k"
@@ -62,9 +66,17 @@ class TrainConfig:
     normalize: bool = True
     eval_train: bool = True
     model_options: dict = field(default_factory=dict)
+    constraints: list = field(default_factory=list)
+    dual_optimizer: str = "sgd"
+    dual_lr: float = 1e-3
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.constraints, list | tuple):
+            raise OptimlabError(f"constraints must be a list like ['l2norm<=1']; got {self.constraints!r}")
+        self.constraints = [parse_constraint(c).text for c in self.constraints]
+        self.dual_optimizer = str(OptimizerSpec.parse(self.dual_optimizer))
+        self.dual_lr = check_lr(self.dual_lr)
         spec = OptimizerSpec.parse(self.optimizer) if isinstance(self.optimizer, str) else None
         if spec is None:
             raise OptimlabError(f"optimizer must be a string like 'adam'; got {self.optimizer!r}")
@@ -222,9 +234,13 @@ def train(
     optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr)
     order = torch.Generator().manual_seed(config.seed)  # the batch order, its own stream
     state = _Progress()
+    loss_fn = loss_function(data.task)
+    lagrangian = _Constrained(config, model, optimizer, loss_fn, data.task, device) \
+        if config.constraints else None
     if resume_from is not None:
         _restore(resume_from, config, model, optimizer, order, state)
-    loss_fn = loss_function(data.task)
+        if lagrangian is not None:
+            lagrangian.optimizer.load_state_dict(resume_from["constrained"])
     x, y = data.x_train, data.y_train
     started = time.perf_counter() - state.wall_time
 
@@ -237,6 +253,8 @@ def train(
                "test_loss": te_loss, "test_accuracy": te_acc,
                "lr": optimizer.param_groups[0]["lr"],
                "wall_time": time.perf_counter() - started}
+        if lagrangian is not None:
+            row.update(lagrangian.now())
         state.evals.append(row)
         if on_eval is not None:
             on_eval(row)
@@ -250,6 +268,7 @@ def train(
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "rng": {"epoch_start": epoch_start, "torch": torch.get_rng_state()},
             "progress": state.to_dict(),
+            **({"constrained": lagrangian.optimizer.state_dict()} if lagrangian is not None else {}),
         }, _result(config, state, device, None))
 
     if state.step == 0 and not state.evals:
@@ -266,18 +285,24 @@ def train(
         last_loss = None
         for i in range(skip, len(batches)):
             idx = batches[i]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x[idx]), y[idx])
-            loss.backward()
-            optimizer.step()
+            if lagrangian is None:
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x[idx]), y[idx])
+                loss.backward()
+                optimizer.step()
+            else:
+                loss = lagrangian.step(x[idx], y[idx])
             pending.append(loss.detach())
             state.step += 1
             step = state.step
             at_eval = config.eval_every is not None and step % config.eval_every == 0
             last = step == total or i == len(batches) - 1
             if step % config.log_every == 0 or at_eval or last:
+                logged = len(state.train_log)
                 batch_loss = last_loss = _flush(pending, state, config.log_every, per_epoch,
-                                    optimizer.param_groups[0]["lr"])
+                                                optimizer.param_groups[0]["lr"])
+                if lagrangian is not None:
+                    lagrangian.annotate(state.train_log[logged:], step)
                 bar.update(step - bar.n)
                 if state.status == "diverged":
                     break
@@ -299,6 +324,61 @@ def train(
     bar.close()
     save()
     return _result(config, state, device, model if keep_model else None)
+
+
+class _Constrained:
+    """A run's constraints: the problem, the primal-dual optimizer, and the extra columns of its
+    records (``violation_<key>``, ``multiplier_<key>`` and, in train_log, the batch ``accuracy``)."""
+
+    def __init__(self, config: TrainConfig, model: nn.Module, optimizer, loss_fn, task: str, device):
+        from optimlab.constrained import ConstrainedOptimizer, Constraint, Problem, State
+
+        self.named = [parse_constraint(c) for c in config.constraints]
+        self.model = model
+        classify = task == "classification"
+
+        def compute(xb, yb):
+            out = model(xb)
+            misc = {"accuracy": (out.argmax(1) == yb).float().mean()} if classify else {}
+            return State(loss_fn(out, yb), {c.key: c.violation(model) for c in self.named}, misc=misc)
+
+        self.problem = Problem(compute, {c.key: Constraint(c.kind) for c in self.named}).to(device)
+        dual = build_optimizer(config.dual_optimizer, self.problem.dual_parameters(), lr=config.dual_lr)
+        # the loop detects non-finite losses itself (divergence), without a sync every step
+        self.optimizer = ConstrainedOptimizer(self.problem, optimizer, dual, check_finite=False)
+        self.pending: list[torch.Tensor] = []
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        r = self.optimizer.step(xb, yb)
+        values = [r.violations[c.key].reshape(()) for c in self.named]
+        values += [r.multipliers[c.key].reshape(()) for c in self.named]
+        if "accuracy" in r.misc:
+            values.append(r.misc["accuracy"])
+        self.pending.append(torch.stack(values).detach())
+        return r.loss
+
+    def annotate(self, rows: list[dict], last_step: int) -> None:
+        """Add the violations, multipliers and batch accuracy of the steps since the last call (up to
+        ``last_step``) to those of ``rows`` (train_log rows of these steps)."""
+        values = torch.stack(self.pending).tolist() if self.pending else []
+        first, n = last_step - len(values) + 1, len(self.named)
+        for row in rows:
+            v = values[row["step"] - first]
+            for j, c in enumerate(self.named):
+                row[f"violation_{c.key}"] = v[j]
+                row[f"multiplier_{c.key}"] = v[n + j]
+            if len(v) > 2 * n:
+                row["accuracy"] = v[2 * n]
+        self.pending.clear()
+
+    @torch.no_grad()
+    def now(self) -> dict:
+        """The violations (exact, at the current parameters) and multipliers, for an evaluation row."""
+        row = {}
+        for c in self.named:
+            row[f"violation_{c.key}"] = float(c.violation(self.model))
+            row[f"multiplier_{c.key}"] = float(self.problem.constraints[c.key].multiplier.value())
+        return row
 
 
 def check_batch_size(batch_size: int, data: Dataset) -> None:

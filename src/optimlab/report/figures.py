@@ -153,3 +153,29 @@ def all_figures(summary: Summary, folder: Path) -> dict[str, Path]:
         if path is not None:
             made[name] = path
     return made
+
+
+def constrained_panels(rows: list[dict], path: Path, title: str = "") -> Path | None:
+    """Seed 000's four panels against the step: training loss, training accuracy (of the batch),
+    multiplier and violation of each constraint. ``rows``: train_log rows of a constrained run
+    (``step``, ``loss``, ``accuracy``, ``violation_<key>``, ``multiplier_<key>``)."""
+    if not rows:
+        return None
+    plt = _plt()
+    frame = pd.DataFrame(rows)
+    keys = [c[len("violation_"):] for c in frame.columns if c.startswith("violation_")]
+    panels = [("loss", "training loss"), ("accuracy", "training accuracy (batch)")]
+    panels += [(f"multiplier_{k}", f"multiplier ({k})") for k in keys]
+    panels += [(f"violation_{k}", f"violation ({k})") for k in keys]
+    panels = [(c, label) for c, label in panels if c in frame]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.3), squeeze=False)
+    for ax, (col, label) in zip(axes[0], panels, strict=True):
+        ax.plot(frame.step, frame[col])
+        if col.startswith("violation_"):
+            ax.axhline(0.0, color="grey", ls="--", lw=1)
+        ax.set_xlabel("step")
+        ax.set_title(label, fontsize=10)
+        ax.grid(True, alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

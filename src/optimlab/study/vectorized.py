@@ -94,6 +94,9 @@ def check_group(configs: list[TrainConfig]) -> None:
     runs differ."""
     if not configs:
         raise OptimlabError("a group of runs needs at least one run")
+    if configs[0].constraints:
+        raise OptimlabError("constrained runs are not trained in vectorized groups (yet): train them "
+                            "one by one (executor sequential or processes)")
     first = configs[0].to_dict()
     for i, config in enumerate(configs[1:], start=1):
         mine = config.to_dict()
