@@ -445,14 +445,19 @@ def record_losses(values: list[float], state: _Progress, log_every: int, per_epo
     return values[-1]
 
 
+def config_differences(saved: dict, config: TrainConfig) -> str:
+    """The settings in which a checkpoint's config differs from ``config``, as text ("" if none),
+    leaving out those a resumption may change (RESUMABLE_CHANGES)."""
+    mine = config.to_dict()
+    differ = [k for k in mine if k not in RESUMABLE_CHANGES and saved.get(k) != mine[k]]
+    return "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {mine[k]!r}" for k in differ)
+
+
 def _restore(ckpt: dict, config: TrainConfig, model, optimizer, order, state: _Progress) -> None:
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise OptimlabError(f"not a checkpoint of one run (format {ckpt.get('format')!r})")
-    saved = ckpt["config"]
-    mine = config.to_dict()
-    differ = [k for k in mine if k not in RESUMABLE_CHANGES and saved.get(k) != mine[k]]
-    if differ:
-        details = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {mine[k]!r}" for k in differ)
+    details = config_differences(ckpt["config"], config)
+    if details:
         raise OptimlabError(
             f"the checkpoint belongs to a different run ({details}). Use another --out folder, or resume "
             "with the same settings (only the budget and the device may change)."

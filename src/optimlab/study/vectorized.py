@@ -53,7 +53,6 @@ from optimlab.errors import OptimlabError
 from optimlab.optimizers import OptimizerSpec, build_optimizer
 from optimlab.training import (
     EVAL_BATCH,
-    RESUMABLE_CHANGES,
     RunResult,
     TrainConfig,
     _evaluated_at,
@@ -61,6 +60,7 @@ from optimlab.training import (
     _progress_bar,
     _result,
     check_batch_size,
+    config_differences,
     init_model,
     record_losses,
     total_steps,
@@ -549,10 +549,8 @@ def _check_checkpoint(ckpt: dict, configs: list[TrainConfig]) -> None:
         raise OptimlabError(f"the checkpoint belongs to a different group: it holds {len(saved)} "
                             f"runs, this group has {len(configs)}")
     for i, (theirs, config) in enumerate(zip(saved, configs, strict=True)):
-        mine = config.to_dict()
-        differ = [k for k in mine if k not in RESUMABLE_CHANGES and theirs.get(k) != mine[k]]
-        if differ:
-            details = "; ".join(f"{k}: checkpoint {theirs.get(k)!r}, now {mine[k]!r}" for k in differ)
+        details = config_differences(theirs, config)
+        if details:
             raise OptimlabError(
                 f"the checkpoint belongs to a different group (run {i}: {details}); resume with "
                 "the same runs in the same order (only the budget and the device may change)"
