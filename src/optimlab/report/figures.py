@@ -27,35 +27,47 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _metric_panels(has_accuracy: bool, accuracy: tuple[str, str], loss: tuple[str, str]):
+    """A figure with the accuracy panel (when the study has accuracies) and the loss panel side by
+    side; returns it and the (axes, (column, label)) pairs."""
+    panels = ([accuracy] if has_accuracy else []) + [loss]
+    fig, axes = _plt().subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    return fig, list(zip(axes[0], panels, strict=True))
+
+
+def _band(ax, x, mean, std, label: str, **style) -> str:
+    """A mean line with the +- std band shaded in its colour; returns the colour."""
+    (line,) = ax.plot(x, mean, label=label, **style)
+    std = std.fillna(0)
+    ax.fill_between(x, mean - std, mean + std, alpha=0.2, color=line.get_color())
+    return line.get_color()
+
+
 def sensitivity(summary: Summary, path: Path) -> Path | None:
     """Final test accuracy and final training loss against the learning rate (log axis), one line per
     optimizer, the spread over seeds shaded (mean +- std); diverged cells marked with x."""
     cells = summary.cells
     if cells.empty:
         return None
-    plt = _plt()
-    has_acc = cells.final_test_accuracy_mean.notna().any()
-    panels = [("final_train_loss", "final training loss")]
-    if has_acc:
-        panels.insert(0, ("final_test_accuracy", "final test accuracy"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (col, label) in zip(axes[0], panels, strict=True):
+    fig, panels = _metric_panels(cells.final_test_accuracy_mean.notna().any(),
+                                 ("final_test_accuracy", "final test accuracy"),
+                                 ("final_train_loss", "final training loss"))
+    for ax, (col, label) in panels:
         for opt, g in cells.groupby("optimizer", sort=False):
             g = g.sort_values("lr")
-            mean, std = g[f"{col}_mean"], g[f"{col}_std"].fillna(0)
-            (line,) = ax.plot(g.lr, mean, marker="o", label=opt)
-            ax.fill_between(g.lr, mean - std, mean + std, alpha=0.2, color=line.get_color())
+            mean = g[f"{col}_mean"]
+            color = _band(ax, g.lr, mean, g[f"{col}_std"], opt, marker="o")
             bad = g[g.diverged > 0]
             if len(bad):
                 y = np.nanmin(mean) if col.endswith("accuracy") else np.nanmax(mean)
-                ax.scatter(bad.lr, [y] * len(bad), marker="x", color=line.get_color())
+                ax.scatter(bad.lr, [y] * len(bad), marker="x", color=color)
         ax.set_xscale("log")
         if col == "final_train_loss":
             ax.set_yscale("log")
         ax.set_xlabel("learning rate")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    panels[0][0].legend(fontsize=8)
     fig.suptitle("Sensitivity to the learning rate (mean +- std over seeds; x: a seed diverged)")
     return _save(fig, path)
 
@@ -65,17 +77,11 @@ def learning_curves(summary: Summary, path: Path) -> Path | None:
     curves = summary.curves
     if curves.empty:
         return None
-    plt = _plt()
-    has_acc = curves.test_accuracy_mean.notna().any()
-    panels = [("train_loss", "training loss")]
-    if has_acc:
-        panels.insert(0, ("test_accuracy", "test accuracy"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (col, label) in zip(axes[0], panels, strict=True):
+    fig, panels = _metric_panels(curves.test_accuracy_mean.notna().any(),
+                                 ("test_accuracy", "test accuracy"), ("train_loss", "training loss"))
+    for ax, (col, label) in panels:
         for (opt, lr), g in curves.groupby(["optimizer", "lr"], sort=False):
-            mean, std = g[f"{col}_mean"], g[f"{col}_std"].fillna(0)
-            (line,) = ax.plot(g.epoch, mean, label=f"{opt} (lr {lr:g})")
-            ax.fill_between(g.epoch, mean - std, mean + std, alpha=0.2, color=line.get_color())
+            _band(ax, g.epoch, g[f"{col}_mean"], g[f"{col}_std"], f"{opt} (lr {lr:g})")
         if col == "train_loss":
             ax.set_yscale("log")
         if col == "test_accuracy" and summary.target_accuracy is not None:
@@ -83,7 +89,7 @@ def learning_curves(summary: Summary, path: Path) -> Path | None:
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    panels[0][0].legend(fontsize=8)
     fig.suptitle("Learning curves at each optimizer's best learning rate (mean +- std over seeds)")
     return _save(fig, path)
 
