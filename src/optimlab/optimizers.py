@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import inspect
 import math
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -32,11 +33,22 @@ OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict]] = {
 }
 
 
+# optimizers of the local problem (optimlab.localflow), by name -> their hyperparameters and defaults.
+# They need more than the parameters (the model, the batch, the loss): the training loop builds them.
+LOCAL_FLOW: dict[str, dict] = {
+    "localflow-sgd": {"momentum": 0.0, "every": 10, "method": "hvp", "eps": 1e-4},  # SGD + curvature lr
+    "exact-flow": {"rtol": 1e-6, "atol": 1e-9},  # linear models: the exact flow of each batch
+}
+LOCAL_FLOW_LR = 0.1
+
+
 def optimizer_names() -> list[str]:
-    return list(OPTIMIZERS)
+    return list(OPTIMIZERS) + list(LOCAL_FLOW)
 
 
-def _signature(name: str) -> dict[str, inspect.Parameter]:
+def _signature(name: str) -> dict[str, object]:
+    if name in LOCAL_FLOW:
+        return dict(LOCAL_FLOW[name])
     cls = OPTIMIZERS[name][0]
     params = inspect.signature(cls.__init__).parameters
     return {k: p for k, p in params.items() if k not in ("self", "params", "lr")
@@ -46,21 +58,25 @@ def _signature(name: str) -> dict[str, inspect.Parameter]:
 def hyperparameters(name: str) -> dict[str, object]:
     """The hyperparameters ``name`` accepts (besides ``lr``) with their values for that name."""
     _check_name(name)
+    if name in LOCAL_FLOW:
+        return dict(LOCAL_FLOW[name])
     values = {k: p.default for k, p in _signature(name).items()}
     values.update(OPTIMIZERS[name][1])
     return values
 
 
 def default_lr(name: str) -> float:
-    """torch's default learning rate of the optimizer behind ``name``."""
+    """torch's default learning rate of the optimizer behind ``name`` (the local-flow ones: 0.1)."""
     _check_name(name)
+    if name in LOCAL_FLOW:
+        return LOCAL_FLOW_LR
     lr = inspect.signature(OPTIMIZERS[name][0].__init__).parameters["lr"].default
     return float(lr)
 
 
 def _check_name(name: str) -> None:
-    if name not in OPTIMIZERS:
-        raise OptimlabError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    if name not in OPTIMIZERS and name not in LOCAL_FLOW:
+        raise OptimlabError(f"unknown optimizer {name!r}; valid: {', '.join(optimizer_names())}")
 
 
 @dataclass(frozen=True)
@@ -74,33 +90,37 @@ class OptimizerSpec:
     def parse(cls, text: str) -> OptimizerSpec:
         """Parse ``name`` or ``name(key=literal, ...)``; errors name what is wrong and what is valid."""
         text = text.strip()
+        match = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_-]*)\s*(?:\((.*)\))?", text, flags=re.DOTALL)
+        if match is None:
+            raise OptimlabError(
+                f"cannot read optimizer {text!r}; write a name or name(key=value, ...), "
+                "e.g. adam(betas=(0.9, 0.99))"
+            )
+        name, inner = match.group(1), match.group(2)
         try:
-            node = ast.parse(text, mode="eval").body
+            node = ast.parse(f"f({inner or ''})", mode="eval").body
         except SyntaxError:
             raise OptimlabError(
                 f"cannot read optimizer {text!r}; write a name or name(key=value, ...), "
                 "e.g. adam(betas=(0.9, 0.99))"
             ) from None
-        if isinstance(node, ast.Name):
-            spec = cls(node.id, {})
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args:
-            options = {}
-            for kw in node.keywords:
-                if kw.arg is None:
-                    raise OptimlabError(f"optimizer {text!r}: '**' is not allowed")
-                try:
-                    options[kw.arg] = ast.literal_eval(kw.value)
-                except ValueError:
-                    raise OptimlabError(
-                        f"optimizer {text!r}: the value of {kw.arg} must be a literal "
-                        "(number, True/False, tuple)"
-                    ) from None
-            spec = cls(node.func.id, options)
-        else:
+        if not isinstance(node, ast.Call) or node.args:
             raise OptimlabError(
                 f"cannot read optimizer {text!r}; write a name or name(key=value, ...) with "
                 "keyword arguments only"
             )
+        options = {}
+        for kw in node.keywords:
+            if kw.arg is None:
+                raise OptimlabError(f"optimizer {text!r}: '**' is not allowed")
+            try:
+                options[kw.arg] = ast.literal_eval(kw.value)
+            except ValueError:
+                raise OptimlabError(
+                    f"optimizer {text!r}: the value of {kw.arg} must be a literal "
+                    "(number, True/False, tuple)"
+                ) from None
+        spec = cls(name, options)
         spec.validate()
         return spec
 
@@ -147,6 +167,9 @@ def build_optimizer(
         spec = OptimizerSpec.parse(spec)
     spec = OptimizerSpec(spec.name, {**spec.options, **overrides})
     spec.validate()
+    if spec.name in LOCAL_FLOW:
+        raise OptimlabError(f"{spec.name} is not a torch.optim optimizer of parameters alone: it needs the "
+                            "model and the batch; train with it through optimlab.training (TrainConfig)")
     cls, fixed = OPTIMIZERS[spec.name]
     lr = default_lr(spec.name) if lr is None else check_lr(lr)
     try:

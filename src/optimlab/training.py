@@ -24,7 +24,7 @@ from optimlab.data import Dataset, epoch_batches, load_dataset, steps_per_epoch
 from optimlab.devices import resolve_device
 from optimlab.errors import OptimlabError
 from optimlab.models import build_model
-from optimlab.optimizers import OptimizerSpec, build_optimizer, check_lr, default_lr
+from optimlab.optimizers import LOCAL_FLOW, OptimizerSpec, build_optimizer, check_lr, default_lr
 from optimlab.runfiles import (
     atomic_save,
     atomic_write_text,
@@ -82,6 +82,8 @@ class TrainConfig:
             raise OptimlabError(f"optimizer must be a string like 'adam'; got {self.optimizer!r}")
         self.optimizer = str(spec)
         self.lr = default_lr(spec.name) if self.lr is None else check_lr(self.lr)
+        if self.constraints and spec.name in LOCAL_FLOW:
+            raise OptimlabError(f"constraints need a torch.optim optimizer; {spec.name} is not one")
         for name in ("batch_size", "log_every", "seed"):
             _check_int(name, getattr(self, name), minimum=0 if name == "seed" else 1)
         if self.epochs is not None and self.iterations is not None:
@@ -231,16 +233,21 @@ def train(
     total = total_steps(config, per_epoch)
 
     model = init_model(config, data).to(device).train()
-    optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr)
+    loss_fn = loss_function(data.task)
+    local = _LocalFlow(config, model, loss_fn) if OptimizerSpec.parse(config.optimizer).name in LOCAL_FLOW \
+        else None
+    optimizer = local.optimizer if local is not None else \
+        build_optimizer(config.optimizer, model.parameters(), lr=config.lr)
     order = torch.Generator().manual_seed(config.seed)  # the batch order, its own stream
     state = _Progress()
-    loss_fn = loss_function(data.task)
     lagrangian = _Constrained(config, model, optimizer, loss_fn, data.task, device) \
         if config.constraints else None
     if resume_from is not None:
         _restore(resume_from, config, model, optimizer, order, state)
         if lagrangian is not None:
             lagrangian.optimizer.load_state_dict(resume_from["constrained"])
+        if local is not None and local.scheduler is not None:
+            local.scheduler.load_state_dict(resume_from["scheduler"])
     x, y = data.x_train, data.y_train
     started = time.perf_counter() - state.wall_time
 
@@ -269,6 +276,8 @@ def train(
             "rng": {"epoch_start": epoch_start, "torch": torch.get_rng_state()},
             "progress": state.to_dict(),
             **({"constrained": lagrangian.optimizer.state_dict()} if lagrangian is not None else {}),
+            **({"scheduler": local.scheduler.state_dict()} if local is not None and local.scheduler
+               is not None else {}),
         }, _result(config, state, device, None))
 
     if state.step == 0 and not state.evals:
@@ -285,13 +294,13 @@ def train(
         last_loss = None
         for i in range(skip, len(batches)):
             idx = batches[i]
-            if lagrangian is None:
+            if lagrangian is None and local is None:
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model(x[idx]), y[idx])
                 loss.backward()
                 optimizer.step()
             else:
-                loss = lagrangian.step(x[idx], y[idx])
+                loss = (lagrangian or local).step(x[idx], y[idx])
             pending.append(loss.detach())
             state.step += 1
             step = state.step
@@ -324,6 +333,32 @@ def train(
     bar.close()
     save()
     return _result(config, state, device, model if keep_model else None)
+
+
+class _LocalFlow:
+    """The optimizers of the local problem inside a run: ``exact-flow`` (the exact flow of each batch,
+    linear models) and ``localflow-sgd`` (SGD whose learning rate the curvature scheduler sets from
+    the flow time ``lr``, the curvature measured every ``every`` steps)."""
+
+    def __init__(self, config: TrainConfig, model: nn.Module, loss_fn):
+        from optimlab.localflow import CurvatureScheduler, ExactFlow
+
+        spec = OptimizerSpec.parse(config.optimizer)
+        options = {**LOCAL_FLOW[spec.name], **spec.options}
+        self.model, self.loss_fn, self.scheduler = model, loss_fn, None
+        if spec.name == "exact-flow":
+            self.optimizer = ExactFlow(model, lr=config.lr, rtol=options["rtol"], atol=options["atol"])
+        else:
+            self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=options["momentum"])
+            self.scheduler = CurvatureScheduler(self.optimizer, every=options["every"],
+                                                method=options["method"], eps=options["eps"])
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        if self.scheduler is None:
+            return self.optimizer.step(xb, yb).to(torch.float32)
+        loss = self.scheduler.step(lambda: self.loss_fn(self.model(xb), yb))
+        self.optimizer.step()
+        return loss
 
 
 class _Constrained:

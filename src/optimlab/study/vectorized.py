@@ -50,7 +50,7 @@ from torch.overrides import TorchFunctionMode
 from optimlab.data import Dataset, epoch_batches, load_dataset, steps_per_epoch
 from optimlab.devices import resolve_device
 from optimlab.errors import OptimlabError
-from optimlab.optimizers import OptimizerSpec, build_optimizer
+from optimlab.optimizers import LOCAL_FLOW, OptimizerSpec, build_optimizer
 from optimlab.training import (
     EVAL_BATCH,
     RunResult,
@@ -94,9 +94,9 @@ def check_group(configs: list[TrainConfig]) -> None:
     runs differ."""
     if not configs:
         raise OptimlabError("a group of runs needs at least one run")
-    if configs[0].constraints:
-        raise OptimlabError("constrained runs are not trained in vectorized groups (yet): train them "
-                            "one by one (executor sequential or processes)")
+    if configs[0].constraints or OptimizerSpec.parse(configs[0].optimizer).name in LOCAL_FLOW:
+        raise OptimlabError("constrained runs and local-flow optimizers are not trained in vectorized "
+                            "groups (yet): train them one by one (executor sequential or processes)")
     first = configs[0].to_dict()
     for i, config in enumerate(configs[1:], start=1):
         mine = config.to_dict()
