@@ -106,11 +106,13 @@ def test_a_run_killed_mid_way_is_finished_by_resume_with_nothing_lost(tmp_path):
     """A real process, SIGKILLed after a few checkpoints, then `--resume`d."""
     args = [*FAST, "--optimizer", "adam", "--lr", "1e-3", "--epochs", "40", "--log-every", "20",
             "--no-eval-train", "-q"]
-    whole = run_cli("train", *args, "--out", str(tmp_path / "whole"))
+    one_thread = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # bit-for-bit whatever the load
+    whole = run_cli("train", *args, "--out", str(tmp_path / "whole"), env=one_thread)
     assert whole.returncode == 0, whole.stderr
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "optimlab", "train", *args, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **one_thread})
     deadline = time.time() + 120
     epoch = 0
     while time.time() < deadline and proc.poll() is None:
@@ -127,7 +129,7 @@ def test_a_run_killed_mid_way_is_finished_by_resume_with_nothing_lost(tmp_path):
     # metrics.json follows the checkpoint; the kill may land between the two writes
     cut = json.loads((out / "metrics.json").read_text())
     assert cut["status"] == "running" and 2 <= cut["steps"] // 80 < 40
-    resumed = run_cli("train", *args, "--out", str(out), "--resume")
+    resumed = run_cli("train", *args, "--out", str(out), "--resume", env=one_thread)
     assert resumed.returncode == 0, resumed.stderr
     a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     b = json.loads((out / "metrics.json").read_text())

@@ -28,6 +28,8 @@ seeds = [0, 1]
 device = "cpu"
 """
 SEQUENTIAL = ExecutorSpec(kind="sequential")
+# processes compared number for number compute on one thread: bit-for-bit whatever the machine's load
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def rows(results, key):
@@ -90,7 +92,7 @@ def test_processes_give_the_sequential_numbers(reference, tmp_path):
 
 def _run_cli_study(study_file, out, *extra):
     return subprocess.Popen([sys.executable, "-m", "optimlab", "study", "run", str(study_file),
-                             "--out", str(out), "-q", *extra],
+                             "--out", str(out), "-q", *extra], env={**os.environ, **ONE_THREAD},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
