@@ -23,11 +23,11 @@ from optimlab.constrained import ConstrainedOptimizer, Constraint, Problem, Stat
 from optimlab.data import epoch_batches, load_dataset
 from optimlab.devices import resolve_device
 from optimlab.models import build_model
+from optimlab.report.figures import constrained_panels
 from optimlab.runfiles import atomic_save, load_checkpoint
 
 FORMAT = "optimlab.example.constrained_logreg/1"
-PANELS = [("train_loss", "Training Loss"), ("train_acc", "Training Acc"),
-          ("multiplier", "Inequality Multiplier"), ("violation", "Inequality Defect")]
+METRICS = ("train_loss", "train_acc", "multiplier", "violation")  # per batch, as the seed plots them
 
 
 def main() -> None:
@@ -59,7 +59,7 @@ def main() -> None:
                                torch.optim.SGD(problem.dual_parameters(), lr=1e-3))
 
     order = torch.Generator().manual_seed(args.seed)
-    metrics: dict[str, list] = {"batch": [], **{k: [] for k, _ in PANELS}}
+    metrics: dict[str, list] = {"batch": [], **{k: [] for k in METRICS}}
     start_epoch, path = 0, args.out / "checkpoint.pt"
     if path.exists():
         ckpt = load_checkpoint(path, FORMAT)
@@ -94,19 +94,11 @@ def main() -> None:
 
 
 def figure(metrics: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(nrows=1, ncols=4, sharex=True, figsize=(18, 4))
-    for ax, (key, title) in zip(axes, PANELS, strict=True):
-        ax.plot(metrics["batch"], metrics[key])
-        ax.set_xlabel("Batch")
-        ax.set_title(title)
-    axes[3].axhline(0.0, c="gray", alpha=0.5)  # the violation converges close to zero
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    """The seed's four panels, drawn by the library's plot of a constrained run's records."""
+    rows = [{"step": b, "loss": loss, "accuracy": acc, "multiplier_norm": lam, "violation_norm": g}
+            for b, loss, acc, lam, g in zip(metrics["batch"], metrics["train_loss"], metrics["train_acc"],
+                                            metrics["multiplier"], metrics["violation"], strict=True)]
+    constrained_panels(rows, path, "logistic regression, squared L2 norm <= 1")
     print(f"figure: {path}")
 
 
