@@ -167,7 +167,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str,
     return loss, (correct.item() / n if task == "classification" else None)
 
 
-class _Progress:
+class RunProgress:
     """The state of a run that a checkpoint carries, besides model and optimizer."""
 
     def __init__(self) -> None:
@@ -239,7 +239,7 @@ def train(
     optimizer = local.optimizer if local is not None else \
         build_optimizer(config.optimizer, model.parameters(), lr=config.lr)
     order = torch.Generator().manual_seed(config.seed)  # the batch order, its own stream
-    state = _Progress()
+    state = RunProgress()
     lagrangian = _Constrained(config, model, optimizer, loss_fn, data.task, device) \
         if config.constraints else None
     if resume_from is not None:
@@ -278,11 +278,11 @@ def train(
             **({"constrained": lagrangian.optimizer.state_dict()} if lagrangian is not None else {}),
             **({"scheduler": local.scheduler.state_dict()} if local is not None and local.scheduler
                is not None else {}),
-        }, _result(config, state, device, None))
+        }, run_result(config, state, device, None))
 
     if state.step == 0 and not state.evals:
         record_eval(None)
-    bar = _progress_bar(total, state.step, progress)
+    bar = progress_bar(total, state.step, progress)
     # the batch-order state the epoch in progress was drawn from: a checkpoint carries it, so that
     # a resumption mid-epoch draws the same permutation and skips the batches already done
     epoch_start = order.get_state()
@@ -316,13 +316,13 @@ def train(
                 if state.status == "diverged":
                     break
                 bar.set_postfix(loss=f"{batch_loss:.4f}", refresh=False)
-                if at_eval or (step == total and not _evaluated_at(state, step)):
+                if at_eval or (step == total and not evaluated_at(state, step)):
                     record_eval(batch_loss)
             if step == total:
                 break
         else:
             state.epoch += 1
-            if config.eval_every is None and not _evaluated_at(state, state.step):
+            if config.eval_every is None and not evaluated_at(state, state.step):
                 record_eval(last_loss)
             epoch_start = order.get_state()
             save()
@@ -332,7 +332,7 @@ def train(
         state.status = "completed"
     bar.close()
     save()
-    return _result(config, state, device, model if keep_model else None)
+    return run_result(config, state, device, model if keep_model else None)
 
 
 class _LocalFlow:
@@ -448,11 +448,12 @@ def _folder_writer(out: Path, also: Callable | None) -> Callable[[dict, RunResul
     return write
 
 
-def _evaluated_at(state: _Progress, step: int) -> bool:
+def evaluated_at(state: RunProgress, step: int) -> bool:
+    """Whether the run's last evaluation row is at ``step``."""
     return bool(state.evals) and state.evals[-1]["step"] == step
 
 
-def _flush(pending: list[torch.Tensor], state: _Progress, log_every: int, per_epoch: int,
+def _flush(pending: list[torch.Tensor], state: RunProgress, log_every: int, per_epoch: int,
            lr: float) -> float:
     """Look at the batch losses since the last look (one device sync): log, detect divergence.
 
@@ -463,7 +464,7 @@ def _flush(pending: list[torch.Tensor], state: _Progress, log_every: int, per_ep
     return record_losses(values, state, log_every, per_epoch, lr)
 
 
-def record_losses(values: list[float], state: _Progress, log_every: int, per_epoch: int,
+def record_losses(values: list[float], state: RunProgress, log_every: int, per_epoch: int,
                   lr: float) -> float:
     """Record the batch losses of the last ``len(values)`` steps (up to ``state.step``) as
     :func:`train` does: a train_log row every ``log_every`` steps; at the first non-finite loss the
@@ -488,7 +489,7 @@ def config_differences(saved: dict, config: TrainConfig) -> str:
     return "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {mine[k]!r}" for k in differ)
 
 
-def _restore(ckpt: dict, config: TrainConfig, model, optimizer, order, state: _Progress) -> None:
+def _restore(ckpt: dict, config: TrainConfig, model, optimizer, order, state: RunProgress) -> None:
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise OptimlabError(f"not a checkpoint of one run (format {ckpt.get('format')!r})")
     details = config_differences(ckpt["config"], config)
@@ -506,7 +507,7 @@ def _restore(ckpt: dict, config: TrainConfig, model, optimizer, order, state: _P
         state.status = "running"  # a larger budget continues it; an equal one ends at once
 
 
-def _result(config: TrainConfig, state: _Progress, device, model) -> RunResult:
+def run_result(config: TrainConfig, state: RunProgress, device, model) -> RunResult:
     return RunResult(config=config, status=state.status, steps=state.step,
                      diverged_at=state.diverged_at, evals=list(state.evals),
                      train_log=list(state.train_log), wall_time=state.wall_time,
@@ -525,7 +526,8 @@ def _write_metrics(out: Path, result: RunResult) -> None:
             atomic_write_text(out / name, "\n".join(lines) + "\n")
 
 
-def _progress_bar(total: int, initial: int, enabled: bool):
+def progress_bar(total: int, initial: int, enabled: bool):
+    """A tqdm bar over the run's steps (disabled: a no-op)."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, unit="it", dynamic_ncols=True,

@@ -53,16 +53,16 @@ from optimlab.errors import OptimlabError
 from optimlab.optimizers import LOCAL_FLOW, OptimizerSpec, build_optimizer
 from optimlab.training import (
     EVAL_BATCH,
+    RunProgress,
     RunResult,
     TrainConfig,
-    _evaluated_at,
-    _Progress,
-    _progress_bar,
-    _result,
     check_batch_size,
     config_differences,
+    evaluated_at,
     init_model,
+    progress_bar,
     record_losses,
+    run_result,
     total_steps,
 )
 
@@ -367,7 +367,7 @@ class _Group:
             lrs[s, j] = config.lr
         self.update = _ScaledOptimizer(self.base.optimizer, list(self.stack.params.values()), lrs)
         self.orders = [torch.Generator().manual_seed(s) for s in self.layout.seeds]
-        self.runs = [_Progress() for _ in configs]
+        self.runs = [RunProgress() for _ in configs]
         self.seen_diverged: list[dict | None] = [None] * len(configs)  # parameters at divergence
         self.step = self.epoch = 0
         self.wall_time = 0.0
@@ -383,7 +383,7 @@ class _Group:
         cfg = self.base
         if self.step == 0 and not any(run.evals for run in self.runs):
             self.record_eval([None] * len(self.runs))
-        bar = _progress_bar(self.total, self.step, progress)
+        bar = progress_bar(self.total, self.step, progress)
         epoch_start = [order.get_state() for order in self.orders]
         while self.live() and self.step < self.total:
             epoch_start = [order.get_state() for order in self.orders]
@@ -450,7 +450,7 @@ class _Group:
         return last
 
     def evaluated(self) -> bool:
-        return any(_evaluated_at(self.runs[k], self.step) for k in self.live())
+        return any(evaluated_at(self.runs[k], self.step) for k in self.live())
 
     def record_eval(self, batch_losses: list[float | None]) -> None:
         """One evaluation row for every live run (all slices evaluated at once)."""
@@ -478,7 +478,7 @@ class _Group:
         out = []
         for k, (config, run) in enumerate(zip(self.configs, self.runs, strict=True)):
             run.wall_time = self.wall_time
-            out.append(_result(config, run, self.device, self.model_of(k) if keep_models else None))
+            out.append(run_result(config, run, self.device, self.model_of(k) if keep_models else None))
         return out
 
     def model_of(self, k: int) -> nn.Module:
