@@ -28,13 +28,17 @@ def _pm(mean, std) -> str:
 
 
 def ranking_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
-    head = ["rank", "optimizer", "best lr", "final test accuracy", "epochs to target",
-            "width (accuracy), decades", "width (loss), decades", "diverged runs"]
+    rob = summary.robustness
+    accuracy = "best_final_test_accuracy" in rob and rob.best_final_test_accuracy.notna().any()
+    head = ["rank", "optimizer", "best lr", "final test accuracy" if accuracy else "final training loss",
+            "epochs to target", "width (accuracy), decades", "width (loss), decades", "diverged runs"]
     rows = []
-    for r in summary.robustness.itertuples():
-        rows.append([str(r.rank), r.optimizer, _num(r.best_lr),
-                     _pm(getattr(r, "best_final_test_accuracy", None),
-                         getattr(r, "best_final_test_accuracy_std", None)),
+    for r in rob.itertuples():
+        if accuracy:
+            best = _pm(r.best_final_test_accuracy, getattr(r, "best_final_test_accuracy_std", None))
+        else:
+            best = _num(getattr(r, "best_final_train_loss", None))
+        rows.append([str(r.rank), r.optimizer, _num(r.best_lr), best,
                      _num(getattr(r, "epochs_to_target", None), 3),
                      _num(r.width_accuracy_decades, 3), _num(r.width_loss_decades, 3),
                      str(r.diverged_runs)])

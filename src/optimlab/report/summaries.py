@@ -37,9 +37,10 @@ class Summary:
     notes: list[str]
 
 
-def final_metrics(results: StudyResults, target: float | None) -> pd.DataFrame:
+def final_metrics(results: StudyResults, target: float | None = None) -> pd.DataFrame:
     """One row per finished run: final train/test loss and accuracy, best test accuracy, and the
-    epoch and wall time at which test accuracy first reached ``target`` (NaN when it never did)."""
+    epoch and wall time at which test accuracy first reached ``target`` (NaN when it never did, or
+    without a target)."""
     runs = results.runs[results.runs.status.isin(["completed", "diverged"])]
     evals = results.evals
     log = results.train_log
@@ -54,7 +55,6 @@ def final_metrics(results: StudyResults, target: float | None) -> pd.DataFrame:
             if pd.isna(train_loss):  # no train-set evaluation: the last logged batch losses
                 tail = log[log.run_id == run.run_id].sort_values("step").loss.tail(10)
                 train_loss = tail.mean() if len(tail) else np.nan
-        reached = ev[ev.test_accuracy >= target] if target is not None and len(ev) else ev.iloc[:0]
         rows.append({
             "run_id": run.run_id, "optimizer": run.optimizer, "lr": run.lr, "seed": run.seed,
             "status": run.status, "diverged_at": run.diverged_at,
@@ -62,14 +62,23 @@ def final_metrics(results: StudyResults, target: float | None) -> pd.DataFrame:
             "final_test_loss": np.nan if diverged or last is None else last.test_loss,
             "final_test_accuracy": np.nan if diverged or last is None else last.test_accuracy,
             "best_test_accuracy": ev.test_accuracy.max() if len(ev) else np.nan,
-            "epochs_to_target": reached.epoch.iloc[0] if len(reached) else np.nan,
-            "seconds_to_target": reached.wall_time.iloc[0] if len(reached) else np.nan,
             "wall_time": run.wall_time,
         })
-    return pd.DataFrame(rows, columns=[
+    final = pd.DataFrame(rows, columns=[
         "run_id", "optimizer", "lr", "seed", "status", "diverged_at", "final_train_loss",
-        "final_test_loss", "final_test_accuracy", "best_test_accuracy", "epochs_to_target",
-        "seconds_to_target", "wall_time"])
+        "final_test_loss", "final_test_accuracy", "best_test_accuracy", "wall_time"])
+    return with_convergence(final, results.evals, target)
+
+
+def with_convergence(final: pd.DataFrame, evals: pd.DataFrame, target: float | None) -> pd.DataFrame:
+    """``final`` with ``epochs_to_target`` and ``seconds_to_target``: the epoch and wall time of each
+    run's first evaluation whose test accuracy reached ``target`` (NaN when none did)."""
+    hits = (evals[evals.test_accuracy >= target].sort_values("step").groupby("run_id").first()
+            if target is not None else evals.iloc[:0].set_index("run_id"))
+    final = final.copy()
+    final["epochs_to_target"] = final.run_id.map(hits.epoch).astype(float)
+    final["seconds_to_target"] = final.run_id.map(hits.wall_time).astype(float)
+    return final
 
 
 def cell_table(final: pd.DataFrame) -> pd.DataFrame:
@@ -178,14 +187,15 @@ def summarize(results: StudyResults, target_fraction: float = 0.95, target_accur
         notes.append(f"{len(missing)} of {len(results.runs)} runs are not finished "
                      f"({', '.join(f'{n} {s}' for s, n in missing.status.value_counts().items())}); "
                      "the tables use the finished ones only.")
-    final = final_metrics(results, None)
-    cells = cell_table(final)
-    if target_accuracy is None and len(cells) and cells.final_test_accuracy_mean.notna().any():
-        target_accuracy = target_fraction * float(cells.final_test_accuracy_mean.max())
+    final = final_metrics(results)
+    if target_accuracy is None and final.final_test_accuracy.notna().any():
+        # the best mean final accuracy of a cell (over the seeds that did not diverge)
+        best = final.groupby(CELL).final_test_accuracy.mean().max()
+        target_accuracy = target_fraction * float(best)
     if target_accuracy is not None:
-        final = final_metrics(results, target_accuracy)
-        cells = cell_table(final)
-    else:
+        final = with_convergence(final, results.evals, target_accuracy)
+    cells = cell_table(final)
+    if target_accuracy is None:
         notes.append("No test accuracy in this study (a regression task?): no convergence target.")
     robust = robustness_table(cells, accuracy_tolerance, loss_tolerance)
     counts = cells.groupby("optimizer").lr.nunique() if len(cells) else pd.Series(dtype=int)
