@@ -81,3 +81,16 @@ def test_the_page_loads_in_a_real_browser_with_every_image_decoded(made_up_store
     console = [line for line in run.stderr.splitlines() if "CONSOLE" in line]
     assert "<title>IMAGES 4/4 ERRORS 0</title>" in run.stdout, (console, run.stderr[-2000:])
     assert not console, console  # the page itself logs nothing
+
+
+def test_a_regression_study_ranks_by_training_loss(make_store, tmp_path):
+    def no_accuracy(o, lr, s):
+        rows = evals([0.0, 0.0], losses=[1.0, 0.1 * lr + 0.01 * s])
+        return [{**r, "test_accuracy": None} for r in rows]
+
+    db = make_store(["sgd", "adam"], [0.1, 1.0], [0, 1], no_accuracy, name="regression.db")
+    report = make_report(db, tmp_path / "r")
+    md = report.markdown.read_text()
+    assert "| rank | optimizer | best lr | final training loss |" in md
+    assert "| 1 | sgd | 0.1 | 0.015 |" in md or "| 1 | adam | 0.1 | 0.015 |" in md
+    assert "no convergence target" in md
