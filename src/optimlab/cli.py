@@ -199,7 +199,8 @@ def _study_status(args: argparse.Namespace) -> int:
     for r in runs:
         if r["status"] not in ("completed", "diverged"):
             extra = f" ({r['error'].strip().splitlines()[-1]})" if r["error"] else ""
-            print(f"  {r['status']:<8} {r['optimizer']} lr={r['lr']:g} seed={r['seed']} "
+            dual = f" dual_lr={r['dual_lr']:g}" if r["dual_lr"] is not None else ""
+            print(f"  {r['status']:<8} {r['optimizer']} lr={r['lr']:g}{dual} seed={r['seed']} "
                   f"steps={r['steps']}{extra}")
     return 0
 

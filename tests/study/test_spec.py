@@ -18,9 +18,9 @@ seeds = [0, 1]
 def test_the_grid_is_optimizers_by_learning_rates_by_seeds():
     spec = parse_study(BASE)
     assert spec.grid == (
-        ("sgd", 0.1, 0), ("sgd", 0.1, 1), ("sgd", 0.01, 0), ("sgd", 0.01, 1),
-        ("adam(betas=(0.9, 0.99))", 0.1, 0), ("adam(betas=(0.9, 0.99))", 0.1, 1),
-        ("adam(betas=(0.9, 0.99))", 0.01, 0), ("adam(betas=(0.9, 0.99))", 0.01, 1))
+        ("sgd", 0.1, 0, None), ("sgd", 0.1, 1, None), ("sgd", 0.01, 0, None), ("sgd", 0.01, 1, None),
+        ("adam(betas=(0.9, 0.99))", 0.1, 0, None), ("adam(betas=(0.9, 0.99))", 0.1, 1, None),
+        ("adam(betas=(0.9, 0.99))", 0.01, 0, None), ("adam(betas=(0.9, 0.99))", 0.01, 1, None))
     configs = spec.configs()
     assert [c.optimizer for c in configs][:2] == ["sgd", "sgd"]
     assert {(c.batch_size, c.epochs, c.model) for c in configs} == {(100, 2, "logreg")}
@@ -31,9 +31,31 @@ def test_log_range_and_per_optimizer_learning_rates():
     spec = parse_study(BASE.replace("learning_rates = [0.1, 0.01]",
                                     "learning_rates = { from = 1e-5, to = 1e-1, count = 5 }")
                        .replace('"adam(betas=(0.9, 0.99))"', '{ name = "adam", learning_rates = [1e-3] }'))
-    assert sorted({lr for o, lr, _ in spec.grid if o == "sgd"}) == [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
-    assert {lr for o, lr, _ in spec.grid if o == "adam"} == {1e-3}
+    assert sorted({lr for o, lr, *_ in spec.grid if o == "sgd"}) == [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    assert {lr for o, lr, *_ in spec.grid if o == "adam"} == {1e-3}
     assert len(spec.grid) == 5 * 2 + 2
+
+
+CONSTRAINED = BASE + """constraints = ["l2norm<=1"]
+dual_optimizer = "adam"
+dual_learning_rates = { from = 1e-3, to = 1e-1, count = 3 }
+"""
+
+
+def test_a_constrained_study_has_the_dual_learning_rate_as_a_grid_axis():
+    spec = parse_study(CONSTRAINED)
+    assert len(spec.grid) == 2 * 2 * 3 * 2
+    assert spec.grid[:4] == (("sgd", 0.1, 0, 1e-3), ("sgd", 0.1, 1, 1e-3), ("sgd", 0.1, 0, 1e-2),
+                             ("sgd", 0.1, 1, 1e-2))
+    configs = spec.configs()
+    assert {(tuple(c.constraints), c.dual_optimizer) for c in configs} == {(("l2norm<=1",), "adam")}
+    assert [c.dual_lr for c in configs[:6]] == [1e-3, 1e-3, 1e-2, 1e-2, 0.1, 0.1]
+    assert "dual_lr" not in spec.shared  # per run, not shared
+    # without dual_learning_rates: the default dual lr, one value
+    plain = parse_study(BASE + 'constraints = ["l2norm<=1"]\n')
+    assert {c.dual_lr for c in plain.configs()} == {1e-3} and len(plain.grid) == 8
+    # an unconstrained study's definition keeps the three-part runs of schema-1 stores
+    assert '["sgd", 0.1, 0]' in parse_study(BASE).definition()
 
 
 def test_the_definition_ignores_the_executor_but_not_the_grid():
@@ -65,6 +87,15 @@ def test_the_definition_ignores_the_executor_but_not_the_grid():
         (("", '[executor]\nkind = "gpu-farm"\n'), "executor kind 'gpu-farm' is unknown; valid: sequential"),
         (("", "[executor]\nworkers = 0\n"), "executor workers must be an integer >= 1"),
         (("", "[executor]\nthreads = 2\n"), "executor: unknown field 'threads'"),
+        (("", "dual_learning_rates = [0.1]\n"), "dual_learning_rates needs constraints"),
+        (("", 'dual_optimizer = "adam"\n'), "dual_optimizer needs constraints"),
+        (("", 'constraints = ["l2norm<=1"]\ndual_learning_rates = [0.1, 0]\n'),
+         "dual_learning_rates: learning rate must be a finite number > 0"),
+        (("", 'constraints = ["l2norm<=1"]\ndual_learning_rates = [0.1, 0.1]\n'),
+         "duplicate configurations (8): sgd lr=0.1 dual_lr=0.1 seed=0"),
+        (("", 'constraints = ["l2norm<<1"]\n'), "l2norm<<1"),
+        (("", 'constraints = "l2norm<=1"\n'), "constraints must be a list"),
+        (("", 'constraints = ["l2norm<=1"]\ndual_optimizer = "adamm"\n'), "unknown optimizer 'adamm'"),
     ],
 )
 def test_bad_study_files_name_the_field(change, message):
@@ -73,6 +104,12 @@ def test_bad_study_files_name_the_field(change, message):
     with pytest.raises(OptimlabError) as e:
         parse_study(text, "study.toml")
     assert str(e.value).startswith("study.toml: ") and message in str(e.value)
+
+
+def test_a_constrained_study_refuses_every_optimizer_that_is_not_torch_optim():
+    text = CONSTRAINED.replace('"adam(betas=(0.9, 0.99))"', '"localflow-sgd"')
+    with pytest.raises(OptimlabError, match="constraints need a torch.optim optimizer; localflow-sgd"):
+        parse_study(text)
 
 
 def test_the_example_study_files_are_valid():

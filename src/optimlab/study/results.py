@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from optimlab.constrained.named import parse_constraint
 from optimlab.errors import OptimlabError
 from optimlab.study.store import StudyStore
 
@@ -16,12 +17,26 @@ RUN_KEYS = ["run_id", "optimizer", "lr", "seed"]
 class StudyResults:
     """``runs``: one row per run (id, optimizer, lr, seed, status, steps, diverged_at, wall_time,
     attempts, error); ``evals`` and ``train_log``: one row per record, with the run's optimizer, lr
-    and seed beside ``run_id``; ``meta``: the study's name, file, and environment."""
+    and seed beside ``run_id``; ``meta``: the study's name, file, and environment.
+
+    A constrained study also has ``dual_lr`` (after ``lr``) in all three, and its records have a
+    ``violation_<constraint>`` and a ``multiplier_<constraint>`` column per constraint (its train_log
+    also the batch ``accuracy``); ``constraints`` lists the constraints' keys."""
 
     runs: object  # pandas.DataFrame
     evals: object
     train_log: object
     meta: dict
+    constraints: list[str] = field(default_factory=list)
+
+    @property
+    def constrained(self) -> bool:
+        return bool(self.constraints)
+
+    @property
+    def cell_keys(self) -> list[str]:
+        """What tells two runs' settings apart, the seed aside: optimizer, lr (and dual_lr)."""
+        return ["optimizer", "lr", "dual_lr"] if self.constrained else ["optimizer", "lr"]
 
 
 def load_results(path: str | Path) -> StudyResults:
@@ -31,21 +46,38 @@ def load_results(path: str | Path) -> StudyResults:
     store = StudyStore.open(path)
     try:
         conn = store.conn
+        definition = json.loads(store.meta("definition") or "{}")
+        constraints = [parse_constraint(c).key for c in definition.get("shared", {}).get("constraints", [])]
+        dual, run_dual = ("dual_lr, ", "r.dual_lr, ") if constraints else ("", "")
         runs = pd.read_sql_query(
-            "SELECT id AS run_id, optimizer, lr, seed, status, steps, diverged_at, wall_time, "
+            f"SELECT id AS run_id, optimizer, lr, {dual}seed, status, steps, diverged_at, wall_time, "
             "attempts, error FROM runs ORDER BY id", conn)
-        evals = pd.read_sql_query(
-            "SELECT r.id AS run_id, r.optimizer, r.lr, r.seed, e.step, e.epoch, e.batch_loss, "
-            "e.train_loss, e.train_accuracy, e.test_loss, e.test_accuracy, e.wall_time "
-            "FROM evals e JOIN runs r ON r.id = e.run_id ORDER BY r.id, e.step", conn)
-        log = pd.read_sql_query(
-            "SELECT r.id AS run_id, r.optimizer, r.lr, r.seed, t.step, t.epoch, t.loss "
-            "FROM train_log t JOIN runs r ON r.id = t.run_id ORDER BY r.id, t.step", conn)
+        evals = _with_extras(pd.read_sql_query(
+            f"SELECT r.id AS run_id, r.optimizer, r.lr, {run_dual}r.seed, e.step, "
+            "e.epoch, e.batch_loss, e.train_loss, e.train_accuracy, e.test_loss, e.test_accuracy, "
+            "e.wall_time, e.extras FROM evals e JOIN runs r ON r.id = e.run_id ORDER BY r.id, e.step",
+            conn))
+        log = _with_extras(pd.read_sql_query(
+            f"SELECT r.id AS run_id, r.optimizer, r.lr, {run_dual}r.seed, t.step, "
+            "t.epoch, t.loss, t.extras FROM train_log t JOIN runs r ON r.id = t.run_id "
+            "ORDER BY r.id, t.step", conn))
         meta = {k: store.meta(k) for k in ("name", "study_file", "schema_version")}
         meta["environment"] = json.loads(store.meta("environment") or "{}")
     finally:
         store.close()
-    return StudyResults(runs, evals, log, meta)
+    return StudyResults(runs, evals, log, meta, constraints)
+
+
+def _with_extras(frame):
+    """``frame`` with its JSON ``extras`` column spread into one column per key (in first-seen order)."""
+    import pandas as pd
+
+    extras = frame.pop("extras")
+    if extras.notna().any():
+        spread = pd.DataFrame([json.loads(e) if isinstance(e, str) else {} for e in extras],
+                              index=frame.index)
+        frame = pd.concat([frame, spread.astype(float)], axis=1)
+    return frame
 
 
 def export_results(path: str | Path, out: str | Path, fmt: str = "csv") -> list[Path]:

@@ -139,7 +139,11 @@ class _Board:
         acc = final.get("test_accuracy")
         what = (f"diverged at step {r['diverged_at']}" if r["status"] == "diverged" else
                 f"test accuracy {acc:.4f}" if acc is not None else f"test loss {final.get('test_loss')}")
-        return (f"[{self.done}/{self.total}] {config.optimizer} lr={config.lr:g} seed={config.seed}: "
+        if config.constraints:
+            violations = [v for k, v in final.items() if k.startswith("violation_")]
+            what += f", largest violation {max(violations):+.3g}" if violations else ""
+        dual = f" dual_lr={config.dual_lr:g}" if config.constraints else ""
+        return (f"[{self.done}/{self.total}] {config.optimizer} lr={config.lr:g}{dual} seed={config.seed}: "
                 f"{what}, {r['wall_time']:.1f} s")
 
     def close(self) -> None:

@@ -9,6 +9,9 @@
     optimizers = ["sgd", "momentum", { name = "adam", learning_rates = [1e-3] }]
     learning_rates = [0.1]       # or: { from = 1e-5, to = 1e-1, count = 5 } (log-spaced)
     seeds = [0, 1, 2]
+    constraints = ["l2norm<=1"]  # optional: a constrained study (a Lagrangian per run)
+    dual_optimizer = "sgd"       # the multipliers' optimizer (default sgd)
+    dual_learning_rates = [1e-3, 1e-2]  # a grid axis beside the primal lr (default [1e-3])
 
     [model_options]
     hidden = 100
@@ -55,12 +58,17 @@ FIELDS = {
     "optimizers": "a list of names, name(hyperparameters) or {name, learning_rates} tables",
     "learning_rates": "a list of numbers > 0, or {from, to, count}",
     "seeds": "a list of integers >= 0",
+    "constraints": "a list of constraints such as ['l2norm<=1'] (optimlab train --help)",
+    "dual_optimizer": "the optimizer of the multipliers (default sgd); needs constraints",
+    "dual_learning_rates": "the multipliers' learning rates, a list or {from, to, count} (default "
+                           "[1e-3]); needs constraints",
     "executor": "a table: kind, workers, units, address, max_attempts",
 }
 EXECUTOR_FIELDS = ("kind", "workers", "units", "address", "max_attempts")
-# settings shared by every run of the study (the rest of a run is optimizer, lr, seed)
+# settings shared by every run of the study (the rest of a run is optimizer, lr, seed, dual lr)
 SHARED = ("dataset", "model", "model_options", "batch_size", "epochs", "iterations", "eval_every",
-          "log_every", "drop_last", "normalize", "eval_train")
+          "log_every", "drop_last", "normalize", "eval_train", "constraints", "dual_optimizer")
+DEFAULT_DUAL_LR = TrainConfig.dual_lr
 
 
 @dataclass(frozen=True)
@@ -78,24 +86,27 @@ class ExecutorSpec:
 
 @dataclass(frozen=True)
 class StudySpec:
-    """A validated study. ``grid`` is the list of (optimizer, lr, seed), in file order."""
+    """A validated study. ``grid`` is the list of (optimizer, lr, seed, dual_lr), in file order;
+    ``dual_lr`` is None in a study without constraints."""
 
     name: str
     shared: dict
-    grid: tuple[tuple[str, float, int], ...]
+    grid: tuple[tuple[str, float, int, float | None], ...]
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
     device: str = "auto"
     text: str = ""
 
     def configs(self) -> list[TrainConfig]:
         """One :class:`TrainConfig` per run of the grid."""
-        return [TrainConfig(**self.shared, optimizer=o, lr=lr, seed=s, device=self.device)
-                for o, lr, s in self.grid]
+        return [TrainConfig(**self.shared, optimizer=o, lr=lr, seed=s, device=self.device,
+                            dual_lr=DEFAULT_DUAL_LR if d is None else d)
+                for o, lr, s, d in self.grid]
 
     def definition(self) -> str:
-        """What makes two study files the same study (not the executor, not the device)."""
-        return json.dumps({"name": self.name, "shared": self.shared, "grid": self.grid},
-                          sort_keys=True)
+        """What makes two study files the same study (not the executor, not the device). A run of
+        a study without constraints is (optimizer, lr, seed), as in stores of schema 1."""
+        grid = [g if g[3] is not None else g[:3] for g in self.grid]
+        return json.dumps({"name": self.name, "shared": self.shared, "grid": grid}, sort_keys=True)
 
 
 def load_study(path: str | Path) -> StudySpec:
@@ -135,6 +146,12 @@ def parse_study(text: str, source: str = "<study>") -> StudySpec:
     optimizers = doc["optimizers"]
     if not isinstance(optimizers, list) or not optimizers:
         raise fail(f"optimizers must be a non-empty list ({FIELDS['optimizers']}); got {optimizers!r}")
+    constrained = bool(doc.get("constraints"))
+    for key in ("dual_optimizer", "dual_learning_rates"):
+        if key in doc and not constrained:
+            raise fail(f"{key} needs constraints (e.g. constraints = ['l2norm<=1']); this study has none")
+    dual_lrs = (_learning_rates(doc.get("dual_learning_rates", [DEFAULT_DUAL_LR]), "dual_learning_rates",
+                                fail) if constrained else [None])
     grid = []
     for i, entry in enumerate(optimizers):
         where = f"optimizers[{i}]"
@@ -152,16 +169,17 @@ def parse_study(text: str, source: str = "<study>") -> StudySpec:
             spec = str(OptimizerSpec.parse(entry))
         except OptimlabError as e:
             raise fail(f"{where}: {e}") from None
-        grid += [(spec, lr, seed) for lr in lrs for seed in seeds]
+        grid += [(spec, lr, seed, d) for lr in lrs for d in dual_lrs for seed in seeds]
     seen, duplicates = set(), []
     for run in grid:
         if run in seen:
             duplicates.append(run)
         seen.add(run)
     if duplicates:
-        shown = "; ".join(f"{o} lr={lr:g} seed={s}" for o, lr, s in duplicates[:5])
+        shown = "; ".join(f"{o} lr={lr:g}{'' if d is None else f' dual_lr={d:g}'} seed={s}"
+                          for o, lr, s, d in duplicates[:5])
         raise fail(f"duplicate configurations ({len(duplicates)}): {shown}. Each optimizer, learning "
-                   "rate and seed may appear once")
+                   "rate, dual learning rate and seed may appear once")
 
     shared = {k: doc[k] for k in SHARED if k in doc}
     shared.setdefault("model_options", {})
@@ -169,12 +187,13 @@ def parse_study(text: str, source: str = "<study>") -> StudySpec:
         raise fail(f"model_options must be a table, e.g. [model_options] hidden = 100; "
                    f"got {shared['model_options']!r}")
     device = doc.get("device", "auto")
-    try:  # every shared setting checked by the one place that knows them
-        TrainConfig(**shared, optimizer=grid[0][0], lr=grid[0][1], seed=grid[0][2], device=device)
+    try:  # every shared setting checked by the one place that knows them, with every optimizer
+        for optimizer in dict.fromkeys(o for o, *_ in grid):
+            TrainConfig(**shared, optimizer=optimizer, lr=grid[0][1], device=device)
     except (OptimlabError, TypeError) as e:
         raise fail(str(e)) from None
     shared = TrainConfig(**shared, optimizer="sgd", lr=1.0).to_dict()
-    for k in ("optimizer", "lr", "seed", "device"):
+    for k in ("optimizer", "lr", "seed", "device", "dual_lr"):
         shared.pop(k)
     return StudySpec(name=name.strip(), shared=shared, grid=tuple(grid),
                      executor=_executor(doc.get("executor", {}), fail), device=device, text=text)

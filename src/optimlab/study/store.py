@@ -5,6 +5,10 @@ Rows reach the database only together with the checkpoint they belong to, in one
 (:meth:`StudyStore.commit`). So a process killed at any moment leaves the database as it was at the
 last checkpoint: no partial or duplicate rows, at most one epoch of the runs in flight to redo.
 Only the process that drives the study writes; workers send it their checkpoints.
+
+Schema 2 (schema 1 stores are upgraded when opened): a run's ``dual_lr`` (NULL without constraints),
+and an ``extras`` JSON object per evaluation and log row for the columns only some studies have
+(``violation_<constraint>``, ``multiplier_<constraint>``, a constrained run's batch ``accuracy``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from optimlab import __version__
 from optimlab.errors import OptimlabError
 from optimlab.study.spec import StudySpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 EVAL_COLUMNS = ("step", "epoch", "batch_loss", "train_loss", "train_accuracy", "test_loss",
                 "test_accuracy", "lr", "wall_time")
 LOG_COLUMNS = ("step", "epoch", "loss", "lr")
@@ -35,6 +39,7 @@ CREATE TABLE IF NOT EXISTS runs (
     optimizer TEXT NOT NULL,
     lr REAL NOT NULL,
     seed INTEGER NOT NULL,
+    dual_lr REAL,
     config TEXT NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN {STATUSES}),
     steps INTEGER NOT NULL DEFAULT 0,
@@ -43,18 +48,18 @@ CREATE TABLE IF NOT EXISTS runs (
     attempts INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     worker INTEGER,
-    updated REAL,
-    UNIQUE (optimizer, lr, seed)
+    updated REAL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS runs_configuration ON runs (optimizer, lr, seed, coalesce(dual_lr, 0));
 CREATE TABLE IF NOT EXISTS evals (
     run_id INTEGER NOT NULL REFERENCES runs (id),
     step INTEGER NOT NULL, epoch REAL NOT NULL, batch_loss REAL, train_loss REAL,
-    train_accuracy REAL, test_loss REAL, test_accuracy REAL, lr REAL, wall_time REAL,
+    train_accuracy REAL, test_loss REAL, test_accuracy REAL, lr REAL, wall_time REAL, extras TEXT,
     PRIMARY KEY (run_id, step)
 );
 CREATE TABLE IF NOT EXISTS train_log (
     run_id INTEGER NOT NULL REFERENCES runs (id),
-    step INTEGER NOT NULL, epoch REAL NOT NULL, loss REAL, lr REAL,
+    step INTEGER NOT NULL, epoch REAL NOT NULL, loss REAL, lr REAL, extras TEXT,
     PRIMARY KEY (run_id, step)
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -131,7 +136,29 @@ class StudyStore:
                 f"{path} was written by a newer optimlab (store schema {version}; this one reads up "
                 f"to {SCHEMA_VERSION}); upgrade optimlab to read it"
             )
+        if version == 1:
+            store._upgrade_from_1()
         return store
+
+    def _upgrade_from_1(self) -> None:
+        """Schema 1 -> 2: the dual_lr and extras columns (empty: schema 1 had no constrained studies),
+        and the study's definition without the (then shared, unused) dual_lr."""
+        try:
+            with self.transaction():
+                for table, column in (("runs", "dual_lr REAL"), ("evals", "extras TEXT"),
+                                      ("train_log", "extras TEXT")):
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+                self.conn.execute("CREATE UNIQUE INDEX runs_configuration ON runs "
+                                  "(optimizer, lr, seed, coalesce(dual_lr, 0))")
+                definition = json.loads(self.meta("definition") or "{}")
+                definition.get("shared", {}).pop("dual_lr", None)
+                self._set_meta(definition=json.dumps(definition, sort_keys=True),
+                               schema_version=str(SCHEMA_VERSION))
+        except sqlite3.OperationalError as e:
+            self.conn.close()
+            raise OptimlabError(f"{self.path} is a store of schema 1 and must be upgraded to schema "
+                                f"{SCHEMA_VERSION} to be opened, which failed: {e}. Open a writable "
+                                "copy of it") from None
 
     @classmethod
     def create(cls, path: str | Path, spec: StudySpec, extend: bool = False) -> StudyStore:
@@ -165,8 +192,10 @@ class StudyStore:
                             environment=json.dumps(environment()))
             for config in spec.configs():
                 store.conn.execute(
-                    "INSERT OR IGNORE INTO runs (optimizer, lr, seed, config, updated) VALUES (?,?,?,?,?)",
-                    (config.optimizer, config.lr, config.seed, json.dumps(config.to_dict()), time.time()))
+                    "INSERT OR IGNORE INTO runs (optimizer, lr, seed, dual_lr, config, updated) "
+                    "VALUES (?,?,?,?,?,?)",
+                    (config.optimizer, config.lr, config.seed, config.dual_lr if config.constraints else None,
+                     json.dumps(config.to_dict()), time.time()))
         return store
 
     def _check_same_study(self, spec: StudySpec, extend: bool) -> None:
@@ -204,7 +233,8 @@ class StudyStore:
 
     # ------------------------------------------------------------------ runs
     def runs(self, status: str | None = None) -> list[dict]:
-        """Every run (or those of one status) as dicts: id, optimizer, lr, seed, config, status, ..."""
+        """Every run (or those of one status) as dicts: id, optimizer, lr, seed, dual_lr, config,
+        status, ..."""
         query = "SELECT * FROM runs" + (" WHERE status=?" if status else "") + " ORDER BY id"
         cur = self.conn.execute(query, (status,) if status else ())
         cols = [c[0] for c in cur.description]
@@ -254,10 +284,10 @@ class StudyStore:
         last = self.conn.execute(f"SELECT MAX(step) FROM {table} WHERE run_id=?", (run_id,)).fetchone()[0]
         new = [r for r in rows if last is None or r["step"] > last]
         if new:
-            marks = ",".join("?" * (len(columns) + 1))
+            marks = ",".join("?" * (len(columns) + 2))
             self.conn.executemany(
-                f"INSERT OR REPLACE INTO {table} (run_id, {', '.join(columns)}) VALUES ({marks})",
-                [(run_id, *(r[c] for c in columns)) for r in new])
+                f"INSERT OR REPLACE INTO {table} (run_id, {', '.join(columns)}, extras) VALUES ({marks})",
+                [(run_id, *(r[c] for c in columns), _extras(r, columns)) for r in new])
 
     def fail(self, run_ids: list[int], error: str, retry: bool) -> None:
         """Record that a unit's worker failed: back to pending (``retry``) or failed, with the error."""
@@ -270,6 +300,12 @@ class StudyStore:
         """Runs left 'running' by a process that died go back to 'pending' (their checkpoints stay)."""
         with self.transaction():
             self.conn.execute("UPDATE runs SET status='pending' WHERE status='running'")
+
+
+def _extras(row: dict, columns: tuple[str, ...]) -> str | None:
+    """The row's values that have no column of their own, as a JSON object (None when there are none)."""
+    extras = {k: v for k, v in row.items() if k not in columns}
+    return json.dumps(extras) if extras else None
 
 
 class _Transaction:

@@ -1,0 +1,152 @@
+"""Constrained studies: the dual learning rate as a grid axis, violations and multipliers in every row,
+resume after a crash, and the upgrade of schema-1 stores."""
+
+import json
+import sqlite3
+
+import pytest
+
+from optimlab.cli import main
+from optimlab.errors import OptimlabError
+from optimlab.study.results import load_results
+from optimlab.study.runner import run_study
+from optimlab.study.spec import ExecutorSpec, parse_study
+from optimlab.study.store import SCHEMA_VERSION, StudyStore
+from optimlab.training import train
+
+STUDY = """
+name = "constrained"
+dataset = "mnist-10k"
+model = "logreg"
+batch_size = 250
+epochs = 2
+eval_train = false
+log_every = 8
+optimizers = ["adam"]
+learning_rates = [1e-2]
+seeds = [0, 1]
+constraints = ["l2norm<=1", "l1norm<=30"]
+dual_learning_rates = [1e-3, 1e-1]
+device = "cpu"
+"""
+KEYS = ["violation_l2norm_le_1", "multiplier_l2norm_le_1", "violation_l1norm_le_30",
+        "multiplier_l1norm_le_30"]
+ORDER = ["optimizer", "lr", "dual_lr", "seed", "step"]
+
+
+def rows(results, key):
+    frame = getattr(results, key).drop(columns=["wall_time", "run_id"], errors="ignore")
+    return frame.sort_values(ORDER).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("constrained")
+    outcome = run_study(parse_study(STUDY), out=out, executor=ExecutorSpec(kind="sequential"))
+    assert (outcome.completed, outcome.failed) == (4, 0)
+    return load_results(outcome.store)
+
+
+def test_every_row_holds_the_violations_and_multipliers_of_the_single_run(reference):
+    assert reference.constrained and reference.constraints == ["l2norm_le_1", "l1norm_le_30"]
+    assert reference.cell_keys == ["optimizer", "lr", "dual_lr"]
+    assert sorted(reference.runs.dual_lr) == [1e-3, 1e-3, 0.1, 0.1]
+    for config in parse_study(STUDY).configs():
+        single = train(config, keep_model=False)
+        mine = reference.evals.query("dual_lr == @config.dual_lr and seed == @config.seed")
+        assert mine.step.tolist() == [e["step"] for e in single.evals]
+        for key in KEYS + ["test_loss", "test_accuracy"]:
+            assert mine[key].tolist() == [e[key] for e in single.evals], key
+        log = reference.train_log.query("dual_lr == @config.dual_lr and seed == @config.seed")
+        for key in KEYS + ["loss", "accuracy"]:
+            assert log[key].tolist() == [t[key] for t in single.train_log], key
+    # the dual lr matters: a faster ascent ends with larger multipliers and a smaller violation
+    last = reference.evals.sort_values("step").groupby(["dual_lr", "seed"]).last()
+    slow, fast = last.loc[1e-3], last.loc[0.1]
+    assert (fast.multiplier_l1norm_le_30 > slow.multiplier_l1norm_le_30).all()
+    assert (fast.violation_l1norm_le_30 < slow.violation_l1norm_le_30).all()
+
+
+def test_the_vectorized_executor_runs_constrained_runs_one_by_one_with_the_same_numbers(reference,
+                                                                                        tmp_path):
+    outcome = run_study(parse_study(STUDY), out=tmp_path, executor=ExecutorSpec(kind="vectorized"))
+    assert outcome.completed == 4
+    assert rows(load_results(outcome.store), "evals").equals(rows(reference, "evals"))
+
+
+def test_a_crashed_constrained_study_resumes_to_the_same_numbers(reference, tmp_path, monkeypatch,
+                                                                 capsys):
+    commit = StudyStore.commit
+    calls = []
+
+    def crash_after_the_first_checkpoint(self, unit, run_ids, checkpoint, results, finished):
+        commit(self, unit, run_ids, checkpoint, results, finished)
+        calls.append(unit)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # as if the process died right after its first checkpoint
+
+    monkeypatch.setattr(StudyStore, "commit", crash_after_the_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(parse_study(STUDY), out=tmp_path, executor=ExecutorSpec(kind="sequential"))
+    monkeypatch.setattr(StudyStore, "commit", commit)
+    cut = load_results(tmp_path / "study.db")
+    assert list(cut.runs.status) == ["running", "pending", "pending", "pending"]
+    assert cut.evals.step.tolist() == [0, 32]  # the first run's first epoch (8000 / 250), checkpointed
+    assert main(["study", "status", str(tmp_path / "study.db")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "constrained: 4 runs: 0 completed, 0 diverged, 1 running, 3 pending, 0 failed"
+    assert lines[1].split() == ["running", "adam", "lr=0.01", "dual_lr=0.001", "seed=0", "steps=32"]
+    assert lines[4].split()[3:5] == ["dual_lr=0.1", "seed=1"]
+    run_study(parse_study(STUDY), out=tmp_path, executor=ExecutorSpec(kind="sequential"))
+    resumed = load_results(tmp_path / "study.db")
+    assert rows(resumed, "evals").equals(rows(reference, "evals"))
+    assert rows(resumed, "train_log").equals(rows(reference, "train_log"))
+
+
+def _as_schema_1(db):
+    """Turn a store of an unconstrained study into what schema 1 wrote (no dual_lr, no extras, the
+    unused dual_lr among the shared settings)."""
+    conn = sqlite3.connect(db)
+    conn.execute("DROP INDEX runs_configuration")
+    for table, column in (("runs", "dual_lr"), ("evals", "extras"), ("train_log", "extras")):
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    definition = json.loads(conn.execute("SELECT value FROM meta WHERE key='definition'").fetchone()[0])
+    definition["shared"]["dual_lr"] = 1e-3
+    conn.execute("UPDATE meta SET value=? WHERE key='definition'", (json.dumps(definition),))
+    conn.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+
+
+PLAIN = "\n".join(line for line in STUDY.splitlines() if not line.startswith(("constraints", "dual")))
+
+
+def test_a_schema_1_store_is_upgraded_and_its_study_goes_on(tmp_path):
+    one_seed = PLAIN.replace("seeds = [0, 1]", "seeds = [0]")
+    run_study(parse_study(one_seed), out=tmp_path, executor=ExecutorSpec(kind="sequential"))
+    db = tmp_path / "study.db"
+    before = load_results(db).evals
+    _as_schema_1(db)
+    assert "dual_lr" not in load_results(db).runs  # read (and upgraded) as it was
+    assert StudyStore.open(db).meta("schema_version") == str(SCHEMA_VERSION)
+    again = run_study(parse_study(one_seed), out=tmp_path)  # the same study: nothing to do
+    assert again.completed == 1
+    extended = run_study(parse_study(PLAIN), out=tmp_path, extend=True)
+    assert extended.completed == 2
+    after = load_results(db).evals
+    assert after[after.seed == 0].drop(columns="run_id").equals(before.drop(columns="run_id"))
+
+
+def test_a_schema_1_store_that_cannot_be_upgraded_says_why(tmp_path, monkeypatch):
+    run_study(parse_study(PLAIN.replace("epochs = 2", "iterations = 1")), out=tmp_path,
+              executor=ExecutorSpec(kind="sequential"))
+    db = tmp_path / "study.db"
+    _as_schema_1(db)
+
+    def read_only(self):  # what SQLite says on a read-only file (root writes any file: no chmod)
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setattr(StudyStore, "transaction", read_only)
+    with pytest.raises(OptimlabError, match="schema 1 and must be upgraded .* readonly database. Open a "
+                                            "writable copy"):
+        StudyStore.open(db)
