@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="convergence target: this fraction of the best mean final test accuracy")
     rp.add_argument("--target-accuracy", type=float, default=None,
                     help="convergence target as an absolute test accuracy (overrides the fraction)")
+    rp.add_argument("--feasibility-tolerance", type=float, default=None,
+                    help="constrained studies: a run ends feasible when its largest final violation is "
+                    "at most this (default 1e-3)")
     rp.set_defaults(func=_report)
 
     _localflow_parser(sub)
@@ -281,7 +284,9 @@ def _report(args: argparse.Namespace) -> int:
     from optimlab.report import make_report
 
     report = make_report(args.db, args.out, target_fraction=args.target_fraction,
-                         target_accuracy=args.target_accuracy)
+                         target_accuracy=args.target_accuracy,
+                         **({} if args.feasibility_tolerance is None else
+                            {"feasibility_tolerance": args.feasibility_tolerance}))
     for note in report.summary.notes:
         print(f"note: {note}")
     print(f"report: {report.html}")

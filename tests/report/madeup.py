@@ -6,7 +6,8 @@ from optimlab.study.store import StudyStore
 LRS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
 
 
-def _study(optimizers, lrs, seeds):
+def _study(optimizers, lrs, seeds, constraints=None, dual_lrs=None):
+    extra = f"constraints = {constraints!r}\ndual_learning_rates = {dual_lrs!r}\n" if constraints else ""
     return parse_study(f"""
 name = "made-up"
 dataset = "mnist-10k"
@@ -15,7 +16,7 @@ epochs = 4
 optimizers = {optimizers!r}
 learning_rates = {lrs!r}
 seeds = {seeds!r}
-""".replace("'", '"'))
+{extra}""".replace("'", '"'))
 
 
 def evals(accs, losses=None, per_epoch=10):
@@ -27,17 +28,22 @@ def evals(accs, losses=None, per_epoch=10):
 
 
 def fill(path, spec, outcome):
-    """``outcome(optimizer, lr, seed)`` -> None (leave pending), ("diverged", step, rows) or rows."""
+    """``outcome(optimizer, lr, seed)`` (and ``dual_lr`` in a constrained study) -> None (leave
+    pending), ("diverged", step, rows), rows, or (rows, train_log rows)."""
     store = StudyStore.create(path, spec)
     for run in store.runs():
-        got = outcome(run["optimizer"], run["lr"], run["seed"])
+        dual = [run["dual_lr"]] if run["dual_lr"] is not None else []
+        got = outcome(run["optimizer"], run["lr"], run["seed"], *dual)
         if got is None:
             continue
+        log = []
+        if isinstance(got, tuple) and len(got) == 2:
+            got, log = got
         status, diverged_at, rows = ("completed", None, got) if isinstance(got, list) else got
         store.start_unit(f"run:{run['id']}", [run["id"]])
         store.commit(f"run:{run['id']}", [run["id"]], None, [{
             "status": status, "steps": rows[-1]["step"] if rows else 0, "diverged_at": diverged_at,
-            "wall_time": 1.0, "evals": rows, "train_log": []}], finished=True)
+            "wall_time": 1.0, "evals": rows, "train_log": log}], finished=True)
     store.close()
     return path
 

@@ -48,7 +48,7 @@ def reference(tmp_path_factory):
 
 
 def test_every_row_holds_the_violations_and_multipliers_of_the_single_run(reference):
-    assert reference.constrained and reference.constraints == ["l2norm_le_1", "l1norm_le_30"]
+    assert reference.constrained and reference.constraints == {"l2norm_le_1": "<=", "l1norm_le_30": "<="}
     assert reference.cell_keys == ["optimizer", "lr", "dual_lr"]
     assert sorted(reference.runs.dual_lr) == [1e-3, 1e-3, 0.1, 0.1]
     for config in parse_study(STUDY).configs():

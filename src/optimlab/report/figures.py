@@ -3,6 +3,7 @@ each optimizer's best learning rate, convergence speed, and an optimizer x learn
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +21,17 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig, path: Path, rect: tuple = (0, 0, 1, 1)) -> Path:
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=110)
     _plt().close(fig)
     return path
 
 
-def _metric_panels(has_accuracy: bool, accuracy: tuple[str, str], loss: tuple[str, str]):
-    """A figure with the accuracy panel (when the study has accuracies) and the loss panel side by
-    side; returns it and the (axes, (column, label)) pairs."""
-    panels = ([accuracy] if has_accuracy else []) + [loss]
+def _metric_panels(has_accuracy: bool, accuracy: tuple[str, str], loss: tuple[str, str], *more):
+    """A figure with the accuracy panel (when the study has accuracies), the loss panel and ``more``
+    side by side; returns it and the (axes, (column, label)) pairs."""
+    panels = ([accuracy] if has_accuracy else []) + [loss, *more]
     fig, axes = _plt().subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     return fig, list(zip(axes[0], panels, strict=True))
 
@@ -49,9 +50,10 @@ def sensitivity(summary: Summary, path: Path) -> Path | None:
     cells = summary.cells
     if cells.empty:
         return None
+    violation = [("final_violation", "final violation (largest)")] if summary.constraints else []
     fig, panels = _metric_panels(cells.final_test_accuracy_mean.notna().any(),
                                  ("final_test_accuracy", "final test accuracy"),
-                                 ("final_train_loss", "final training loss"))
+                                 ("final_train_loss", "final training loss"), *violation)
     for ax, (col, label) in panels:
         for opt, g in cells.groupby("optimizer", sort=False):
             g = g.sort_values("lr")
@@ -64,6 +66,8 @@ def sensitivity(summary: Summary, path: Path) -> Path | None:
         ax.set_xscale("log")
         if col == "final_train_loss":
             ax.set_yscale("log")
+        if col == "final_violation":
+            ax.axhline(summary.feasibility_tolerance, color="grey", ls="--", lw=1, label="feasible below")
         ax.set_xlabel("learning rate")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
@@ -158,30 +162,43 @@ def all_figures(summary: Summary, folder: Path) -> dict[str, Path]:
         path = draw(summary, folder / f"{name}.png")
         if path is not None:
             made[name] = path
+    if summary.panels:
+        made["constrained"] = constrained_panels(summary.panels, folder / "constrained.png")
     return made
 
 
-def constrained_panels(rows: list[dict], path: Path, title: str = "") -> Path | None:
+def constrained_panels(rows: list[dict] | dict[str, pd.DataFrame], path: Path,
+                       title: str = "") -> Path | None:
     """Seed 000's four panels against the step: training loss, training accuracy (of the batch),
     multiplier and violation of each constraint. ``rows``: train_log rows of a constrained run
-    (``step``, ``loss``, ``accuracy``, ``violation_<key>``, ``multiplier_<key>``)."""
-    if not rows:
+    (``step``, ``loss``, ``accuracy``, ``violation_<key>``, ``multiplier_<key>``), or several runs'
+    rows by label (one line each)."""
+    runs = {k: pd.DataFrame(v) for k, v in rows.items() if len(v)} if isinstance(rows, dict) else (
+        {"": pd.DataFrame(rows)} if rows else {})
+    if not runs:
         return None
     plt = _plt()
-    frame = pd.DataFrame(rows)
-    keys = [c[len("violation_"):] for c in frame.columns if c.startswith("violation_")]
+    columns = list(dict.fromkeys(c for frame in runs.values() for c in frame.columns))
+    keys = [c[len("violation_"):] for c in columns if c.startswith("violation_")]
     panels = [("loss", "training loss"), ("accuracy", "training accuracy (batch)")]
     panels += [(f"multiplier_{k}", f"multiplier ({k})") for k in keys]
     panels += [(f"violation_{k}", f"violation ({k})") for k in keys]
-    panels = [(c, label) for c, label in panels if c in frame]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.3), squeeze=False)
+    panels = [(c, label) for c, label in panels if c in columns]
+    height = 3.3 + (0.3 * math.ceil(len(runs) / 2) if len(runs) > 1 else 0)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), height), squeeze=False)
     for ax, (col, label) in zip(axes[0], panels, strict=True):
-        ax.plot(frame.step, frame[col])
+        for name, frame in runs.items():
+            if col in frame:
+                ax.plot(frame.step, frame[col], label=name or None, lw=1)
         if col.startswith("violation_"):
             ax.axhline(0.0, color="grey", ls="--", lw=1)
         ax.set_xlabel("step")
         ax.set_title(label, fontsize=10)
         ax.grid(True, alpha=0.3)
+    legend_rows = math.ceil(len(runs) / 2) if len(runs) > 1 else 0
+    if legend_rows:
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return _save(fig, path, rect=(0, 0.3 * legend_rows / fig.get_figheight(), 1, 1))

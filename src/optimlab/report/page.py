@@ -30,32 +30,41 @@ def _pm(mean, std) -> str:
 def ranking_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     rob = summary.robustness
     accuracy = "best_final_test_accuracy" in rob and rob.best_final_test_accuracy.notna().any()
+    constrained = bool(summary.constraints)
     head = ["rank", "optimizer", "best lr", "final test accuracy" if accuracy else "final training loss",
             "epochs to target", "width (accuracy), decades", "width (loss), decades", "diverged runs"]
+    head += ["final violation"] if constrained else []
     rows = []
     for r in rob.itertuples():
         if accuracy:
             best = _pm(r.best_final_test_accuracy, getattr(r, "best_final_test_accuracy_std", None))
         else:
             best = _num(getattr(r, "best_final_train_loss", None))
-        rows.append([str(r.rank), r.optimizer, _num(r.best_lr), best,
-                     _num(getattr(r, "epochs_to_target", None), 3),
-                     _num(r.width_accuracy_decades, 3), _num(r.width_loss_decades, 3),
-                     str(r.diverged_runs)])
+        row = [str(r.rank), r.optimizer, _num(r.best_lr), best,
+               _num(getattr(r, "epochs_to_target", None), 3),
+               _num(r.width_accuracy_decades, 3), _num(r.width_loss_decades, 3), str(r.diverged_runs)]
+        rows.append(row + ([_num(getattr(r, "final_violation", None))] if constrained else []))
     return head, rows
 
 
 def cell_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     head = ["optimizer", "lr", "seeds", "diverged", "final train loss", "final test accuracy",
             "best test accuracy", "reached target", "epochs to target", "seconds to target"]
+    keys = list(summary.constraints)
+    if keys:
+        head += ["final violation", "feasible seeds"] + [f"multiplier ({k})" for k in keys]
     rows = []
     for c in summary.cells.itertuples():
-        rows.append([c.optimizer, _num(c.lr), str(c.seeds), str(c.diverged),
-                     _pm(c.final_train_loss_mean, c.final_train_loss_std),
-                     _pm(c.final_test_accuracy_mean, c.final_test_accuracy_std),
-                     _pm(c.best_test_accuracy_mean, c.best_test_accuracy_std),
-                     f"{c.reached_target}/{c.seeds}", _num(c.epochs_to_target_mean, 3),
-                     _num(c.seconds_to_target_mean, 3)])
+        row = [c.optimizer, _num(c.lr), str(c.seeds), str(c.diverged),
+               _pm(c.final_train_loss_mean, c.final_train_loss_std),
+               _pm(c.final_test_accuracy_mean, c.final_test_accuracy_std),
+               _pm(c.best_test_accuracy_mean, c.best_test_accuracy_std),
+               f"{c.reached_target}/{c.seeds}", _num(c.epochs_to_target_mean, 3),
+               _num(c.seconds_to_target_mean, 3)]
+        if keys:
+            row += [_pm(c.final_violation_mean, c.final_violation_std), f"{c.feasible}/{c.seeds}"]
+            row += [_num(getattr(c, f"final_multiplier_{k}_mean")) for k in keys]
+        rows.append(row)
     return head, rows
 
 
@@ -72,6 +81,8 @@ CAPTIONS = {
     "learning_curves": "Learning curves at each optimizer's best learning rate.",
     "convergence": "Epochs to the target accuracy at each optimizer's best learning rate.",
     "heatmap": "Mean final metric of every optimizer and learning rate.",
+    "constrained": "Training loss, batch accuracy, multipliers and violations against the step: the lowest "
+                   "seed of each optimizer and dual learning rate, at its best learning rate.",
 }
 
 

@@ -9,12 +9,18 @@ accuracy in the study); runs that never reach it are counted as not reaching it,
 best one whose mean final test accuracy is within ``accuracy_tolerance`` (1 point) of the best, and
 the same for the final training loss within ``loss_tolerance`` (1 %); a learning rate at which any
 seed diverged breaks the range.
+
+Constrained studies. Each (optimizer, dual learning rate) is a *series* of its own, named like
+``adam, dual lr 0.01`` in the ``optimizer`` column of every table. A run's *final violation* is the
+largest over its constraints of g (|h| for an equality) at its last evaluation; it ends *feasible*
+when that is <= ``feasibility_tolerance``. A series' best learning rate and its widths count only the
+learning rates where every seed ended feasible: a solution that breaks its constraints is no solution.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -22,6 +28,7 @@ import pandas as pd
 from optimlab.study.results import StudyResults
 
 CELL = ["optimizer", "lr"]
+FEASIBILITY_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -35,12 +42,17 @@ class Summary:
     target_accuracy: float | None
     missing: pd.DataFrame  # runs not finished (pending, running, failed)
     notes: list[str]
+    constraints: dict[str, str] = field(default_factory=dict)  # key -> kind; empty: unconstrained
+    feasibility_tolerance: float = FEASIBILITY_TOLERANCE
+    panels: dict[str, pd.DataFrame] = field(default_factory=dict)  # series -> train_log of one run
 
 
-def final_metrics(results: StudyResults, target: float | None = None) -> pd.DataFrame:
+def final_metrics(results: StudyResults, target: float | None = None,
+                  feasibility_tolerance: float = FEASIBILITY_TOLERANCE) -> pd.DataFrame:
     """One row per finished run: final train/test loss and accuracy, best test accuracy, and the
     epoch and wall time at which test accuracy first reached ``target`` (NaN when it never did, or
-    without a target)."""
+    without a target). A constrained study's rows also have ``final_violation`` (the largest),
+    ``feasible``, and ``final_violation_<key>`` and ``final_multiplier_<key>`` per constraint."""
     runs = results.runs[results.runs.status.isin(["completed", "diverged"])]
     evals = results.evals
     log = results.train_log
@@ -63,11 +75,27 @@ def final_metrics(results: StudyResults, target: float | None = None) -> pd.Data
             "final_test_accuracy": np.nan if diverged or last is None else last.test_accuracy,
             "best_test_accuracy": ev.test_accuracy.max() if len(ev) else np.nan,
             "wall_time": run.wall_time,
+            **_final_constraints(results.constraints, None if diverged else last, feasibility_tolerance),
         })
     final = pd.DataFrame(rows, columns=[
         "run_id", "optimizer", "lr", "seed", "status", "diverged_at", "final_train_loss",
-        "final_test_loss", "final_test_accuracy", "best_test_accuracy", "wall_time"])
+        "final_test_loss", "final_test_accuracy", "best_test_accuracy", "wall_time",
+        *_final_constraints(results.constraints, None, feasibility_tolerance)])
     return with_convergence(final, results.evals, target)
+
+
+def _final_constraints(constraints: dict[str, str], last, tolerance: float) -> dict:
+    """The constraint columns of a run's final row (``last``: its last evaluation; None: diverged)."""
+    if not constraints:
+        return {}
+    row, worst = {}, []
+    for key, kind in constraints.items():
+        v = np.nan if last is None else float(last[f"violation_{key}"])
+        row[f"final_violation_{key}"] = v
+        row[f"final_multiplier_{key}"] = np.nan if last is None else float(last[f"multiplier_{key}"])
+        worst.append(abs(v) if kind == "==" else v)
+    largest = max(worst)  # NaN when diverged
+    return {"final_violation": largest, "feasible": bool(largest <= tolerance), **row}
 
 
 def with_convergence(final: pd.DataFrame, evals: pd.DataFrame, target: float | None) -> pd.DataFrame:
@@ -83,7 +111,9 @@ def with_convergence(final: pd.DataFrame, evals: pd.DataFrame, target: float | N
 
 def cell_table(final: pd.DataFrame) -> pd.DataFrame:
     """Per (optimizer, lr): seeds, diverged count, mean and std of the final metrics over the seeds
-    that did not diverge, and how many seeds reached the target with their mean epochs to it."""
+    that did not diverge, and how many seeds reached the target with their mean epochs to it; in a
+    constrained study also how many seeds ended ``feasible``, the final violation's mean and std and
+    each multiplier's mean."""
     metrics = ["final_train_loss", "final_test_loss", "final_test_accuracy", "best_test_accuracy"]
     out = []
     for (opt, lr), g in final.groupby(CELL, sort=True):
@@ -92,6 +122,12 @@ def cell_table(final: pd.DataFrame) -> pd.DataFrame:
         for m in metrics:
             row[f"{m}_mean"] = ok[m].mean() if len(ok) else np.nan
             row[f"{m}_std"] = ok[m].std(ddof=0) if len(ok) else np.nan
+        if "feasible" in g:
+            row["feasible"] = int(g.feasible.sum())
+            row["final_violation_mean"] = ok.final_violation.mean() if len(ok) else np.nan
+            row["final_violation_std"] = ok.final_violation.std(ddof=0) if len(ok) else np.nan
+            for col in (c for c in g if c.startswith("final_multiplier_")):
+                row[f"{col}_mean"] = ok[col].mean() if len(ok) else np.nan
         reached = g.epochs_to_target.notna()
         row["reached_target"] = int(reached.sum())
         row["epochs_to_target_mean"] = g.epochs_to_target[reached].mean() if reached.any() else np.nan
@@ -113,12 +149,15 @@ def _width(lrs: list[float], good: list[bool], best: int) -> float:
 def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
                      loss_tolerance: float = 0.01) -> pd.DataFrame:
     """Per optimizer: its best learning rate (highest mean final test accuracy among the learning
-    rates where no seed diverged; lowest final training loss for regression), the widths in decades
-    of the accuracy and loss ranges, diverged runs, and a rank (best accuracy first, then width)."""
+    rates where no seed diverged -- and, in a constrained study, every seed ended feasible; lowest final
+    training loss for regression), the widths in decades of the accuracy and loss ranges, diverged
+    runs, and a rank (best accuracy first, then width)."""
     rows = []
     for opt, g in cells.groupby("optimizer", sort=False):
         g = g.sort_values("lr").reset_index(drop=True)
         usable = (g.diverged == 0) & (g.final_test_accuracy_mean.notna() | g.final_train_loss_mean.notna())
+        if "feasible" in g:  # a constrained study: only where every seed ended feasible
+            usable &= g.feasible == g.seeds
         lrs = g.lr.tolist()
         row = {"optimizer": opt, "learning_rates": len(g), "diverged_runs": int(g.diverged.sum())}
         if not usable.any():
@@ -140,6 +179,8 @@ def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
             "epochs_to_target": g.epochs_to_target_mean[best],
             "width_accuracy_decades": np.nan, "width_loss_decades": np.nan,
         })
+        if "feasible" in g:
+            row["final_violation"] = g.final_violation_mean[best]
         if len(g) > 1:
             if has_acc:
                 acc = g.final_test_accuracy_mean
@@ -177,17 +218,35 @@ def learning_curves(results: StudyResults, final: pd.DataFrame, best_lr: dict) -
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+def by_series(results: StudyResults) -> StudyResults:
+    """``results`` with each constrained run's optimizer renamed to its series, e.g. ``adam, dual lr
+    0.01`` (unchanged for a study without constraints)."""
+    if not results.constrained:
+        return results
+
+    def rename(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.copy()
+        frame["optimizer"] = [f"{o}, dual lr {d:g}" for o, d in zip(frame.optimizer, frame.dual_lr,
+                                                                      strict=True)]
+        return frame
+
+    return replace(results, runs=rename(results.runs), evals=rename(results.evals),
+                   train_log=rename(results.train_log))
+
+
 def summarize(results: StudyResults, target_fraction: float = 0.95, target_accuracy: float | None = None,
-              accuracy_tolerance: float = 0.01, loss_tolerance: float = 0.01) -> Summary:
+              accuracy_tolerance: float = 0.01, loss_tolerance: float = 0.01,
+              feasibility_tolerance: float = FEASIBILITY_TOLERANCE) -> Summary:
     """All the tables of a report. The convergence target is ``target_accuracy`` when given, else
     ``target_fraction`` of the best mean final test accuracy of any cell."""
     notes = []
+    results = by_series(results)
     missing = results.runs[~results.runs.status.isin(["completed", "diverged"])]
     if len(missing):
         notes.append(f"{len(missing)} of {len(results.runs)} runs are not finished "
                      f"({', '.join(f'{n} {s}' for s, n in missing.status.value_counts().items())}); "
                      "the tables use the finished ones only.")
-    final = final_metrics(results)
+    final = final_metrics(results, feasibility_tolerance=feasibility_tolerance)
     if target_accuracy is None and final.final_test_accuracy.notna().any():
         # the best mean final accuracy of a cell (over the seeds that did not diverge)
         best = final.groupby(CELL).final_test_accuracy.mean().max()
@@ -209,5 +268,35 @@ def summarize(results: StudyResults, target_fraction: float = 0.95, target_accur
                      "learning rates where they happened do not count as usable.")
     best_lr = {r.optimizer: r.best_lr for r in robust.itertuples() if pd.notna(r.best_lr)}
     curves = learning_curves(results, final, best_lr)
+    panels = {}
+    if results.constrained:
+        notes.append(f"A run ends feasible when its largest final violation is <= {feasibility_tolerance:g} "
+                     "(|h| for an equality). Best learning rates and widths count only the learning rates "
+                     "where every seed ended feasible.")
+        never = sorted(set(cells.optimizer) - set(best_lr))
+        if never:
+            notes.append(f"No learning rate of {'; '.join(never)} ended feasible on every seed: no best "
+                         "learning rate; its panels show the learning rate of the smallest final violation.")
+        panels = constrained_runs(results, final, cells, best_lr)
     return Summary(final, cells, robust, curves, target_accuracy,
-                   missing[["run_id", "optimizer", "lr", "seed", "status", "error"]], notes)
+                   missing[["run_id", "optimizer", "lr", "seed", "status", "error"]], notes,
+                   dict(results.constraints), feasibility_tolerance, panels)
+
+
+def constrained_runs(results: StudyResults, final: pd.DataFrame, cells: pd.DataFrame,
+                     best_lr: dict) -> dict[str, pd.DataFrame]:
+    """Per series, the train_log of the lowest seed at its best learning rate (else at the learning
+    rate of the smallest mean final violation): the runs that the four panels show."""
+    chosen = {}
+    for opt, g in cells.groupby("optimizer", sort=False):
+        lr = best_lr.get(opt)
+        if lr is None:
+            if g.final_violation_mean.isna().all():
+                continue  # every seed diverged everywhere
+            lr = g.lr[g.final_violation_mean.idxmin()]
+        runs = final[(final.optimizer == opt) & (final.lr == lr) & (final.status != "diverged")]
+        if len(runs):
+            run_id = runs.sort_values("seed").run_id.iloc[0]
+            chosen[f"{opt}, lr {lr:g}, seed {runs.seed.min()}"] = \
+                results.train_log[results.train_log.run_id == run_id].sort_values("step")
+    return chosen

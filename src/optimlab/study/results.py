@@ -21,13 +21,14 @@ class StudyResults:
 
     A constrained study also has ``dual_lr`` (after ``lr``) in all three, and its records have a
     ``violation_<constraint>`` and a ``multiplier_<constraint>`` column per constraint (its train_log
-    also the batch ``accuracy``); ``constraints`` lists the constraints' keys."""
+    also the batch ``accuracy``); ``constraints`` maps each constraint's key to its kind, ``"<="``
+    (satisfied when its violation is <= 0) or ``"=="`` (when it is 0)."""
 
     runs: object  # pandas.DataFrame
     evals: object
     train_log: object
     meta: dict
-    constraints: list[str] = field(default_factory=list)
+    constraints: dict[str, str] = field(default_factory=dict)
 
     @property
     def constrained(self) -> bool:
@@ -47,7 +48,8 @@ def load_results(path: str | Path) -> StudyResults:
     try:
         conn = store.conn
         definition = json.loads(store.meta("definition") or "{}")
-        constraints = [parse_constraint(c).key for c in definition.get("shared", {}).get("constraints", [])]
+        named = [parse_constraint(c) for c in definition.get("shared", {}).get("constraints", [])]
+        constraints = {c.key: c.kind for c in named}
         dual, run_dual = ("dual_lr, ", "r.dual_lr, ") if constraints else ("", "")
         runs = pd.read_sql_query(
             f"SELECT id AS run_id, optimizer, lr, {dual}seed, status, steps, diverged_at, wall_time, "
