@@ -161,3 +161,16 @@ def test_a_corrupt_data_file_is_named_in_one_message(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert str(folder / "train-labels-idx1-ubyte.gz") in err and "label 12 at index 3" in err
+
+
+def test_threads_sets_torch_threads_and_refuses_zero(tmp_path, capsys):
+    before = torch.get_num_threads()
+    try:
+        assert main(["train", *FAST, "--iterations", "2", "--threads", "1", "--out", str(tmp_path / "a"),
+                     "-q"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert main(["train", *FAST, "--iterations", "2", "--threads", "0", "--out", str(tmp_path / "b")]) == 2
+    assert "--threads must be an integer >= 1; got 0" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "threads", None) is not None:
+            _set_threads(args.threads)
         return args.func(args) or 0
     except OptimlabError as e:
         print(f"optimlab: error: {e}", file=sys.stderr)
@@ -31,6 +33,18 @@ def main(argv: list[str] | None = None) -> int:
         print("optimlab: interrupted; `optimlab train ... --resume` with the same --out continues from "
               "the last checkpoint", file=sys.stderr)
         return 130
+
+
+THREADS_HELP = ("CPU threads for torch (default: one per core). On a busy machine use fewer: a small "
+                "model on threads that wait for a core taken by another process runs several times slower")
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    if threads < 1:
+        raise OptimlabError(f"--threads must be an integer >= 1; got {threads}")
+    torch.set_num_threads(threads)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --out (an interrupted run ends with "
                    "exactly the metrics of an uninterrupted one)")
+    t.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no lines")
     t.set_defaults(func=_train)
 
@@ -149,6 +164,8 @@ def _study_parser(sub) -> None:
     r.add_argument("--data-dir", default=None, help="folder holding data sets as DATA_DIR/NAME/")
     r.add_argument("--report", action="store_true",
                    help="then write the study's report (as `optimlab report`) and print where it is")
+    r.add_argument("--threads", type=int, default=None,
+                   help=THREADS_HELP + " (processes and ray workers get the CPUs divided among them)")
     r.add_argument("-v", "--verbose", action="store_true", help="a line per finished run")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_study_run)
@@ -226,6 +243,7 @@ def _localflow_parser(sub) -> None:
     common.add_argument("--dataset", default="mnist-10k:0,1", help="a data set name")
     common.add_argument("--model", default="logreg", help="logreg, mlp, cnn, linear (for lls)")
     common.add_argument("--batch-size", type=int, default=64)
+    common.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     common.add_argument("--seed", type=int, default=0)
     pic = lsub.add_parser("picture", parents=[common], help="the projection picture of a batch (PNG)",
                           description="Project parameters around theta and the batch gradients there on "
