@@ -291,7 +291,11 @@ def _localflow_schedule(args: argparse.Namespace) -> int:
                        args.method, args.momentum, args.seed)
     for epoch, h in enumerate(run["hs"], 1):
         print(f"epoch {epoch}: lr {h:.6g}")
-    print(f"final training loss {run['train_loss']:.6g}, test loss {run['test_loss']:.6g}")
+    if run["diverged_at"] is not None:
+        print(f"diverged at step {run['diverged_at']} (non-finite batch loss); the learning rates above "
+              "are those of the steps before it")
+    else:
+        print(f"final training loss {run['train_loss']:.6g}, test loss {run['test_loss']:.6g}")
     if args.out:
         atomic_write_text(Path(args.out), json.dumps(run, indent=1))
         print(f"records: {args.out}")

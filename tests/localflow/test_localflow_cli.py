@@ -27,3 +27,21 @@ def test_schedule_prints_one_learning_rate_per_epoch_and_keeps_the_records(tmp_p
 def test_bad_flow_time_is_one_message(capsys):
     assert main(["localflow", "schedule", "--dataset", "lls", "--model", "linear", "--lr", "-1"]) == 2
     assert "optimlab: error:" in capsys.readouterr().err
+
+
+def test_a_run_whose_loss_becomes_non_finite_stops_and_says_so(monkeypatch, capsys):
+    import dataclasses
+
+    import optimlab.localflow.runs as runs
+    from optimlab.data import load_dataset
+
+    data = load_dataset("lls:n=200,p=10,cond=100")
+    # inputs of 1e20: the squared residuals overflow float32 on the first batch
+    huge = dataclasses.replace(data, x_train=data.x_train * 1e20)
+    run = runs.schedule_run(huge, "linear", lr=1.0, epochs=2, batch_size=20)
+    assert run["diverged_at"] == 1 and run["records"] == [] and run["hs"] == []
+    fine = runs.schedule_run(data, "linear", lr=1.0, epochs=2, batch_size=20)
+    assert fine["diverged_at"] is None and len(fine["records"]) == 20
+    monkeypatch.setattr(runs, "load_dataset", lambda name: huge)
+    assert main(["localflow", "schedule", "--dataset", "lls", "--model", "linear", "--batch-size", "20"]) == 0
+    assert capsys.readouterr().out.startswith("diverged at step 1 (non-finite batch loss)")

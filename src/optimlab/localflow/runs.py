@@ -47,19 +47,29 @@ def schedule_run(dataset: str | Dataset, model: str = "logreg", lr: float = 1.0,
                  batch_size: int = 64, every: int = 10, method: str = "hvp", momentum: float = 0.0,
                  seed: int = 0) -> dict:
     """Train with SGD (flow time ``lr``) under the curvature scheduler; returns the per-epoch learning
-    rates ``hs`` (medians), every step's record, and the final training and test loss."""
+    rates ``hs`` (medians), every step's record, and the final training and test loss. A run whose
+    batch loss becomes non-finite stops there: ``diverged_at`` is that step (counted from 1; else
+    None) and ``hs`` covers the steps before it."""
     data, net, loss_fn = _setup(dataset, model, seed, batch_size)
     opt = torch.optim.SGD(net.parameters(), lr=check_flow_time(lr), momentum=momentum)
     sched = CurvatureScheduler(opt, every=every, method=method)
     order = torch.Generator().manual_seed(seed)
     x, y = data.x_train, data.y_train
+    diverged_at = None
     for _ in range(epochs):
         for idx in epoch_batches(data.num_train, batch_size, order):
-            sched.step(lambda idx=idx: loss_fn(net(x[idx]), y[idx]))
+            loss = sched.step(lambda idx=idx: loss_fn(net(x[idx]), y[idx]))
+            if not torch.isfinite(loss):
+                diverged_at = len(sched.records)
+                sched.records.pop()  # the step not taken
+                break
             opt.step()
+        if diverged_at is not None:
+            break
     with torch.no_grad():
         train_loss = float(loss_fn(net(x), y))
         test_loss = float(loss_fn(net(data.x_test), data.y_test))
     per_epoch = steps_per_epoch(data.num_train, batch_size, False)
     return {"hs": sched.epoch_lrs(per_epoch), "records": sched.records, "train_loss": train_loss,
-            "test_loss": test_loss, "flow_time": lr, "steps_per_epoch": per_epoch}
+            "test_loss": test_loss, "flow_time": lr, "steps_per_epoch": per_epoch,
+            "diverged_at": diverged_at}
