@@ -49,7 +49,6 @@ def reference(tmp_path_factory):
 
 def test_every_row_holds_the_violations_and_multipliers_of_the_single_run(reference):
     assert reference.constrained and reference.constraints == {"l2norm_le_1": "<=", "l1norm_le_30": "<="}
-    assert reference.cell_keys == ["optimizer", "lr", "dual_lr"]
     assert sorted(reference.runs.dual_lr) == [1e-3, 1e-3, 0.1, 0.1]
     for config in parse_study(STUDY).configs():
         single = train(config, keep_model=False)
@@ -68,10 +67,17 @@ def test_every_row_holds_the_violations_and_multipliers_of_the_single_run(refere
 
 
 def test_the_vectorized_executor_runs_constrained_runs_one_by_one_with_the_same_numbers(reference,
-                                                                                        tmp_path):
-    outcome = run_study(parse_study(STUDY), out=tmp_path, executor=ExecutorSpec(kind="vectorized"))
+                                                                                        tmp_path, capsys):
+    outcome = run_study(parse_study(STUDY), out=tmp_path, executor=ExecutorSpec(kind="vectorized"),
+                        verbose=True)
     assert outcome.completed == 4
     assert rows(load_results(outcome.store), "evals").equals(rows(reference, "evals"))
+    # a line per run with its dual lr and its largest final violation
+    last = reference.evals.sort_values("step").groupby(["dual_lr", "seed"]).last().loc[(0.1, 1)]
+    worst = max(last.violation_l2norm_le_1, last.violation_l1norm_le_30)
+    line = next(x for x in capsys.readouterr().out.splitlines() if "dual_lr=0.1 seed=1" in x)
+    assert line.startswith("[4/4] adam lr=0.01 dual_lr=0.1 seed=1: test accuracy")
+    assert f"largest violation {worst:+.3g}," in line
 
 
 def test_a_crashed_constrained_study_resumes_to_the_same_numbers(reference, tmp_path, monkeypatch,

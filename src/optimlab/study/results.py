@@ -34,11 +34,6 @@ class StudyResults:
     def constrained(self) -> bool:
         return bool(self.constraints)
 
-    @property
-    def cell_keys(self) -> list[str]:
-        """What tells two runs' settings apart, the seed aside: optimizer, lr (and dual_lr)."""
-        return ["optimizer", "lr", "dual_lr"] if self.constrained else ["optimizer", "lr"]
-
 
 def load_results(path: str | Path) -> StudyResults:
     """Read a study store (it may still be running or have been interrupted)."""

@@ -14,6 +14,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from optimlab.constrained.named import parse_constraint
 from optimlab.errors import OptimlabError
 from optimlab.study.spec import ExecutorSpec, StudySpec, check_executor, load_study
 from optimlab.study.store import StudyStore
@@ -139,9 +140,11 @@ class _Board:
         acc = final.get("test_accuracy")
         what = (f"diverged at step {r['diverged_at']}" if r["status"] == "diverged" else
                 f"test accuracy {acc:.4f}" if acc is not None else f"test loss {final.get('test_loss')}")
-        if config.constraints:
-            violations = [v for k, v in final.items() if k.startswith("violation_")]
-            what += f", largest violation {max(violations):+.3g}" if violations else ""
+        if config.constraints and r["status"] != "diverged":  # the largest violation (|h| for ==)
+            named = [parse_constraint(c) for c in config.constraints]
+            worst = max((abs(v) if c.kind == "==" else v for c in named
+                         if (v := final.get(f"violation_{c.key}")) is not None), default=None)
+            what += f", largest violation {worst:+.3g}" if worst is not None else ""
         dual = f" dual_lr={config.dual_lr:g}" if config.constraints else ""
         return (f"[{self.done}/{self.total}] {config.optimizer} lr={config.lr:g}{dual} seed={config.seed}: "
                 f"{what}, {r['wall_time']:.1f} s")
