@@ -106,7 +106,8 @@ def convergence(summary: Summary, path: Path) -> Path | None:
         return None
     plt = _plt()
     cells = summary.cells.set_index(["optimizer", "lr"])
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rob) + 1.5))
+    longest = max((len(f"{r.optimizer} (lr {r.best_lr:g})") for r in rob.itertuples()), default=0)
+    fig, ax = plt.subplots(figsize=(max(7.0, 4.0 + 0.075 * longest), 0.45 * len(rob) + 1.5))
     names, values, labels = [], [], []
     for r in rob.itertuples():
         if pd.isna(r.best_lr):
@@ -119,8 +120,10 @@ def convergence(summary: Summary, path: Path) -> Path | None:
     bars = ax.barh(names[::-1], values[::-1], color="tab:blue")
     for bar, text in zip(bars, labels[::-1], strict=True):
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {text}", va="center", fontsize=8)
-    ax.set_xlabel(f"epochs to reach test accuracy {summary.target_accuracy:.3f} (mean over seeds that did)")
-    ax.set_title("Convergence speed at each optimizer's best learning rate")
+    ax.set_xlabel(f"epochs to reach test accuracy {summary.target_accuracy:.3f}\n"
+                  "(mean over the seeds that did)")
+    ax.margins(x=0.2)  # room for the seed counts right of the bars
+    fig.suptitle("Convergence speed at each optimizer's best learning rate")
     return _save(fig, path)
 
 
@@ -135,7 +138,8 @@ def heatmap(summary: Summary, path: Path) -> Path | None:
     grid = cells.pivot(index="optimizer", columns="lr", values=col)
     order = [o for o in summary.robustness.optimizer if o in grid.index]
     grid = grid.loc[order + [o for o in grid.index if o not in order]]
-    fig, ax = plt.subplots(figsize=(1.1 * grid.shape[1] + 3, 0.5 * grid.shape[0] + 1.5))
+    longest = max((len(str(o)) for o in grid.index), default=0)
+    fig, ax = plt.subplots(figsize=(1.1 * grid.shape[1] + 2.5 + 0.075 * longest, 0.5 * grid.shape[0] + 1.5))
     image = ax.imshow(grid.values.astype(float), aspect="auto", cmap="viridis" if has_acc else "viridis_r")
     ax.set_xticks(range(grid.shape[1]), [f"{lr:g}" for lr in grid.columns])
     ax.set_yticks(range(grid.shape[0]), grid.index)
