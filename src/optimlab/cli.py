@@ -90,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
                    "parameters, as seed 001); repeatable; names: l2norm, l1norm")
     t.add_argument("--dual-optimizer", default="sgd", help="the multipliers' optimizer (it ascends)")
     t.add_argument("--dual-lr", type=str, default="1e-3", help="the multipliers' learning rate")
+    t.add_argument("--formulation", default="lagrangian",
+                   choices=("lagrangian", "augmented_lagrangian", "quadratic_penalty"),
+                   help="how the constraints enter the loss (the quadratic penalty has no multipliers)")
+    t.add_argument("--penalty", type=float, default=None,
+                   help="the penalty coefficient c of augmented_lagrangian and quadratic_penalty (default 1)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     t.add_argument("--data-dir", default=None,
                    help="folder holding data sets as DATA_DIR/NAME/ (also: OPTIMLAB_DATA)")
@@ -220,6 +225,7 @@ def _study_status(args: argparse.Namespace) -> int:
         if r["status"] not in ("completed", "diverged"):
             extra = f" ({r['error'].strip().splitlines()[-1]})" if r["error"] else ""
             dual = f" dual_lr={r['dual_lr']:g}" if r["dual_lr"] is not None else ""
+            dual += f" penalty={r['penalty']:g}" if r["penalty"] is not None else ""
             print(f"  {r['status']:<8} {r['optimizer']} lr={r['lr']:g}{dual} seed={r['seed']} "
                   f"steps={r['steps']}{extra}")
     return 0
@@ -326,6 +332,7 @@ def _train(args: argparse.Namespace) -> int:
         eval_train=not args.no_eval_train, device=args.device,
         model_options={"hidden": args.hidden} if args.hidden is not None else {},
         constraints=args.constraint, dual_optimizer=args.dual_optimizer, dual_lr=args.dual_lr,
+        formulation=args.formulation, penalty=args.penalty,
     )
     out = Path(args.out) if args.out else Path("runs") / _run_name(config)
 

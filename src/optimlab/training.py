@@ -36,6 +36,7 @@ from optimlab.runfiles import (
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "optimlab.run/1"
 EVAL_BATCH = 1024  # bounds the memory of a CNN evaluation (1024 x 64 x 32 x 32 floats)
+FORMULATIONS = ("lagrangian", "augmented_lagrangian", "quadratic_penalty")
 # fields of TrainConfig that may change between a run and its resumption
 RESUMABLE_CHANGES = ("epochs", "iterations", "device")
 
@@ -48,8 +49,10 @@ class TrainConfig:
     ``eval_every``: evaluate every so many iterations; None evaluates at the end of every epoch.
     ``log_every``: record the training batch loss every so many iterations.
     ``constraints``: e.g. ``["l2norm<=1"]`` (see :mod:`optimlab.constrained.named`): the run is then
-    a Lagrangian problem, stepped by simultaneous gradient descent-ascent with ``optimizer`` on the
-    model and ``dual_optimizer`` at ``dual_lr`` on the multipliers.
+    a constrained problem in ``formulation`` (``lagrangian``, ``augmented_lagrangian`` or
+    ``quadratic_penalty``, the last two with the penalty coefficient ``penalty``, default 1), stepped
+    by simultaneous gradient descent-ascent with ``optimizer`` on the model and ``dual_optimizer`` at
+    ``dual_lr`` on the multipliers (the quadratic penalty has none).
     """
 
     dataset: str = "mnist-10k"
@@ -69,6 +72,8 @@ class TrainConfig:
     constraints: list = field(default_factory=list)
     dual_optimizer: str = "sgd"
     dual_lr: float = 1e-3
+    formulation: str = "lagrangian"
+    penalty: float | None = None
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -77,6 +82,7 @@ class TrainConfig:
         self.constraints = [parse_constraint(c).text for c in self.constraints]
         self.dual_optimizer = str(OptimizerSpec.parse(self.dual_optimizer))
         self.dual_lr = check_lr(self.dual_lr)
+        self._check_formulation()
         spec = OptimizerSpec.parse(self.optimizer) if isinstance(self.optimizer, str) else None
         if spec is None:
             raise OptimlabError(f"optimizer must be a string like 'adam'; got {self.optimizer!r}")
@@ -93,6 +99,26 @@ class TrainConfig:
         for name in ("epochs", "iterations", "eval_every"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), minimum=1)
+
+    def _check_formulation(self) -> None:
+        if self.formulation not in FORMULATIONS:
+            raise OptimlabError(f"unknown formulation {self.formulation!r}; valid: {', '.join(FORMULATIONS)}")
+        if self.formulation != "lagrangian" and not self.constraints:
+            raise OptimlabError(f"formulation {self.formulation!r} needs constraints (e.g. 'l2norm<=1')")
+        if self.penalty is None:
+            return
+        if self.formulation == "lagrangian":
+            raise OptimlabError("a penalty coefficient needs formulation 'augmented_lagrangian' or "
+                                "'quadratic_penalty'; the Lagrangian has none")
+        if isinstance(self.penalty, bool) or not isinstance(self.penalty, int | float) or not (
+                math.isfinite(self.penalty) and self.penalty > 0):
+            raise OptimlabError(f"the penalty coefficient must be a finite number > 0; got {self.penalty!r}")
+        self.penalty = float(self.penalty)
+
+    @property
+    def has_multipliers(self) -> bool:
+        """Whether the run has multipliers (and so a dual optimizer and a dual lr that matter)."""
+        return bool(self.constraints) and self.formulation != "quadratic_penalty"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -363,7 +389,8 @@ class _LocalFlow:
 
 class _Constrained:
     """A run's constraints: the problem, the primal-dual optimizer, and the extra columns of its
-    records (``violation_<key>``, ``multiplier_<key>`` and, in train_log, the batch ``accuracy``)."""
+    records (``violation_<key>``, ``multiplier_<key>`` unless the quadratic penalty has none, and, in
+    train_log, the batch ``accuracy``)."""
 
     def __init__(self, config: TrainConfig, model: nn.Module, optimizer, loss_fn, task: str, device):
         from optimlab.constrained import ConstrainedOptimizer, Constraint, Problem, State
@@ -377,8 +404,12 @@ class _Constrained:
             misc = {"accuracy": (out.argmax(1) == yb).float().mean()} if classify else {}
             return State(loss_fn(out, yb), {c.key: c.violation(model) for c in self.named}, misc=misc)
 
-        self.problem = Problem(compute, {c.key: Constraint(c.kind) for c in self.named}).to(device)
-        dual = build_optimizer(config.dual_optimizer, self.problem.dual_parameters(), lr=config.dual_lr)
+        self.problem = Problem(compute, {c.key: Constraint(c.kind, formulation=config.formulation,
+                                                           penalty=config.penalty)
+                                         for c in self.named}).to(device)
+        dual = (build_optimizer(config.dual_optimizer, self.problem.dual_parameters(), lr=config.dual_lr)
+                if config.has_multipliers else None)
+        self.multipliers = [c for c in self.named if config.has_multipliers]
         # the loop detects non-finite losses itself (divergence), without a sync every step
         self.optimizer = ConstrainedOptimizer(self.problem, optimizer, dual, check_finite=False)
         self.pending: list[torch.Tensor] = []
@@ -386,7 +417,7 @@ class _Constrained:
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         r = self.optimizer.step(xb, yb)
         values = [r.violations[c.key].reshape(()) for c in self.named]
-        values += [r.multipliers[c.key].reshape(()) for c in self.named]
+        values += [r.multipliers[c.key].reshape(()) for c in self.multipliers]
         if "accuracy" in r.misc:
             values.append(r.misc["accuracy"])
         self.pending.append(torch.stack(values).detach())
@@ -396,22 +427,22 @@ class _Constrained:
         """Add the violations, multipliers and batch accuracy of the steps since the last call (up to
         ``last_step``) to those of ``rows`` (train_log rows of these steps)."""
         values = torch.stack(self.pending).tolist() if self.pending else []
-        first, n = last_step - len(values) + 1, len(self.named)
+        first, n, m = last_step - len(values) + 1, len(self.named), len(self.multipliers)
         for row in rows:
             v = values[row["step"] - first]
             for j, c in enumerate(self.named):
                 row[f"violation_{c.key}"] = v[j]
+            for j, c in enumerate(self.multipliers):
                 row[f"multiplier_{c.key}"] = v[n + j]
-            if len(v) > 2 * n:
-                row["accuracy"] = v[2 * n]
+            if len(v) > n + m:
+                row["accuracy"] = v[n + m]
         self.pending.clear()
 
     @torch.no_grad()
     def now(self) -> dict:
         """The violations (exact, at the current parameters) and multipliers, for an evaluation row."""
-        row = {}
-        for c in self.named:
-            row[f"violation_{c.key}"] = float(c.violation(self.model))
+        row = {f"violation_{c.key}": float(c.violation(self.model)) for c in self.named}
+        for c in self.multipliers:
             row[f"multiplier_{c.key}"] = float(self.problem.constraints[c.key].multiplier.value())
         return row
 

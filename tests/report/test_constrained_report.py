@@ -110,3 +110,19 @@ def test_the_command_line_takes_a_feasibility_tolerance(store, tmp_path, capsys)
     assert "<= 0.5 (|h| for an equality)" in out and "No learning rate of" not in out  # all within 0.5
     assert main(["report", str(store), "--out", str(tmp_path / "r"), "--feasibility-tolerance", "-1"]) == 2
     assert "feasibility tolerance must be a finite number >= 0; got -1.0" in capsys.readouterr().err
+
+
+def test_a_study_where_no_setting_ends_feasible_is_still_reported(tmp_path):
+    def infeasible(opt, lr, seed, dual_lr):
+        rows, log = outcome(opt, lr, seed, dual_lr)
+        for row in rows + log:
+            row[f"violation_{LE}"] = 0.3
+        return rows, log
+
+    spec = _study(["sgd"], [1e-3, 1e-2], [0, 1], ["l2norm<=1"], [0.01, 0.1])
+    report = make_report(fill(tmp_path / "none.db", spec, infeasible), tmp_path / "r")
+    rob = report.summary.robustness
+    assert rob.best_lr.isna().all() and rob["rank"].tolist() == [1, 2]
+    assert any("No learning rate of sgd, dual lr 0.01; sgd, dual lr 0.1 ended feasible" in n
+               for n in report.summary.notes)
+    assert len(report.summary.panels) == 2  # at the smallest final violation, whatever it is

@@ -110,14 +110,16 @@ def test_a_crashed_constrained_study_resumes_to_the_same_numbers(reference, tmp_
 
 
 def _as_schema_1(db):
-    """Turn a store of an unconstrained study into what schema 1 wrote (no dual_lr, no extras, the
-    unused dual_lr among the shared settings)."""
+    """Turn a store of an unconstrained study into what schema 1 wrote (no dual_lr, penalty or extras,
+    the unused dual_lr among the shared settings, no formulation)."""
     conn = sqlite3.connect(db)
     conn.execute("DROP INDEX runs_configuration")
-    for table, column in (("runs", "dual_lr"), ("evals", "extras"), ("train_log", "extras")):
+    for table, column in (("runs", "dual_lr"), ("runs", "penalty"), ("evals", "extras"),
+                          ("train_log", "extras")):
         conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     definition = json.loads(conn.execute("SELECT value FROM meta WHERE key='definition'").fetchone()[0])
     definition["shared"]["dual_lr"] = 1e-3
+    del definition["shared"]["formulation"]
     conn.execute("UPDATE meta SET value=? WHERE key='definition'", (json.dumps(definition),))
     conn.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
     conn.commit()
@@ -156,3 +158,22 @@ def test_a_schema_1_store_that_cannot_be_upgraded_says_why(tmp_path, monkeypatch
     with pytest.raises(OptimlabError, match="schema 1 and must be upgraded .* readonly database. Open a "
                                             "writable copy"):
         StudyStore.open(db)
+
+
+def test_a_quadratic_penalty_study_has_the_coefficient_as_its_axis_and_no_multipliers(tmp_path):
+    from optimlab.report import make_report
+
+    text = (PLAIN.replace("seeds = [0, 1]", "seeds = [0]") + '\nconstraints = ["l2norm<=1"]\n'
+            'formulation = "quadratic_penalty"\npenalty_coefficients = [1, 100]\n')
+    outcome = run_study(parse_study(text), out=tmp_path, executor=ExecutorSpec(kind="sequential"))
+    results = load_results(outcome.store)
+    assert results.formulation == "quadratic_penalty"
+    assert results.runs.penalty.tolist() == [1.0, 100.0] and results.runs.dual_lr.isna().all()
+    assert "violation_l2norm_le_1" in results.evals and "multiplier_l2norm_le_1" not in results.evals
+    report = make_report(outcome.store, tmp_path / "report")
+    final = report.summary.final.set_index("optimizer")
+    assert list(final.index) == ["adam, quadratic_penalty c=1", "adam, quadratic_penalty c=100"]
+    # the penalty's minimiser violates an active constraint by O(1/c): a larger c, a smaller violation
+    small, large = final.final_violation
+    assert large < small and small > 0
+    assert final.final_multiplier_l2norm_le_1.isna().all() and "constrained" in report.figures

@@ -18,9 +18,10 @@ seeds = [0, 1]
 def test_the_grid_is_optimizers_by_learning_rates_by_seeds():
     spec = parse_study(BASE)
     assert spec.grid == (
-        ("sgd", 0.1, 0, None), ("sgd", 0.1, 1, None), ("sgd", 0.01, 0, None), ("sgd", 0.01, 1, None),
-        ("adam(betas=(0.9, 0.99))", 0.1, 0, None), ("adam(betas=(0.9, 0.99))", 0.1, 1, None),
-        ("adam(betas=(0.9, 0.99))", 0.01, 0, None), ("adam(betas=(0.9, 0.99))", 0.01, 1, None))
+        ("sgd", 0.1, 0, None, None), ("sgd", 0.1, 1, None, None), ("sgd", 0.01, 0, None, None),
+        ("sgd", 0.01, 1, None, None), ("adam(betas=(0.9, 0.99))", 0.1, 0, None, None),
+        ("adam(betas=(0.9, 0.99))", 0.1, 1, None, None), ("adam(betas=(0.9, 0.99))", 0.01, 0, None, None),
+        ("adam(betas=(0.9, 0.99))", 0.01, 1, None, None))
     configs = spec.configs()
     assert [c.optimizer for c in configs][:2] == ["sgd", "sgd"]
     assert {(c.batch_size, c.epochs, c.model) for c in configs} == {(100, 2, "logreg")}
@@ -45,8 +46,8 @@ dual_learning_rates = { from = 1e-3, to = 1e-1, count = 3 }
 def test_a_constrained_study_has_the_dual_learning_rate_as_a_grid_axis():
     spec = parse_study(CONSTRAINED)
     assert len(spec.grid) == 2 * 2 * 3 * 2
-    assert spec.grid[:4] == (("sgd", 0.1, 0, 1e-3), ("sgd", 0.1, 1, 1e-3), ("sgd", 0.1, 0, 1e-2),
-                             ("sgd", 0.1, 1, 1e-2))
+    assert spec.grid[:4] == (("sgd", 0.1, 0, 1e-3, None), ("sgd", 0.1, 1, 1e-3, None),
+                             ("sgd", 0.1, 0, 1e-2, None), ("sgd", 0.1, 1, 1e-2, None))
     configs = spec.configs()
     assert {(tuple(c.constraints), c.dual_optimizer) for c in configs} == {(("l2norm<=1",), "adam")}
     assert [c.dual_lr for c in configs[:6]] == [1e-3, 1e-3, 1e-2, 1e-2, 0.1, 0.1]
@@ -56,6 +57,20 @@ def test_a_constrained_study_has_the_dual_learning_rate_as_a_grid_axis():
     assert {c.dual_lr for c in plain.configs()} == {1e-3} and len(plain.grid) == 8
     # an unconstrained study's definition keeps the three-part runs of schema-1 stores
     assert '["sgd", 0.1, 0]' in parse_study(BASE).definition()
+
+
+def test_penalty_coefficients_are_a_grid_axis_of_the_penalty_formulations():
+    augmented = parse_study(CONSTRAINED + 'formulation = "augmented_lagrangian"\n'
+                                          "penalty_coefficients = [1, 10]\n")
+    assert len(augmented.grid) == 2 * 2 * 3 * 2 * 2
+    assert augmented.grid[:2] == (("sgd", 0.1, 0, 1e-3, 1.0), ("sgd", 0.1, 1, 1e-3, 1.0))
+    config = augmented.configs()[2]
+    assert (config.formulation, config.penalty, config.dual_lr) == ("augmented_lagrangian", 10.0, 1e-3)
+    penalty = parse_study(BASE + 'constraints = ["l2norm<=1"]\nformulation = "quadratic_penalty"\n'
+                                 "penalty_coefficients = { from = 1, to = 100, count = 3 }\n")
+    assert [g[3:] for g in penalty.grid[:6:2]] == [(None, 1.0), (None, 10.0), (None, 100.0)]
+    assert not penalty.configs()[0].has_multipliers
+    assert '["sgd", 0.1, 0, null, 1.0]' in penalty.definition()
 
 
 def test_the_definition_ignores_the_executor_but_not_the_grid():
@@ -96,6 +111,15 @@ def test_the_definition_ignores_the_executor_but_not_the_grid():
         (("", 'constraints = ["l2norm<<1"]\n'), "l2norm<<1"),
         (("", 'constraints = "l2norm<=1"\n'), "constraints must be a list"),
         (("", 'constraints = ["l2norm<=1"]\ndual_optimizer = "adamm"\n'), "unknown optimizer 'adamm'"),
+        (("", 'formulation = "augmented_lagrangian"\n'), "formulation needs constraints"),
+        (("", 'constraints = ["l2norm<=1"]\nformulation = "penalty"\n'),
+         "formulation 'penalty' is unknown; valid: lagrangian, augmented_lagrangian, quadratic_penalty"),
+        (("", 'constraints = ["l2norm<=1"]\npenalty_coefficients = [1]\n'),
+         "penalty_coefficients need formulation = 'augmented_lagrangian' or 'quadratic_penalty'"),
+        (("", 'constraints = ["l2norm<=1"]\nformulation = "quadratic_penalty"\ndual_learning_rates = [1]\n'),
+         "dual_learning_rates: the quadratic penalty has no multipliers"),
+        (("", 'constraints = ["l2norm<=1"]\nformulation = "quadratic_penalty"\npenalty_coefficients = [0]\n'),
+         "penalty_coefficients: penalty coefficient must be a finite number > 0; got 0"),
     ],
 )
 def test_bad_study_files_name_the_field(change, message):

@@ -10,11 +10,12 @@ best one whose mean final test accuracy is within ``accuracy_tolerance`` (1 poin
 the same for the final training loss within ``loss_tolerance`` (1 %); a learning rate at which any
 seed diverged breaks the range.
 
-Constrained studies. Each (optimizer, dual learning rate) is a *series* of its own, named like
-``adam, dual lr 0.01`` in the ``optimizer`` column of every table. A run's *final violation* is the
-largest over its constraints of g (|h| for an equality) at its last evaluation; it ends *feasible*
-when that is <= ``feasibility_tolerance``. A series' best learning rate and its widths count only the
-learning rates where every seed ended feasible: a solution that breaks its constraints is no solution.
+Constrained studies. Each (optimizer, penalty coefficient, dual learning rate) is a *series* of its
+own, named like ``adam, dual lr 0.01`` in the ``optimizer`` column of every table. A run's *final
+violation* is the largest over its constraints of g (|h| for an equality) at its last evaluation; it
+ends *feasible* when that is <= ``feasibility_tolerance``. A series' best learning rate and its
+widths count only the learning rates where every seed ended feasible: a solution that breaks its
+constraints is no solution.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def _final_constraints(constraints: dict[str, str], last, tolerance: float) -> d
     for key, kind in constraints.items():
         v = np.nan if last is None else float(last[f"violation_{key}"])
         row[f"final_violation_{key}"] = v
-        row[f"final_multiplier_{key}"] = np.nan if last is None else float(last[f"multiplier_{key}"])
+        multiplier = np.nan if last is None else last.get(f"multiplier_{key}", np.nan)  # none: penalty
+        row[f"final_multiplier_{key}"] = float(multiplier)
         worst.append(abs(v) if kind == "==" else v)
     largest = max(worst)  # NaN when diverged
     return {"final_violation": largest, "feasible": bool(largest <= tolerance), **row}
@@ -162,7 +164,9 @@ def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
         row = {"optimizer": opt, "learning_rates": len(g), "diverged_runs": int(g.diverged.sum())}
         if not usable.any():
             rows.append({**row, "best_lr": np.nan, "best_final_test_accuracy": np.nan,
-                         "width_accuracy_decades": np.nan, "width_loss_decades": np.nan})
+                         "best_final_test_accuracy_std": np.nan, "best_final_train_loss": np.nan,
+                         "epochs_to_target": np.nan, "width_accuracy_decades": np.nan,
+                         "width_loss_decades": np.nan})
             continue
         has_acc = g.final_test_accuracy_mean[usable].notna().any()
         score = g.final_test_accuracy_mean if has_acc else -g.final_train_loss_mean
@@ -220,14 +224,19 @@ def learning_curves(results: StudyResults, final: pd.DataFrame, best_lr: dict) -
 
 def by_series(results: StudyResults) -> StudyResults:
     """``results`` with each constrained run's optimizer renamed to its series, e.g. ``adam, dual lr
-    0.01`` (unchanged for a study without constraints)."""
+    0.01`` or ``adam, augmented_lagrangian c=10, dual lr 0.01`` (unchanged without constraints)."""
     if not results.constrained:
         return results
+    form = "" if results.formulation == "lagrangian" else f"{results.formulation} "
+
+    def label(o: str, d: float, c: float) -> str:
+        return ", ".join([o] + ([f"{form}c={c:g}"] if pd.notna(c) else [form.strip()] if form else [])
+                         + ([f"dual lr {d:g}"] if pd.notna(d) else []))
 
     def rename(frame: pd.DataFrame) -> pd.DataFrame:
         frame = frame.copy()
-        frame["optimizer"] = [f"{o}, dual lr {d:g}" for o, d in zip(frame.optimizer, frame.dual_lr,
-                                                                      strict=True)]
+        frame["optimizer"] = [label(o, d, c) for o, d, c in
+                              zip(frame.optimizer, frame.dual_lr, frame.penalty, strict=True)]
         return frame
 
     return replace(results, runs=rename(results.runs), evals=rename(results.evals),

@@ -19,16 +19,18 @@ class StudyResults:
     attempts, error); ``evals`` and ``train_log``: one row per record, with the run's optimizer, lr
     and seed beside ``run_id``; ``meta``: the study's name, file, and environment.
 
-    A constrained study also has ``dual_lr`` (after ``lr``) in all three, and its records have a
-    ``violation_<constraint>`` and a ``multiplier_<constraint>`` column per constraint (its train_log
-    also the batch ``accuracy``); ``constraints`` maps each constraint's key to its kind, ``"<="``
-    (satisfied when its violation is <= 0) or ``"=="`` (when it is 0)."""
+    A constrained study also has ``dual_lr`` and ``penalty`` (after ``lr``; NaN where the
+    ``formulation`` has no multipliers or no coefficient) in all three, and its records have a
+    ``violation_<constraint>`` and (with multipliers) a ``multiplier_<constraint>`` column per
+    constraint (its train_log also the batch ``accuracy``); ``constraints`` maps each constraint's key
+    to its kind, ``"<="`` (satisfied when its violation is <= 0) or ``"=="`` (when it is 0)."""
 
     runs: object  # pandas.DataFrame
     evals: object
     train_log: object
     meta: dict
     constraints: dict[str, str] = field(default_factory=dict)
+    formulation: str = "lagrangian"
 
     @property
     def constrained(self) -> bool:
@@ -45,7 +47,8 @@ def load_results(path: str | Path) -> StudyResults:
         definition = json.loads(store.meta("definition") or "{}")
         named = [parse_constraint(c) for c in definition.get("shared", {}).get("constraints", [])]
         constraints = {c.key: c.kind for c in named}
-        dual, run_dual = ("dual_lr, ", "r.dual_lr, ") if constraints else ("", "")
+        formulation = definition.get("shared", {}).get("formulation", "lagrangian")
+        dual, run_dual = ("dual_lr, penalty, ", "r.dual_lr, r.penalty, ") if constraints else ("", "")
         runs = pd.read_sql_query(
             f"SELECT id AS run_id, optimizer, lr, {dual}seed, status, steps, diverged_at, wall_time, "
             "attempts, error FROM runs ORDER BY id", conn)
@@ -62,7 +65,7 @@ def load_results(path: str | Path) -> StudyResults:
         meta["environment"] = json.loads(store.meta("environment") or "{}")
     finally:
         store.close()
-    return StudyResults(runs, evals, log, meta, constraints)
+    return StudyResults(runs, evals, log, meta, constraints, formulation)
 
 
 def _with_extras(frame):

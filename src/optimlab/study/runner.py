@@ -145,7 +145,8 @@ class _Board:
             worst = max((abs(v) if c.kind == "==" else v for c in named
                          if (v := final.get(f"violation_{c.key}")) is not None), default=None)
             what += f", largest violation {worst:+.3g}" if worst is not None else ""
-        dual = f" dual_lr={config.dual_lr:g}" if config.constraints else ""
+        dual = f" dual_lr={config.dual_lr:g}" if config.has_multipliers else ""
+        dual += f" penalty={config.penalty:g}" if config.penalty is not None else ""
         return (f"[{self.done}/{self.total}] {config.optimizer} lr={config.lr:g}{dual} seed={config.seed}: "
                 f"{what}, {r['wall_time']:.1f} s")
 

@@ -12,6 +12,8 @@
     constraints = ["l2norm<=1"]  # optional: a constrained study (a Lagrangian per run)
     dual_optimizer = "sgd"       # the multipliers' optimizer (default sgd)
     dual_learning_rates = [1e-3, 1e-2]  # a grid axis beside the primal lr (default [1e-3])
+    formulation = "augmented_lagrangian"  # or lagrangian (default), quadratic_penalty
+    penalty_coefficients = [1, 10]        # penalty formulations: a grid axis (default [1])
 
     [model_options]
     hidden = 100
@@ -36,7 +38,7 @@ from pathlib import Path
 
 from optimlab.errors import OptimlabError
 from optimlab.optimizers import OptimizerSpec, check_lr
-from optimlab.training import TrainConfig
+from optimlab.training import FORMULATIONS, TrainConfig
 
 EXECUTORS = ("sequential", "vectorized", "processes", "ray")
 UNITS = ("runs", "groups")
@@ -62,12 +64,15 @@ FIELDS = {
     "dual_optimizer": "the optimizer of the multipliers (default sgd); needs constraints",
     "dual_learning_rates": "the multipliers' learning rates, a list or {from, to, count} (default "
                            "[1e-3]); needs constraints",
+    "formulation": "lagrangian (default), augmented_lagrangian or quadratic_penalty; needs constraints",
+    "penalty_coefficients": "the penalty coefficients c, a list or {from, to, count} (default [1]); "
+                            "needs a penalty formulation",
     "executor": "a table: kind, workers, units, address, max_attempts",
 }
 EXECUTOR_FIELDS = ("kind", "workers", "units", "address", "max_attempts")
 # settings shared by every run of the study (the rest of a run is optimizer, lr, seed, dual lr)
 SHARED = ("dataset", "model", "model_options", "batch_size", "epochs", "iterations", "eval_every",
-          "log_every", "drop_last", "normalize", "eval_train", "constraints", "dual_optimizer")
+          "log_every", "drop_last", "normalize", "eval_train", "constraints", "dual_optimizer", "formulation")
 DEFAULT_DUAL_LR = TrainConfig.dual_lr
 
 
@@ -86,12 +91,13 @@ class ExecutorSpec:
 
 @dataclass(frozen=True)
 class StudySpec:
-    """A validated study. ``grid`` is the list of (optimizer, lr, seed, dual_lr), in file order;
-    ``dual_lr`` is None in a study without constraints."""
+    """A validated study. ``grid`` is the list of (optimizer, lr, seed, dual_lr, penalty), in file
+    order; ``dual_lr`` is None without multipliers (no constraints, or the quadratic penalty),
+    ``penalty`` None without a penalty formulation or coefficients."""
 
     name: str
     shared: dict
-    grid: tuple[tuple[str, float, int, float | None], ...]
+    grid: tuple[tuple[str, float, int, float | None, float | None], ...]
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
     device: str = "auto"
     text: str = ""
@@ -99,13 +105,17 @@ class StudySpec:
     def configs(self) -> list[TrainConfig]:
         """One :class:`TrainConfig` per run of the grid."""
         return [TrainConfig(**self.shared, optimizer=o, lr=lr, seed=s, device=self.device,
-                            dual_lr=DEFAULT_DUAL_LR if d is None else d)
-                for o, lr, s, d in self.grid]
+                            dual_lr=DEFAULT_DUAL_LR if d is None else d, penalty=c)
+                for o, lr, s, d, c in self.grid]
 
     def definition(self) -> str:
-        """What makes two study files the same study (not the executor, not the device). A run of
-        a study without constraints is (optimizer, lr, seed), as in stores of schema 1."""
-        grid = [g if g[3] is not None else g[:3] for g in self.grid]
+        """What makes two study files the same study (not the executor, not the device). Runs are
+        written without their trailing Nones: (optimizer, lr, seed) without constraints, as in
+        stores of schema 1."""
+        grid = [list(g) for g in self.grid]
+        for g in grid:
+            while g[-1] is None:
+                g.pop()
         return json.dumps({"name": self.name, "shared": self.shared, "grid": grid}, sort_keys=True)
 
 
@@ -146,12 +156,7 @@ def parse_study(text: str, source: str = "<study>") -> StudySpec:
     optimizers = doc["optimizers"]
     if not isinstance(optimizers, list) or not optimizers:
         raise fail(f"optimizers must be a non-empty list ({FIELDS['optimizers']}); got {optimizers!r}")
-    constrained = bool(doc.get("constraints"))
-    for key in ("dual_optimizer", "dual_learning_rates"):
-        if key in doc and not constrained:
-            raise fail(f"{key} needs constraints (e.g. constraints = ['l2norm<=1']); this study has none")
-    dual_lrs = (_learning_rates(doc.get("dual_learning_rates", [DEFAULT_DUAL_LR]), "dual_learning_rates",
-                                fail) if constrained else [None])
+    dual_lrs, penalties = _constraint_axes(doc, fail)
     grid = []
     for i, entry in enumerate(optimizers):
         where = f"optimizers[{i}]"
@@ -169,17 +174,18 @@ def parse_study(text: str, source: str = "<study>") -> StudySpec:
             spec = str(OptimizerSpec.parse(entry))
         except OptimlabError as e:
             raise fail(f"{where}: {e}") from None
-        grid += [(spec, lr, seed, d) for lr in lrs for d in dual_lrs for seed in seeds]
+        grid += [(spec, lr, seed, d, c) for lr in lrs for d in dual_lrs for c in penalties for seed in seeds]
     seen, duplicates = set(), []
     for run in grid:
         if run in seen:
             duplicates.append(run)
         seen.add(run)
     if duplicates:
-        shown = "; ".join(f"{o} lr={lr:g}{'' if d is None else f' dual_lr={d:g}'} seed={s}"
-                          for o, lr, s, d in duplicates[:5])
+        shown = "; ".join(f"{o} lr={lr:g}{'' if d is None else f' dual_lr={d:g}'}"
+                          f"{'' if c is None else f' penalty={c:g}'} seed={s}"
+                          for o, lr, s, d, c in duplicates[:5])
         raise fail(f"duplicate configurations ({len(duplicates)}): {shown}. Each optimizer, learning "
-                   "rate, dual learning rate and seed may appear once")
+                   "rate, dual learning rate, penalty coefficient and seed may appear once")
 
     shared = {k: doc[k] for k in SHARED if k in doc}
     shared.setdefault("model_options", {})
@@ -193,13 +199,39 @@ def parse_study(text: str, source: str = "<study>") -> StudySpec:
     except (OptimlabError, TypeError) as e:
         raise fail(str(e)) from None
     shared = TrainConfig(**shared, optimizer="sgd", lr=1.0).to_dict()
-    for k in ("optimizer", "lr", "seed", "device", "dual_lr"):
+    for k in ("optimizer", "lr", "seed", "device", "dual_lr", "penalty"):
         shared.pop(k)
     return StudySpec(name=name.strip(), shared=shared, grid=tuple(grid),
                      executor=_executor(doc.get("executor", {}), fail), device=device, text=text)
 
 
-def _learning_rates(value, where: str, fail) -> list[float]:
+def _constraint_axes(doc: dict, fail) -> tuple[list, list]:
+    """The dual learning rates and the penalty coefficients of the grid ([None]: not an axis)."""
+    constrained = bool(doc.get("constraints"))
+    for key in ("dual_optimizer", "dual_learning_rates", "formulation", "penalty_coefficients"):
+        if key in doc and not constrained:
+            raise fail(f"{key} needs constraints (e.g. constraints = ['l2norm<=1']); this study has none")
+    formulation = doc.get("formulation", "lagrangian")
+    if formulation not in FORMULATIONS:
+        raise fail(f"formulation {formulation!r} is unknown; valid: {', '.join(FORMULATIONS)}")
+    if formulation == "quadratic_penalty":
+        for key in ("dual_optimizer", "dual_learning_rates"):
+            if key in doc:
+                raise fail(f"{key}: the quadratic penalty has no multipliers (use augmented_lagrangian)")
+    if "penalty_coefficients" in doc and formulation == "lagrangian":
+        raise fail("penalty_coefficients need formulation = 'augmented_lagrangian' or 'quadratic_penalty'")
+    dual_lrs = [None]
+    if constrained and formulation != "quadratic_penalty":
+        dual_lrs = _learning_rates(doc.get("dual_learning_rates", [DEFAULT_DUAL_LR]), "dual_learning_rates",
+                                   fail)
+    penalties = [None]
+    if "penalty_coefficients" in doc:
+        penalties = _learning_rates(doc["penalty_coefficients"], "penalty_coefficients", fail,
+                                    noun="penalty coefficient")
+    return dual_lrs, penalties
+
+
+def _learning_rates(value, where: str, fail, noun: str = "learning rate") -> list[float]:
     if isinstance(value, dict):
         if set(value) != {"from", "to", "count"}:
             raise fail(f"{where}: a log range is {{from = 1e-5, to = 1e-1, count = 5}}; got {value!r}")
@@ -207,7 +239,7 @@ def _learning_rates(value, where: str, fail) -> list[float]:
         try:
             lo, hi = check_lr(lo), check_lr(hi)
         except OptimlabError as e:
-            raise fail(f"{where}: {e}") from None
+            raise fail(f"{where}: {str(e).replace('learning rate', noun)}") from None
         if not (isinstance(count, int) and count >= 1) or (count == 1 and lo != hi) or lo > hi:
             raise fail(f"{where}: need from <= to and an integer count >= 1 (1 only when from = to)")
         if count == 1:
@@ -221,7 +253,7 @@ def _learning_rates(value, where: str, fail) -> list[float]:
         try:
             out.append(check_lr(lr))
         except OptimlabError as e:
-            raise fail(f"{where}: {e}") from None
+            raise fail(f"{where}: {str(e).replace('learning rate', noun)}") from None
     return out
 
 

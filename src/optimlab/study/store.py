@@ -6,8 +6,9 @@ Rows reach the database only together with the checkpoint they belong to, in one
 last checkpoint: no partial or duplicate rows, at most one epoch of the runs in flight to redo.
 Only the process that drives the study writes; workers send it their checkpoints.
 
-Schema 2 (schema 1 stores are upgraded when opened): a run's ``dual_lr`` (NULL without constraints),
-and an ``extras`` JSON object per evaluation and log row for the columns only some studies have
+Schema 2 (schema 1 stores are upgraded when opened): a run's ``dual_lr`` (NULL without multipliers)
+and ``penalty`` (NULL without a penalty coefficient), and an ``extras`` JSON object per evaluation and
+log row for the columns only some studies have
 (``violation_<constraint>``, ``multiplier_<constraint>``, a constrained run's batch ``accuracy``).
 """
 
@@ -28,6 +29,8 @@ from optimlab.errors import OptimlabError
 from optimlab.study.spec import StudySpec
 
 SCHEMA_VERSION = 2
+# what tells runs apart (NULL, "not an axis", as 0: no learning rate or coefficient is 0)
+RUN_KEY = "(optimizer, lr, seed, coalesce(dual_lr, 0), coalesce(penalty, 0))"
 EVAL_COLUMNS = ("step", "epoch", "batch_loss", "train_loss", "train_accuracy", "test_loss",
                 "test_accuracy", "lr", "wall_time")
 LOG_COLUMNS = ("step", "epoch", "loss", "lr")
@@ -40,6 +43,7 @@ CREATE TABLE IF NOT EXISTS runs (
     lr REAL NOT NULL,
     seed INTEGER NOT NULL,
     dual_lr REAL,
+    penalty REAL,
     config TEXT NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN {STATUSES}),
     steps INTEGER NOT NULL DEFAULT 0,
@@ -50,7 +54,7 @@ CREATE TABLE IF NOT EXISTS runs (
     worker INTEGER,
     updated REAL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS runs_configuration ON runs (optimizer, lr, seed, coalesce(dual_lr, 0));
+CREATE UNIQUE INDEX IF NOT EXISTS runs_configuration ON runs {RUN_KEY};
 CREATE TABLE IF NOT EXISTS evals (
     run_id INTEGER NOT NULL REFERENCES runs (id),
     step INTEGER NOT NULL, epoch REAL NOT NULL, batch_loss REAL, train_loss REAL,
@@ -141,17 +145,19 @@ class StudyStore:
         return store
 
     def _upgrade_from_1(self) -> None:
-        """Schema 1 -> 2: the dual_lr and extras columns (empty: schema 1 had no constrained studies),
-        and the study's definition without the (then shared, unused) dual_lr."""
+        """Schema 1 -> 2: the dual_lr, penalty and extras columns (empty: schema 1 had no constrained
+        studies), and the study's definition as schema 2 writes it (dual_lr no longer shared, the
+        formulation is)."""
         try:
             with self.transaction():
-                for table, column in (("runs", "dual_lr REAL"), ("evals", "extras TEXT"),
-                                      ("train_log", "extras TEXT")):
+                for table, column in (("runs", "dual_lr REAL"), ("runs", "penalty REAL"),
+                                      ("evals", "extras TEXT"), ("train_log", "extras TEXT")):
                     self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
-                self.conn.execute("CREATE UNIQUE INDEX runs_configuration ON runs "
-                                  "(optimizer, lr, seed, coalesce(dual_lr, 0))")
+                self.conn.execute(f"CREATE UNIQUE INDEX runs_configuration ON runs {RUN_KEY}")
                 definition = json.loads(self.meta("definition") or "{}")
-                definition.get("shared", {}).pop("dual_lr", None)
+                shared = definition.get("shared", {})
+                shared.pop("dual_lr", None)
+                shared.setdefault("formulation", "lagrangian")
                 self._set_meta(definition=json.dumps(definition, sort_keys=True),
                                schema_version=str(SCHEMA_VERSION))
         except sqlite3.OperationalError as e:
@@ -192,10 +198,10 @@ class StudyStore:
                             environment=json.dumps(environment()))
             for config in spec.configs():
                 store.conn.execute(
-                    "INSERT OR IGNORE INTO runs (optimizer, lr, seed, dual_lr, config, updated) "
-                    "VALUES (?,?,?,?,?,?)",
-                    (config.optimizer, config.lr, config.seed, config.dual_lr if config.constraints else None,
-                     json.dumps(config.to_dict()), time.time()))
+                    "INSERT OR IGNORE INTO runs (optimizer, lr, seed, dual_lr, penalty, config, updated) "
+                    "VALUES (?,?,?,?,?,?,?)",
+                    (config.optimizer, config.lr, config.seed, config.dual_lr if config.has_multipliers
+                     else None, config.penalty, json.dumps(config.to_dict()), time.time()))
         return store
 
     def _check_same_study(self, spec: StudySpec, extend: bool) -> None:
@@ -233,8 +239,8 @@ class StudyStore:
 
     # ------------------------------------------------------------------ runs
     def runs(self, status: str | None = None) -> list[dict]:
-        """Every run (or those of one status) as dicts: id, optimizer, lr, seed, dual_lr, config,
-        status, ..."""
+        """Every run (or those of one status) as dicts: id, optimizer, lr, seed, dual_lr, penalty,
+        config, status, ..."""
         query = "SELECT * FROM runs" + (" WHERE status=?" if status else "") + " ORDER BY id"
         cur = self.conn.execute(query, (status,) if status else ())
         cols = [c[0] for c in cur.description]
