@@ -91,10 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dual-optimizer", default="sgd", help="the multipliers' optimizer (it ascends)")
     t.add_argument("--dual-lr", type=str, default="1e-3", help="the multipliers' learning rate")
     t.add_argument("--formulation", default="lagrangian",
-                   help="how the constraints enter the loss: lagrangian (default), augmented_lagrangian or "
+                   help="how the constraints enter the loss: lagrangian, augmented_lagrangian or "
                    "quadratic_penalty (no multipliers)")
     t.add_argument("--penalty", type=float, default=None,
-                   help="the penalty coefficient c of augmented_lagrangian and quadratic_penalty (default 1)")
+                   help="the penalty coefficient c of augmented_lagrangian and quadratic_penalty "
+                   "(None: c = 1)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     t.add_argument("--data-dir", default=None,
                    help="folder holding data sets as DATA_DIR/NAME/ (also: OPTIMLAB_DATA)")
