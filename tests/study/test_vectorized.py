@@ -215,7 +215,8 @@ def test_on_eval_sees_every_row_with_its_run(digits):
 def test_configs_that_differ_in_more_than_lr_and_seed_are_refused(digits):
     with pytest.raises(OptimlabError, match="run 2 has batch_size=32 where run 0 has batch_size=64"):
         train_group(grid(seeds=(0,)) + grid(seeds=(1,), batch_size=32), data=digits)
-    with pytest.raises(OptimlabError, match="differ only in lr and seed; run 2 has optimizer='adam'"):
+    with pytest.raises(OptimlabError, match="differ only in lr, seed, dual_lr and penalty; run 2 has "
+                                            "optimizer='adam'"):
         train_group(grid(seeds=(0,)) + grid(seeds=(1,), optimizer="adam"), data=digits)
     with pytest.raises(OptimlabError, match="at least one run"):
         train_group([], data=digits)

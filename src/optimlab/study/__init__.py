@@ -3,7 +3,8 @@
 ``load_study`` reads a study file (TOML); ``run_study`` trains what is not finished yet with an
 executor (sequential, vectorized, processes, ray) into one SQLite store; ``load_results`` reads a
 store as pandas DataFrames and ``export_results`` writes them as CSV or Parquet; ``train_group``
-trains runs that differ only in learning rate and seed in one vectorized pass.
+trains runs that differ only in learning rate and seed (constrained: dual learning rate and penalty
+too) in one vectorized pass.
 """
 
 from optimlab.study.results import StudyResults, export_results, load_results

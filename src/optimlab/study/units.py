@@ -1,9 +1,10 @@
 """Units of work of a study, and how one is trained wherever it runs (this process, a worker, Ray).
 
-A unit is one run, or a group of runs that differ only in learning rate and seed (trained together
-by the vectorized engine). Training a unit reports progress through ``emit(checkpoint, results,
-finished)`` at the end of every epoch and at the end: ``checkpoint`` as bytes (``torch.save``) and
-``results`` as plain dicts, so any transport can carry them to the process that owns the store.
+A unit is one run, or a group of runs that differ only in learning rate and seed (and, constrained,
+dual learning rate and penalty coefficient), trained together by the vectorized engine. Training a
+unit reports progress through ``emit(checkpoint, results, finished)`` at the end of every epoch and
+at the end: ``checkpoint`` as bytes (``torch.save``) and ``results`` as plain dicts, so any
+transport can carry them to the process that owns the store.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Unit:
 
 def plan_units(runs: list[dict], groups: bool) -> list[Unit]:
     """Cut runs (store rows) into units: one per run, or (``groups``) one per set of runs that
-    differ only in learning rate and seed. Order: as the runs come."""
+    differ only in learning rate, seed, dual learning rate and penalty. Order: as the runs come."""
     configs = [(r["id"], TrainConfig.from_dict(_config(r))) for r in runs]
     if not groups or not all(groups_pay_off(c) for _, c in configs):
         return [Unit([i], [c], "run") for i, c in configs]
@@ -59,7 +60,7 @@ def groups_pay_off(config: TrainConfig) -> bool:
     """Whether training runs together is faster than one after another: not for convolutions on the
     CPU, where the stacked CNN runs 2x slower than the runs one by one (15 Adam runs on Fashion-MNIST:
     7.1 against 3.3 s a step), so those run one by one."""
-    if config.constraints or OptimizerSpec.parse(config.optimizer).name in LOCAL_FLOW:
+    if OptimizerSpec.parse(config.optimizer).name in LOCAL_FLOW:
         return False  # not supported by the vectorized engine: one by one
     return not (config.model == "cnn" and resolve_device(config.device).type == "cpu")
 

@@ -47,6 +47,9 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.overrides import TorchFunctionMode
 
+from optimlab.constrained.formulations import make_formulation
+from optimlab.constrained.named import parse_constraint
+from optimlab.constrained.optimizer import _set_maximize
 from optimlab.data import Dataset, epoch_batches, load_dataset, steps_per_epoch
 from optimlab.devices import resolve_device
 from optimlab.errors import OptimlabError
@@ -69,15 +72,19 @@ from optimlab.training import (
 __all__ = ["GROUP_FORMAT", "check_group", "train_group", "vectorizable_key"]
 
 GROUP_FORMAT = "optimlab.group/1"
-VARYING = ("lr", "seed")  # the only settings in which the runs of a group may differ
+# the only settings in which the runs of a group may differ (the last two: constrained runs)
+VARYING = ("lr", "seed", "dual_lr", "penalty")
+# the named constraints' measures (optimlab.constrained.named.MEASURES), summed over each slice
+STACKED_MEASURES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "l2norm": lambda p: p.pow(2), "l1norm": lambda p: p.abs()}
 # activations (floats) one evaluation chunk of all slices may hold: train's own bound, a CNN on
 # 32x32 images (64 x 32 x 32 floats a sample) evaluated EVAL_BATCH samples at a time
 EVAL_FLOATS = EVAL_BATCH * 64 * 32 * 32
 
 
 def vectorizable_key(config: TrainConfig) -> tuple:
-    """Every setting of ``config`` but ``lr`` and ``seed``, hashable: configs with equal keys can be
-    trained together by :func:`train_group`."""
+    """Every setting of ``config`` but ``lr``, ``seed``, ``dual_lr`` and ``penalty``, hashable:
+    configs with equal keys can be trained together by :func:`train_group`."""
     return tuple((k, _frozen(v)) for k, v in config.to_dict().items() if k not in VARYING)
 
 
@@ -90,20 +97,24 @@ def _frozen(value: object) -> object:
 
 
 def check_group(configs: list[TrainConfig]) -> None:
-    """Raise :class:`OptimlabError` naming the first setting, other than lr and seed, in which the
-    runs differ."""
+    """Raise :class:`OptimlabError` naming the first setting, other than lr, seed, dual_lr and
+    penalty, in which the runs differ."""
     if not configs:
         raise OptimlabError("a group of runs needs at least one run")
-    if configs[0].constraints or OptimizerSpec.parse(configs[0].optimizer).name in LOCAL_FLOW:
-        raise OptimlabError("constrained runs and local-flow optimizers are not trained in vectorized "
-                            "groups (yet): train them one by one (executor sequential or processes)")
+    if OptimizerSpec.parse(configs[0].optimizer).name in LOCAL_FLOW:
+        raise OptimlabError("local-flow optimizers are not trained in vectorized groups (yet): train "
+                            "them one by one (executor sequential or processes)")
+    unknown = [c for c in configs[0].constraints if parse_constraint(c).measure not in STACKED_MEASURES]
+    if unknown:
+        raise OptimlabError(f"constraint {unknown[0]!r} is not trained in vectorized groups (yet): train "
+                            "its runs one by one (executor sequential or processes)")
     first = configs[0].to_dict()
     for i, config in enumerate(configs[1:], start=1):
         mine = config.to_dict()
         for k, v in first.items():
             if k not in VARYING and mine[k] != v:
                 raise OptimlabError(
-                    f"runs trained together may differ only in lr and seed; run {i} has "
+                    f"runs trained together may differ only in lr, seed, dual_lr and penalty; run {i} has "
                     f"{k}={mine[k]!r} where run 0 has {k}={v!r}"
                 )
 
@@ -118,12 +129,14 @@ def train_group(
     progress: bool = False,
     keep_models: bool = True,
 ) -> list[RunResult]:
-    """Train the runs of ``configs`` (equal but for lr and seed) together; one result per config,
-    in order, each as :func:`optimlab.training.train` of that config alone would give it.
+    """Train the runs of ``configs`` (equal but for lr, seed, dual_lr and penalty) together; one
+    result per config, in order, each as :func:`optimlab.training.train` of that config alone would
+    give it.
 
     ``on_eval(k, row)``: every evaluation row of run ``k`` (``k`` indexes ``configs``).
     ``on_checkpoint(ckpt, results_so_far)``: at the end of every epoch and at the end; ``ckpt``
-    (format ``optimlab.group/1``) holds only tensors and plain values, and ``resume_from=ckpt``
+    (format ``optimlab.group/1``; a constrained group's adds ``constrained``: the stacked multipliers
+    and the dual optimizer's state) holds only tensors and plain values, and ``resume_from=ckpt``
     continues from it to the same numbers as an uninterrupted group. ``wall_time``: the group's.
     ``keep_models``: each result's ``model`` holds its slice's final parameters (for a diverged
     run: those it had when the divergence was seen, as :func:`train` returns them).
@@ -199,7 +212,8 @@ class _Stack:
     then buffers): flattening a dict at each call of each vmap level was a tenth of a small step.
     """
 
-    def __init__(self, models: list[nn.Module], width: int, data: Dataset, device: torch.device):
+    def __init__(self, models: list[nn.Module], width: int, data: Dataset, device: torch.device,
+                 with_accuracy: bool = False):
         stacked, buffers = stack_module_state([m for m in models for _ in range(width)])
         grid = (len(models), width)
         self.params = {k: v.detach().reshape(*grid, *v.shape[1:]).to(device).requires_grad_()
@@ -210,6 +224,7 @@ class _Stack:
         self.template = copy.deepcopy(models[0]).to("meta")
         self.task = data.task
         self.loss_fn = _mean_loss(data.task)
+        self.with_accuracy = with_accuracy and data.task == "classification"
         stacked_dims = (0,) * len(self.tensors)
         per_seed = vmap(self._loss, in_dims=(*stacked_dims, None, None))  # the batch: shared
         self._losses = vmap(per_seed, in_dims=(*stacked_dims, 0, 0))  # the batch: one per seed
@@ -223,7 +238,10 @@ class _Stack:
 
     def _loss(self, *args):
         *tensors, x, y = args
-        return self.loss_fn(self._apply(tensors, x), y)
+        out = self._apply(tensors, x)
+        if self.with_accuracy:  # the batch accuracy of a constrained run's records
+            return self.loss_fn(out, y), (out.contiguous().argmax(dim=1) == y).float().mean()
+        return self.loss_fn(out, y)
 
     def _sum_metrics(self, *args):
         *tensors, x, y = args
@@ -233,8 +251,9 @@ class _Stack:
             return _cross_entropies(out, y).sum(), hits
         return 0.5 * (out - y).square().sum(), torch.zeros((), dtype=torch.int64)
 
-    def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean batch loss of every slice: x (S, B, *input), y (S, B) -> (S, L)."""
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Mean batch loss of every slice: x (S, B, *input), y (S, B) -> (S, L); with
+        ``with_accuracy``, (losses, batch accuracies), both (S, L)."""
         with _SharedInputLinear():
             return self._losses(*self.tensors, x, y)
 
@@ -314,10 +333,12 @@ class _ScaledOptimizer:
         self.before = [torch.empty_like(p) for p in params]
         self.weights = [lrs.view(*lrs.shape, *(1,) * (p.dim() - 2)) for p in params]
 
-    def backward(self, losses: torch.Tensor) -> None:
-        """Gradients of the slices' losses (S, L): the sum's gradient is each slice's own."""
+    def backward(self, losses: torch.Tensor, extra: torch.Tensor | None = None) -> None:
+        """Gradients of the slices' losses (S, L): the sum's gradient is each slice's own (``extra``:
+        a sum over slices to add, the constraints' terms)."""
         self.optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()
+        total = losses.sum()
+        (total if extra is None else total + extra).backward()
 
     @torch.no_grad()
     def step(self) -> None:
@@ -351,6 +372,157 @@ def _build_fast(spec: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
     return build_optimizer(spec, params, lr=1.0)
 
 
+class _Constraints:
+    """The constraints of a constrained group, as :class:`optimlab.training._Constrained` steps them
+    (simultaneous gradient descent-ascent) for every slice at once.
+
+    The multipliers are one stacked tensor (S, L, m), m the constraints (none for the quadratic
+    penalty), stepped by one stock dual optimizer at lr=1 (``maximize=True``) whose step each slice
+    scales by its dual lr, as :class:`_ScaledOptimizer` does, then projected onto >= 0 for the
+    inequalities. The penalty coefficient c is a tensor (S, L). The violations g (S, L, n) are the
+    named measures summed over each slice's parameters. Every step records, per slice, g before the
+    step, the multipliers used in it and the batch accuracy (classification), as ``train`` does.
+    """
+
+    def __init__(self, configs: list[TrainConfig], layout: _Layout, device: torch.device):
+        base = configs[0]
+        self.named = [parse_constraint(c) for c in base.constraints]
+        self.formulation = make_formulation(base.formulation)
+        self.inequality = [c.kind == "<=" for c in self.named]
+        self.penalty = torch.ones(layout.shape, device=device)  # (padding cells: any c > 0)
+        self.dual_lrs = torch.zeros(layout.shape, device=device)
+        for config, cell in zip(configs, layout.cells, strict=True):
+            self.dual_lrs[cell] = config.dual_lr
+            if config.penalty is not None:
+                self.penalty[cell] = config.penalty
+        m = len(self.named) if base.has_multipliers else 0
+        self.multipliers = torch.zeros(*layout.shape, m, device=device, requires_grad=True)
+        self.optimizer = None
+        if m:
+            self.optimizer = build_optimizer(base.dual_optimizer, [self.multipliers], lr=1.0)
+            _set_maximize(self.optimizer)
+        self.before = torch.empty_like(self.multipliers)
+        self.weight = self.dual_lrs.unsqueeze(-1)  # a view: masking a slice's dual lr reaches it
+        self.pending: list[torch.Tensor] = []
+
+    @property
+    def columns(self) -> int:
+        """Values recorded per step and slice: violations, multipliers (and the batch accuracy)."""
+        return len(self.named) + self.multipliers.shape[-1]
+
+    def violations(self, params: list[torch.Tensor]) -> torch.Tensor:
+        """g of every slice and constraint (S, L, n), differentiable, from stacked parameters."""
+        out = []
+        for c in self.named:
+            measure = STACKED_MEASURES[c.measure]
+            value = sum(_per_slice_sum(measure(p)) for p in params)
+            out.append(c.bound - value if c.op == ">=" else value - c.bound)
+        return torch.stack(out, dim=-1)
+
+    def objective(self, g: torch.Tensor) -> torch.Tensor:
+        """The sum over slices of the primal terms (multipliers detached) and of the dual Lagrangians
+        sum(lambda * s) (s: the dual signal, detached): one backward pass gives both gradients."""
+        form = self.formulation
+        c = self.penalty if form.uses_penalty else None
+        total = None
+        for i, ineq in enumerate(self.inequality):
+            gi = g[..., i]
+            if form.uses_multiplier:
+                lam = self.multipliers[..., i]
+                term = form.primal_term(gi, lam.detach(), c, ineq) + (
+                    lam * form.dual_signal(gi.detach(), c)).sum()
+            else:
+                term = form.primal_term(gi, None, c, ineq)
+            total = term if total is None else total + term
+        return total
+
+    def zero_grad(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        if self.optimizer is None:
+            return
+        lam = self.multipliers
+        self.before.copy_(lam)
+        self.optimizer.step()
+        torch.lerp(self.before, lam, self.weight, out=lam)
+        if all(self.inequality):
+            lam.clamp_(min=0.0)
+        else:
+            for i, ineq in enumerate(self.inequality):
+                if ineq:
+                    lam[..., i].clamp_(min=0.0)
+
+    def record(self, g: torch.Tensor, used: torch.Tensor, accuracy: torch.Tensor | None) -> None:
+        values = [g.detach(), used]
+        if accuracy is not None:
+            values.append(accuracy.detach().unsqueeze(-1))
+        self.pending.append(torch.cat(values, dim=-1))
+
+    def take(self) -> list:
+        """The records since the last call: [step][seed][slot][value] (one sync)."""
+        values = torch.stack(self.pending).tolist() if self.pending else []
+        self.pending.clear()
+        return values
+
+    def annotate(self, rows: list[dict], values: list, last_step: int, cell: tuple[int, int]) -> None:
+        """Add the violations, multipliers and batch accuracy of slice ``cell`` to its train_log rows
+        of the steps in ``values`` (up to ``last_step``), as ``train`` does."""
+        s, j = cell
+        first, n, m = last_step - len(values) + 1, len(self.named), self.multipliers.shape[-1]
+        for row in rows:
+            v = values[row["step"] - first][s][j]
+            for i, c in enumerate(self.named):
+                row[f"violation_{c.key}"] = v[i]
+            for i, c in enumerate(self.named[:m]):
+                row[f"multiplier_{c.key}"] = v[n + i]
+            if len(v) > n + m:
+                row["accuracy"] = v[n + m]
+
+    @torch.no_grad()
+    def now(self, params: list[torch.Tensor]) -> list:
+        """For the evaluation rows: [seed][slot] -> the violations (exact, at the current parameters)
+        and the multipliers of the slice, as a dict of columns."""
+        g = self.violations(params).tolist()
+        lam = self.multipliers.detach().tolist()
+        rows = []
+        for g_s, lam_s in zip(g, lam, strict=True):
+            rows.append([{**{f"violation_{c.key}": v for c, v in zip(self.named, g_j, strict=True)},
+                          **{f"multiplier_{c.key}": v for c, v in zip(self.named, lam_j, strict=False)}}
+                         for g_j, lam_j in zip(g_s, lam_s, strict=True)])
+        return rows
+
+    @torch.no_grad()
+    def mask(self, s: int, j: int) -> None:
+        """Stop slice (s, j): dual lr 0, multipliers and dual optimizer state zeroed."""
+        self.dual_lrs[s, j] = 0.0
+        self.multipliers[s, j] = 0.0
+        if self.optimizer is not None:
+            for value in self.optimizer.state.get(self.multipliers, {}).values():
+                if isinstance(value, torch.Tensor) and value.shape == self.multipliers.shape:
+                    value[s, j] = 0.0
+
+    def state_dict(self) -> dict:
+        return {"multipliers": self.multipliers.detach(),
+                "optimizer": None if self.optimizer is None else self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if tuple(state["multipliers"].shape) != tuple(self.multipliers.shape):
+            raise OptimlabError("the checkpoint's multipliers do not fit this group's constraints")
+        with torch.no_grad():
+            self.multipliers.copy_(state["multipliers"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            _set_maximize(self.optimizer)
+
+
+def _per_slice_sum(t: torch.Tensor) -> torch.Tensor:
+    """(S, L, *shape) -> (S, L): the sum over all but the two leading dimensions."""
+    return t.sum(dim=tuple(range(2, t.dim()))) if t.dim() > 2 else t
+
+
 class _Group:
     """The training of one group: the stacked models, the optimizer, each run's progress and rows."""
 
@@ -361,7 +533,9 @@ class _Group:
         self.total = total_steps(self.base, self.per_epoch)
         by_seed = {c.seed: c for c in reversed(configs)}
         self.models = [init_model(by_seed[s], data) for s in self.layout.seeds]  # on the CPU
-        self.stack = _Stack(self.models, self.layout.width, data, device)
+        constrained = bool(self.base.constraints)
+        self.stack = _Stack(self.models, self.layout.width, data, device, with_accuracy=constrained)
+        self.duals = _Constraints(configs, self.layout, device) if constrained else None
         lrs = torch.zeros(self.layout.shape, device=device)
         for config, (s, j) in zip(configs, self.layout.cells, strict=True):
             lrs[s, j] = config.lr
@@ -428,9 +602,20 @@ class _Group:
         x = self.data.x_train.index_select(0, idx)
         x = x.view(seeds, -1, *x.shape[1:])
         y = self.data.y_train.index_select(0, idx).view(seeds, -1)
-        losses = self.stack.losses(x, y)
-        self.update.backward(losses)
+        if self.duals is None:
+            losses = self.stack.losses(x, y)
+            self.update.backward(losses)
+            self.update.step()
+            return losses.detach()
+        out = self.stack.losses(x, y)
+        losses, accuracy = out if isinstance(out, tuple) else (out, None)
+        g = self.duals.violations(self.update.params)
+        used = self.duals.multipliers.detach().clone()  # lambda_t, before its update
+        self.duals.zero_grad()
+        self.update.backward(losses, self.duals.objective(g))
         self.update.step()
+        self.duals.step()
+        self.duals.record(g, used, accuracy)
         return losses.detach()
 
     def flush(self, pending: list[torch.Tensor]) -> list[float | None]:
@@ -438,15 +623,21 @@ class _Group:
         :func:`train` does, mask the runs that diverged. Returns each run's last batch loss."""
         values = torch.stack(pending).tolist()  # [step][seed][slot]
         pending.clear()
+        extras = self.duals.take() if self.duals is not None else None
         last: list[float | None] = [None] * len(self.runs)
         for k in self.live():
             (s, j), run, config = self.layout.cells[k], self.runs[k], self.configs[k]
             run.step = self.step
+            logged = len(run.train_log)
             last[k] = record_losses([v[s][j] for v in values], run, config.log_every,
                                     self.per_epoch, config.lr)
+            if extras is not None:
+                self.duals.annotate(run.train_log[logged:], extras, self.step, (s, j))
             if run.status == "diverged":
                 self.seen_diverged[k] = self.stack.state_of(s, j)
                 self.update.mask(s, j)
+                if self.duals is not None:
+                    self.duals.mask(s, j)
         return last
 
     def evaluated(self) -> bool:
@@ -461,6 +652,7 @@ class _Group:
         train = self.stack.evaluate(d.x_train, d.y_train) if self.base.eval_train else None
         test = self.stack.evaluate(d.x_test, d.y_test)
         wall_time = time.perf_counter() - self.started
+        extras = self.duals.now(self.update.params) if self.duals is not None else None
         for k in live:
             s, j = self.layout.cells[k]
             row = {"step": self.step, "epoch": round(self.step / self.per_epoch, 6),
@@ -470,6 +662,8 @@ class _Group:
                    "test_loss": test[0][s][j],
                    "test_accuracy": test[1][s][j] if test[1] else None,
                    "lr": self.configs[k].lr, "wall_time": wall_time}
+            if extras is not None:
+                row.update(extras[s][j])
             self.runs[k].evals.append(row)
             if self.on_eval is not None:
                 self.on_eval(k, row)
@@ -510,6 +704,7 @@ class _Group:
             "progress": {"step": self.step, "epoch": self.epoch, "wall_time": self.wall_time,
                          "runs": [run.to_dict() for run in self.runs]},
             "seen_diverged": self.seen_diverged,
+            **({"constrained": self.duals.state_dict()} if self.duals is not None else {}),
         })
 
     def restore(self, ckpt: dict) -> None:
@@ -523,6 +718,10 @@ class _Group:
             for name, value in {**self.stack.params, **self.stack.buffers}.items():
                 value.copy_(ckpt["params" if name in self.stack.params else "buffers"][name])
         self.update.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.duals is not None:
+            if "constrained" not in ckpt:
+                raise OptimlabError("the checkpoint holds no multipliers: not one of this constrained group")
+            self.duals.load_state_dict(ckpt["constrained"])
         progress = ckpt["progress"]
         self.step, self.epoch, self.wall_time = progress["step"], progress["epoch"], progress["wall_time"]
         for k, (run, saved) in enumerate(zip(self.runs, progress["runs"], strict=True)):
@@ -531,6 +730,8 @@ class _Group:
                 run.status = "running"  # a larger budget continues it; an equal one ends at once
             if run.status != "running":
                 self.update.lrs[self.layout.cells[k]] = 0.0
+                if self.duals is not None:
+                    self.duals.dual_lrs[self.layout.cells[k]] = 0.0
         self.seen_diverged = [None if p is None else {k: v.to(self.device) for k, v in p.items()}
                               for p in ckpt["seen_diverged"]]
         for order, state in zip(self.orders, ckpt["rng"]["epoch_start"], strict=True):
