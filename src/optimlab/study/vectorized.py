@@ -1,4 +1,5 @@
-"""Many runs in one pass: runs that differ only in learning rate and seed, trained together.
+"""Many runs in one pass: runs that differ only in learning rate and seed (constrained runs: also in
+dual learning rate and penalty coefficient), trained together.
 
 The K runs of a group sit in a grid of S seeds x L learning-rate slots. Their parameters are stacked
 on two leading axes, (S, L, *shape) (``torch.func.stack_module_state``), and the model is applied
@@ -15,6 +16,16 @@ Each slice reproduces :func:`optimlab.training.train` of its config: initializat
 evaluation and train_log rows, divergence step, final parameters (up to the summation order of the
 batched kernels). A slice whose loss turns non-finite is recorded diverged and masked (parameters and
 optimizer state zeroed, learning rate 0) without disturbing the others.
+
+Constrained runs (:class:`_Constraints`) are simultaneous gradient descent-ascent as in ``train``:
+the named measures (sums over all of a model's parameters) are reduced per slice from the stacked
+parameters, giving g (S, L, n); one backward pass of the losses, the primal terms (multipliers
+detached; c a tensor (S, L)) and the dual Lagrangians sum(lambda * s.detach()) gives both gradients.
+The multipliers are one stacked tensor (S, L, m) stepped by one stock dual optimizer at lr=1
+(maximize) with the same lerp by each slice's dual lr, then projected onto >= 0 (inequalities). A
+diverged slice's multipliers and dual state are zeroed with its parameters. The group checkpoint
+(still ``optimlab.group/1``: an unconstrained group's is unchanged) then carries ``constrained``,
+the stacked multipliers and the dual optimizer's state.
 
 Where the time went (torch.profiler and cProfile, 15 runs of an MLP on Fashion-MNIST, one CPU
 thread), and what was done about it:
