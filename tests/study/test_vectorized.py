@@ -1,10 +1,10 @@
 """The vectorized engine: every slice of a group equals the independent ``train`` run of its config."""
 
-import io
 import math
 
 import pytest
 import torch
+from groupsaves import checkpoints_of, no_time
 
 from optimlab.data import Dataset, make_lls
 from optimlab.errors import OptimlabError
@@ -151,22 +151,6 @@ def test_the_group_stops_when_every_run_diverged(lls):
                    model_options={}, batch_size=20, epochs=50, eval_every=None, log_every=1)
     group = check_group(configs, lls)
     assert all(r.status == "diverged" for r in group)
-
-
-def checkpoints_of(configs, data, **kwargs):
-    saved = []
-
-    def keep(ckpt, results):
-        buffer = io.BytesIO()
-        torch.save(ckpt, buffer)  # loads with weights_only: tensors and plain values only
-        saved.append((torch.load(io.BytesIO(buffer.getvalue()), weights_only=True), results))
-
-    group = train_group(configs, data=data, on_checkpoint=keep, **kwargs)
-    return group, saved
-
-
-def no_time(rows):
-    return [{k: v for k, v in r.items() if k != "wall_time"} for r in rows]
 
 
 def assert_identical(a, b, evals=True) -> None:

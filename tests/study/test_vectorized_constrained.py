@@ -1,11 +1,11 @@
 """The vectorized engine on constrained runs: every slice of a group (runs that differ in lr, seed,
 dual_lr and penalty) equals the independent ``train`` run of its config, records included."""
 
-import io
 import math
 
 import pytest
 import torch
+from groupsaves import checkpoints_of, no_time
 
 from optimlab.constrained.named import parse_constraint
 from optimlab.data import Dataset, make_lls
@@ -106,22 +106,6 @@ def test_quadratic_penalty(digits):
     configs = grid(formulation="quadratic_penalty", penalties=(10.0, 30.0), dual_lrs=(1e-3,))
     group = check_group(configs, digits)
     assert all("multiplier_l2norm_le_1" not in r.final and "accuracy" in r.train_log[0] for r in group)
-
-
-def checkpoints_of(configs, data, **kwargs):
-    saved = []
-
-    def keep(ckpt, results):
-        buffer = io.BytesIO()
-        torch.save(ckpt, buffer)  # loads with weights_only: tensors and plain values only
-        saved.append((torch.load(io.BytesIO(buffer.getvalue()), weights_only=True), results))
-
-    group = train_group(configs, data=data, on_checkpoint=keep, **kwargs)
-    return group, saved
-
-
-def no_time(rows):
-    return [{k: v for k, v in r.items() if k != "wall_time"} for r in rows]
 
 
 @pytest.mark.parametrize("formulation, dual, penalties", [

@@ -145,7 +145,7 @@ class ConstrainedOptimizer:
             raise OptimlabError("give at least one primal optimizer (of the model's parameters)")
         self._check_parameters()
         for o in self.dual_optimizers:
-            _set_maximize(o)
+            set_maximize(o)
         if isinstance(tolerances, Mapping):
             tolerances = Tolerances(**tolerances)
         self.tolerances = tolerances
@@ -390,11 +390,12 @@ class ConstrainedOptimizer:
             o.load_state_dict(s)
         for o, s in zip(self.dual_optimizers, state_dict["dual"], strict=True):
             o.load_state_dict(s)
-            _set_maximize(o)
+            set_maximize(o)
         self.steps = int(state_dict["steps"])
 
 
-def _set_maximize(o: torch.optim.Optimizer) -> None:
+def set_maximize(o: torch.optim.Optimizer) -> None:
+    """Make a dual optimizer ascend (``maximize=True`` in every group), or say why it cannot."""
     if "maximize" not in o.defaults or any("maximize" not in g for g in o.param_groups):
         raise OptimlabError(
             f"the dual optimizer {type(o).__name__} has no 'maximize' option, so it cannot ascend on "

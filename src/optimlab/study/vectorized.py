@@ -60,7 +60,7 @@ from torch.overrides import TorchFunctionMode
 
 from optimlab.constrained.formulations import make_formulation
 from optimlab.constrained.named import parse_constraint
-from optimlab.constrained.optimizer import _set_maximize
+from optimlab.constrained.optimizer import set_maximize
 from optimlab.data import Dataset, epoch_batches, load_dataset, steps_per_epoch
 from optimlab.devices import resolve_device
 from optimlab.errors import OptimlabError
@@ -411,7 +411,7 @@ class _Constraints:
         self.optimizer = None
         if m:
             self.optimizer = build_optimizer(base.dual_optimizer, [self.multipliers], lr=1.0)
-            _set_maximize(self.optimizer)
+            set_maximize(self.optimizer)
         self.before = torch.empty_like(self.multipliers)
         self.weight = self.dual_lrs.unsqueeze(-1)  # a view: masking a slice's dual lr reaches it
         self.pending: list[torch.Tensor] = []
@@ -526,7 +526,7 @@ class _Constraints:
             self.multipliers.copy_(state["multipliers"])
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
-            _set_maximize(self.optimizer)
+            set_maximize(self.optimizer)
 
 
 def _per_slice_sum(t: torch.Tensor) -> torch.Tensor:
