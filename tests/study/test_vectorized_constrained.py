@@ -158,3 +158,16 @@ def test_grouping_of_constrained_runs(digits):
         train_group([grid(seeds=(0,), lrs=(1e-2,))[0], other], data=digits)
     with pytest.raises(OptimlabError, match="run 1 has formulation='augmented_lagrangian'"):
         train_group([grid(seeds=(0,), lrs=(1e-2,))[0], a], data=digits)
+
+
+def test_a_measure_without_a_stacked_twin_trains_run_by_run(digits, monkeypatch):
+    from optimlab.constrained import named
+
+    monkeypatch.setitem(named.MEASURES, "maxabs",
+                        lambda model: max(p.abs().max() for p in model.parameters()))
+    configs = grid(seeds=(0,), lrs=(1e-2, 3e-3), dual_lrs=(0.05,), constraints=["maxabs<=1"])
+    assert not groups_pay_off(configs[0])
+    runs = [{"id": i, "config": cfg.to_dict()} for i, cfg in enumerate(configs)]
+    assert [u.kind for u in plan_units(runs, groups=True)] == ["run", "run"]
+    with pytest.raises(OptimlabError, match="constraint 'maxabs<=1' is not trained in vectorized groups"):
+        train_group(configs, data=digits)

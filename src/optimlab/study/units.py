@@ -13,6 +13,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from optimlab.constrained.named import parse_constraint
 from optimlab.data import Dataset, load_dataset
 from optimlab.devices import resolve_device
 from optimlab.optimizers import LOCAL_FLOW, OptimizerSpec
@@ -60,7 +61,10 @@ def groups_pay_off(config: TrainConfig) -> bool:
     """Whether training runs together is faster than one after another: not for convolutions on the
     CPU, where the stacked CNN runs 2x slower than the runs one by one (15 Adam runs on Fashion-MNIST:
     7.1 against 3.3 s a step), so those run one by one."""
-    if OptimizerSpec.parse(config.optimizer).name in LOCAL_FLOW:
+    from optimlab.study.vectorized import STACKED_MEASURES
+
+    if OptimizerSpec.parse(config.optimizer).name in LOCAL_FLOW or any(
+            parse_constraint(c).measure not in STACKED_MEASURES for c in config.constraints):
         return False  # not supported by the vectorized engine: one by one
     return not (config.model == "cnn" and resolve_device(config.device).type == "cpu")
 
