@@ -6,7 +6,6 @@ import pytest
 import torch
 from groupsaves import checkpoints_of, no_time
 
-from optimlab.data import Dataset, make_lls
 from optimlab.errors import OptimlabError
 from optimlab.optimizers import OPTIMIZERS
 from optimlab.study.vectorized import train_group, vectorizable_key
@@ -27,19 +26,6 @@ LRS = {
     "radam": (1e-3, 3e-3), "adagrad": (0.01, 0.05), "adadelta": (1.0, 0.5),
     "adamax": (2e-3, 5e-3), "rmsprop": (1e-3, 3e-4),
 }
-
-
-@pytest.fixture(scope="module")
-def digits(mnist10k):
-    """600 training and 200 test images of the bundled set: 10 steps an epoch at batch 64."""
-    d = mnist10k
-    return Dataset(d.name, d.x_train[:600], d.y_train[:600], d.x_test[:200], d.y_test[:200],
-                   d.task, d.classes)
-
-
-@pytest.fixture(scope="module")
-def lls():
-    return make_lls(n=100, p=10, cond=10.0, seed=0)
 
 
 def grid(seeds=(0, 1), lrs=(0.1, 0.03), **settings) -> list[TrainConfig]:

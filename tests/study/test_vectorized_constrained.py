@@ -8,7 +8,6 @@ import torch
 from groupsaves import checkpoints_of, no_time
 
 from optimlab.constrained.named import parse_constraint
-from optimlab.data import Dataset, make_lls
 from optimlab.errors import OptimlabError
 from optimlab.study.units import groups_pay_off, plan_units
 from optimlab.study.vectorized import train_group, vectorizable_key
@@ -19,19 +18,6 @@ RTOL, ATOL = 1e-5, 1e-6  # recorded metrics (violations and multipliers cross 0:
 # to 5e-6): as in test_vectorized.py, Adam divides a first gradient near 0 made of cancelling terms
 # (pixels constant over the batch) by sqrt(g^2) + eps, and the batched kernels sum in another order.
 PARAM_RTOL, PARAM_ATOL, FEW_ATOL, MOST = 1e-5, 1e-6, 5e-6, 0.999
-
-
-@pytest.fixture(scope="module")
-def digits(mnist10k):
-    """600 training and 200 test images of the bundled set: 10 steps an epoch at batch 64."""
-    d = mnist10k
-    return Dataset(d.name, d.x_train[:600], d.y_train[:600], d.x_test[:200], d.y_test[:200],
-                   d.task, d.classes)
-
-
-@pytest.fixture(scope="module")
-def lls():
-    return make_lls(n=100, p=10, cond=10.0, seed=0)
 
 
 def grid(seeds=(0, 1), lrs=(1e-2, 3e-3), dual_lrs=(0.05, 0.5), penalties=(None,), **settings):
