@@ -9,6 +9,7 @@ from optimlab.optimizers import (
     default_lr,
     hyperparameters,
 )
+from optimlab.registry import probe_stacking
 
 EXPECTED = {  # name -> (class, options that must be set)
     "sgd": (torch.optim.SGD, {"momentum": 0, "nesterov": False}),
@@ -23,11 +24,35 @@ EXPECTED = {  # name -> (class, options that must be set)
     "adadelta": (torch.optim.Adadelta, {"rho": 0.9}),
     "adamax": (torch.optim.Adamax, {}),
     "rmsprop": (torch.optim.RMSprop, {"alpha": 0.99}),
+    "asgd": (torch.optim.ASGD, {"lambd": 1e-4}),
+    "rprop": (torch.optim.Rprop, {"etas": (0.5, 1.2)}),
+    "adafactor": (torch.optim.Adafactor, {"beta2_decay": -0.8}),
 }
+NOT_LR_LINEAR = {"asgd", "rprop", "adafactor"}
 
 
-def test_the_twelve_names():
-    assert set(OPTIMIZERS) == set(EXPECTED)
+def test_the_names_torch_optim_has_and_the_muon_recipe():
+    assert set(OPTIMIZERS) == set(EXPECTED) | {"muon"}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_declared_properties_hold_under_the_probe(name):
+    # what an entry declares is what the vectorized engine relies on: the probe measures it
+    entry = OPTIMIZERS[name]
+    problem = probe_stacking(entry, {})
+    assert entry.stackable == (problem is None), problem
+    assert entry.stackable == (name not in NOT_LR_LINEAR | {"muon"})
+    if not entry.stackable:
+        assert f"optimizer {name} " in entry.why_not_stacked()
+
+
+def test_the_probe_finds_a_step_that_is_not_linear_in_lr():
+    # asgd: the step size lr / (1 + lambd * lr * t)^alpha; rprop: step sizes clamped below at 1e-6
+    assert "relative difference" in probe_stacking(OPTIMIZERS["asgd"], {})
+    assert "relative difference" in probe_stacking(OPTIMIZERS["rprop"], {})
+    # muon orthogonalizes whole matrices: a stack of two is not two steps
+    assert "entry by entry" in probe_stacking(OPTIMIZERS["muon"], {"weight_decay": 0.0}) or \
+        "could not step" in probe_stacking(OPTIMIZERS["muon"], {"weight_decay": 0.0})
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -64,8 +64,19 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", default="mnist-10k",
                    help="data set name, e.g. mnist-10k, fashion-mnist, mnist-10k:0,1, "
                    "lls:n=1000,p=50,cond=1e3 (see `optimlab data list`)")
-    t.add_argument("--model", default="mlp", help=f"one of: {', '.join(model_names())}")
+    t.add_argument("--model", default="mlp", help=f"one of: {', '.join(model_names())}, or an import "
+                   "path package.module:Class of your own")
     t.add_argument("--hidden", type=int, default=None, help="hidden units of the mlp (100)")
+    t.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword argument of the model's factory (a Python literal); repeatable")
+    t.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword argument of a dataset loader of your own; repeatable")
+    t.add_argument("--loss", default=None,
+                   help="classification, regression or an import path package.module:function of a "
+                   "loss(output, y) (default: the data set's task)")
+    t.add_argument("--python-path", action="append", default=[], metavar="DIR",
+                   help="a folder of your own code (for import paths such as mypkg.nets:SmallCNN); "
+                   "repeatable")
     t.add_argument("--optimizer", default="sgd",
                    help=f"a name, optionally with hyperparameters, e.g. 'adam(betas=(0.9, 0.99))'; "
                    f"names: {', '.join(optimizer_names())}")
@@ -322,17 +333,38 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(pairs: list[str], flag: str) -> dict:
+    """``KEY=VALUE`` pairs as keyword arguments (values: Python literals, else strings)."""
+    import ast
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise OptimlabError(f"{flag} takes KEY=VALUE, e.g. {flag} width=64; got {pair!r}")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
+
+
 def _train(args: argparse.Namespace) -> int:
+    from optimlab.study.spec import add_to_python_path
     from optimlab.training import TrainConfig, train
 
+    add_to_python_path(str(Path(p).resolve()) for p in args.python_path)
+    model_options = _options(args.model_option, "--model-option")
+    if args.hidden is not None:
+        model_options["hidden"] = args.hidden
     config = TrainConfig(
         dataset=args.dataset, model=args.model, optimizer=args.optimizer,
         lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, iterations=args.iterations,
         eval_every=args.eval_every, log_every=args.log_every, seed=args.seed,
         drop_last=args.drop_last, normalize=not args.no_normalize,
         eval_train=not args.no_eval_train, device=args.device,
-        model_options={"hidden": args.hidden} if args.hidden is not None else {},
-        constraints=args.constraint, dual_optimizer=args.dual_optimizer, dual_lr=args.dual_lr,
+        model_options=model_options, dataset_options=_options(args.dataset_option, "--dataset-option"),
+        loss=args.loss, constraints=args.constraint, dual_optimizer=args.dual_optimizer, dual_lr=args.dual_lr,
         formulation=args.formulation, penalty=args.penalty,
     )
     out = Path(args.out) if args.out else Path("runs") / _run_name(config)
@@ -370,9 +402,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _run_name(config) -> str:
-    opt = config.optimizer.split("(")[0]
-    data = config.dataset.replace(":", "_").replace(",", "-").replace("=", "")
-    return f"{data}-{config.model}-{opt}-lr{config.lr:g}-seed{config.seed}"
+    def short(text: str) -> str:  # an import path by its last name
+        return text.rpartition(":")[2].rpartition(".")[2] if ":" in text and "." in text else text
+
+    opt = short(config.optimizer_label.split("(")[0])
+    data = short(config.dataset).replace(":", "_").replace(",", "-").replace("=", "")
+    return f"{data}-{short(config.model)}-{opt}-lr{config.lr:g}-seed{config.seed}"
 
 
 def _data_list(args: argparse.Namespace) -> int:
@@ -406,9 +441,18 @@ def _data_info(args: argparse.Namespace) -> int:
 
 
 def _optimizers(args: argparse.Namespace) -> int:
-    for name in optimizer_names():
+    from optimlab.optimizers import LOCAL_FLOW
+    from optimlab.registry import optimizer_entries
+
+    for name, entry in optimizer_entries().items():
+        hp = ", ".join(f"{k}={v!r}" for k, v in entry.hyperparameters().items())
+        stacked = "stacked" if entry.stackable else "one by one"
+        print(f"{name:<10} [{entry.source}; {'lr-linear' if entry.lr_linear else 'not lr-linear'}; "
+              f"vectorized: {stacked}] {hp}")
+    for name in LOCAL_FLOW:
         hp = ", ".join(f"{k}={v!r}" for k, v in hyperparameters(name).items())
-        print(f"{name:<9} {hp}")
+        print(f"{name:<10} [optimlab.localflow; vectorized: one by one] {hp}")
+    print("or any torch.optim.Optimizer class of your own by import path: package.module:Class(key=value)")
     return 0
 
 

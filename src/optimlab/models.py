@@ -6,7 +6,10 @@ Every classifier maps a batch of inputs (N, *input_shape) to logits (N, num_clas
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -74,13 +77,71 @@ class LinearRegression(nn.Module):
         return self.linear(x).squeeze(-1)
 
 
-# name -> (class, task it solves, options it takes)
-MODELS = {
-    "logreg": (LogisticRegression, "classification", ()),
-    "mlp": (MLP, "classification", ("hidden",)),
-    "cnn": (CNN, "classification", ()),
-    "linear": (LinearRegression, "regression", ("bias",)),
-}
+# the arguments a model factory may take from the data rather than from its options
+DATA_ARGUMENTS = ("input_shape", "num_classes")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model by name: a factory of ``nn.Module`` and the kind of data it is for.
+
+    The factory is called with its options as keyword arguments, and with ``input_shape`` (per sample)
+    and ``num_classes`` when its signature names them; ``task``: ``"classification"``,
+    ``"regression"`` or None (any).
+    """
+
+    name: str
+    factory: Callable[..., nn.Module]
+    task: str | None = None
+    source: str = "optimlab"
+
+    def _parameters(self) -> dict[str, inspect.Parameter] | None:
+        """The factory's parameters, or None when its signature cannot be read."""
+        try:
+            return dict(inspect.signature(self.factory).parameters)
+        except (TypeError, ValueError):
+            return None
+
+    def options(self) -> list[str] | None:
+        """The options it takes (None: any, through ``**kwargs``)."""
+        params = self._parameters()
+        if params is None or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return None
+        return [k for k, p in params.items() if k not in DATA_ARGUMENTS and p.kind in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int = 0, task: str = "classification",
+              **options) -> nn.Module:
+        """A fresh model for data of ``input_shape`` and ``task``, from the global RNG (seed first)."""
+        valid = self.options()
+        unknown = sorted(set(options) - set(valid)) if valid is not None else []
+        if unknown:
+            raise OptimlabError(f"model {self.name!r} has no option {', '.join(unknown)}; "
+                                f"valid: {', '.join(valid) or 'none'}")
+        if self.task is not None and self.task != task:
+            raise OptimlabError(f"model {self.name!r} is for {self.task}, but this data set is a {task} "
+                                "problem")
+        params = self._parameters() or {}
+        given = {"input_shape": tuple(input_shape), "num_classes": num_classes}
+        args = {k: v for k, v in given.items() if k in params}
+        try:
+            model = self.factory(**args, **options)
+        except OptimlabError:
+            raise
+        except Exception as e:  # the user's factory: its own error, said as one line
+            raise OptimlabError(f"model {self.name!r}: its factory raised {type(e).__name__}: {e}") from None
+        if not isinstance(model, nn.Module):
+            raise OptimlabError(f"model {self.name!r}: its factory returned {type(model).__name__}, not a "
+                                "torch.nn.Module")
+        return model
+
+
+MODELS: dict[str, ModelEntry] = {e.name: e for e in (
+    ModelEntry("logreg", LogisticRegression, "classification"),
+    ModelEntry("mlp", MLP, "classification"),
+    ModelEntry("cnn", CNN, "classification"),
+    ModelEntry("linear", LinearRegression, "regression"),
+)}
 
 
 def model_names() -> list[str]:
@@ -91,7 +152,8 @@ def build_model(
     name: str, input_shape: tuple[int, ...], num_classes: int = 0, task: str = "classification",
     **options,
 ) -> nn.Module:
-    """A fresh model ``name`` for inputs of ``input_shape`` (per sample) and the given task.
+    """A fresh built-in model ``name`` for inputs of ``input_shape`` (per sample) and the given task
+    (any other name or an import path: :func:`optimlab.registry.build_model`).
 
     Initialized by torch's default initializers from the global RNG: seed before calling for a
     reproducible initialization. Unknown names, unknown options and a model that does not fit the
@@ -99,18 +161,11 @@ def build_model(
     """
     if name not in MODELS:
         raise OptimlabError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
-    cls, model_task, valid = MODELS[name]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
+    entry = MODELS[name]
+    if entry.task != task:
+        fitting = [n for n, e in MODELS.items() if e.task == task]
         raise OptimlabError(
-            f"model {name!r} has no option {', '.join(unknown)}; valid: {', '.join(valid) or 'none'}"
-        )
-    if model_task != task:
-        fitting = [n for n, (_, t, _) in MODELS.items() if t == task]
-        raise OptimlabError(
-            f"model {name!r} is for {model_task}, but this data set is a {task} problem; "
+            f"model {name!r} is for {entry.task}, but this data set is a {task} problem; "
             f"use one of: {', '.join(fitting)}"
         )
-    if task == "classification":
-        return cls(tuple(input_shape), num_classes, **options)
-    return cls(tuple(input_shape), **options)
+    return entry.build(input_shape, num_classes, task, **options)

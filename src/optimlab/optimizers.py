@@ -10,27 +10,156 @@ import ast
 import inspect
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from optimlab.errors import OptimlabError
 
-# name -> (torch.optim class, the hyperparameters that make it that name)
-OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict]] = {
-    "sgd": (torch.optim.SGD, {}),
-    "momentum": (torch.optim.SGD, {"momentum": 0.9}),
-    "nesterov": (torch.optim.SGD, {"momentum": 0.9, "nesterov": True}),
-    "adam": (torch.optim.Adam, {}),
-    "adamw": (torch.optim.AdamW, {}),
-    "amsgrad": (torch.optim.Adam, {"amsgrad": True}),
-    "nadam": (torch.optim.NAdam, {}),
-    "radam": (torch.optim.RAdam, {}),
-    "adagrad": (torch.optim.Adagrad, {}),
-    "adadelta": (torch.optim.Adadelta, {}),
-    "adamax": (torch.optim.Adamax, {}),
-    "rmsprop": (torch.optim.RMSprop, {}),
-}
+
+@dataclass(frozen=True)
+class OptimizerEntry:
+    """An optimizer by name: how to build it and what it guarantees.
+
+    ``factory(params, lr=lr, **options)`` builds it (a ``torch.optim.Optimizer`` class or any callable
+    returning one); ``fixed`` are the hyperparameters that make the name (``momentum``: SGD with
+    ``momentum=0.9``). Guarantees, which the vectorized engine relies on and nothing else assumes:
+
+    * ``lr_linear``: every step is ``p <- p - lr * u`` with ``u`` (and the optimizer's state)
+      independent of ``lr``, given the gradients;
+    * ``elementwise``: a tensor stacked from several parameters steps as each of them would alone
+      (no norm, factorization or shape taken over a whole tensor or over all parameters).
+
+    Both hold for the torch.optim names declared so (tests probe every one); an entry that does not
+    declare them is trained run by run in a vectorized study.
+    """
+
+    name: str
+    factory: Callable[..., torch.optim.Optimizer]
+    fixed: dict = field(default_factory=dict)
+    lr_linear: bool = False
+    elementwise: bool = False
+    default_lr: float | None = None  # None: the factory's own default
+    source: str = "user"  # torch.optim, a plugin's package, an import path: where it comes from
+
+    def signature(self) -> dict[str, inspect.Parameter]:
+        """The hyperparameters the factory takes by name (not params, not lr)."""
+        try:
+            target = self.factory.__init__ if inspect.isclass(self.factory) else self.factory
+            params = inspect.signature(target).parameters
+        except (TypeError, ValueError):  # a builtin or C callable: unknown
+            return {}
+        return {k: p for k, p in params.items() if k not in ("self", "params", "lr")
+                and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
+
+    def takes_any_option(self) -> bool:
+        try:
+            target = self.factory.__init__ if inspect.isclass(self.factory) else self.factory
+            return any(p.kind is inspect.Parameter.VAR_KEYWORD
+                       for p in inspect.signature(target).parameters.values())
+        except (TypeError, ValueError):
+            return True
+
+    def hyperparameters(self) -> dict[str, object]:
+        """The hyperparameters it accepts (besides ``lr``) with their values for this name."""
+        values = {k: (None if p.default is inspect.Parameter.empty else p.default)
+                  for k, p in self.signature().items()}
+        values.update(self.fixed)
+        return values
+
+    def lr(self) -> float:
+        """Its default learning rate: the entry's, else the factory's own default."""
+        if self.default_lr is not None:
+            return self.default_lr
+        p = self.signature_with_lr().get("lr")
+        if p is None or not isinstance(p.default, int | float) or isinstance(p.default, bool):
+            raise OptimlabError(f"optimizer {self.name!r} has no default learning rate; give one (lr=...)")
+        return float(p.default)
+
+    def signature_with_lr(self) -> dict[str, inspect.Parameter]:
+        try:
+            target = self.factory.__init__ if inspect.isclass(self.factory) else self.factory
+            return dict(inspect.signature(target).parameters)
+        except (TypeError, ValueError):
+            return {}
+
+    def check_options(self, options: dict, label: str | None = None) -> None:
+        """Refuse ``lr`` among the options and, unless the factory takes ``**kwargs``, names it lacks."""
+        label = label or self.name
+        if "lr" in options:
+            raise OptimlabError(f"optimizer {label}: give the learning rate apart (--lr), not inside")
+        valid = self.signature()
+        unknown = sorted(set(options) - set(valid))
+        if unknown and not self.takes_any_option():
+            raise OptimlabError(
+                f"optimizer {label!r} has no hyperparameter {', '.join(unknown)}; "
+                f"valid: {', '.join(valid) or 'none'}"
+            )
+
+    def build(self, params, lr: float | None = None, label: str | None = None,
+              **options) -> torch.optim.Optimizer:
+        """The optimizer over ``params`` at ``lr`` (None: :meth:`lr`) with ``options`` over ``fixed``."""
+        label = label or self.name
+        self.check_options(options, label)
+        lr = self.lr() if lr is None else check_lr(lr)
+        try:
+            optimizer = self.factory(params, lr=lr, **{**self.fixed, **options})
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise OptimlabError(f"optimizer {label}: {e}") from None
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise OptimlabError(f"optimizer {label}: its factory returned {type(optimizer).__name__}, not a "
+                                "torch.optim.Optimizer")
+        return optimizer
+
+    @property
+    def stackable(self) -> bool:
+        return self.lr_linear and self.elementwise
+
+    def why_not_stacked(self, label: str | None = None) -> str | None:
+        """A one-line reason why the vectorized engine trains its runs one by one (None: it need not)."""
+        label = label or self.name
+        if not self.lr_linear:
+            return (f"optimizer {label} is not declared lr-linear (an update p - lr * u with u independent "
+                    "of lr), so its runs are trained one by one")
+        if not self.elementwise:
+            return (f"optimizer {label} does not act entry by entry (it takes norms or shapes of whole "
+                    "tensors), so stacked runs would mix; its runs are trained one by one")
+        return None
+
+
+def _torch(name: str, cls, fixed: dict | None = None, linear: bool = True, elementwise: bool = True):
+    return OptimizerEntry(name, cls, dict(fixed or {}), lr_linear=linear, elementwise=elementwise,
+                          source="torch.optim")
+
+
+def _muon(params, lr: float = 1e-3, **options) -> torch.optim.Optimizer:
+    from optimlab.muon import MuonWithAdamW
+
+    return MuonWithAdamW(params, lr=lr, **options)
+
+
+# The torch.optim names. lr-linear and elementwise unless said: ASGD's step size
+# lr / (1 + lambd * lr * t)^alpha, Rprop's step sizes clamped to step_sizes and Adafactor's
+# min(lr, 1 / sqrt(t)) are not linear in lr; Muon orthogonalizes whole matrices.
+OPTIMIZERS: dict[str, OptimizerEntry] = {e.name: e for e in (
+    _torch("sgd", torch.optim.SGD),
+    _torch("momentum", torch.optim.SGD, {"momentum": 0.9}),
+    _torch("nesterov", torch.optim.SGD, {"momentum": 0.9, "nesterov": True}),
+    _torch("adam", torch.optim.Adam),
+    _torch("adamw", torch.optim.AdamW),
+    _torch("amsgrad", torch.optim.Adam, {"amsgrad": True}),
+    _torch("nadam", torch.optim.NAdam),
+    _torch("radam", torch.optim.RAdam),
+    _torch("adagrad", torch.optim.Adagrad),
+    _torch("adadelta", torch.optim.Adadelta),
+    _torch("adamax", torch.optim.Adamax),
+    _torch("rmsprop", torch.optim.RMSprop),
+    _torch("asgd", torch.optim.ASGD, linear=False),
+    _torch("rprop", torch.optim.Rprop, linear=False),
+    _torch("adafactor", torch.optim.Adafactor, linear=False, elementwise=False),
+    OptimizerEntry("muon", _muon, lr_linear=True, elementwise=False, source="torch.optim (Muon + AdamW)"),
+)}
 
 
 # optimizers of the local problem (optimlab.localflow), by name -> their hyperparameters and defaults.
@@ -46,23 +175,12 @@ def optimizer_names() -> list[str]:
     return list(OPTIMIZERS) + list(LOCAL_FLOW)
 
 
-def _signature(name: str) -> dict[str, object]:
-    if name in LOCAL_FLOW:
-        return dict(LOCAL_FLOW[name])
-    cls = OPTIMIZERS[name][0]
-    params = inspect.signature(cls.__init__).parameters
-    return {k: p for k, p in params.items() if k not in ("self", "params", "lr")
-            and p.kind is not inspect.Parameter.VAR_KEYWORD}
-
-
 def hyperparameters(name: str) -> dict[str, object]:
     """The hyperparameters ``name`` accepts (besides ``lr``) with their values for that name."""
     _check_name(name)
     if name in LOCAL_FLOW:
         return dict(LOCAL_FLOW[name])
-    values = {k: p.default for k, p in _signature(name).items()}
-    values.update(OPTIMIZERS[name][1])
-    return values
+    return OPTIMIZERS[name].hyperparameters()
 
 
 def default_lr(name: str) -> float:
@@ -70,8 +188,7 @@ def default_lr(name: str) -> float:
     _check_name(name)
     if name in LOCAL_FLOW:
         return LOCAL_FLOW_LR
-    lr = inspect.signature(OPTIMIZERS[name][0].__init__).parameters["lr"].default
-    return float(lr)
+    return OPTIMIZERS[name].lr()
 
 
 def _check_name(name: str) -> None:
@@ -79,9 +196,18 @@ def _check_name(name: str) -> None:
         raise OptimlabError(f"unknown optimizer {name!r}; valid: {', '.join(optimizer_names())}")
 
 
+# a name (letters, digits, _ and -) or an import path (dotted.module:attribute.path), then (options)
+_SPEC = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]*(?::[A-Za-z_][A-Za-z0-9_.]*)?)\s*(?:\((.*)\))?", re.DOTALL)
+
+
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """An optimizer name with hyperparameter overrides, e.g. ``adam(betas=(0.9, 0.99))``."""
+    """An optimizer name with hyperparameter overrides, e.g. ``adam(betas=(0.9, 0.99))``.
+
+    The name may be an import path ``package.module:attribute`` (a class or factory of the user's):
+    ``mypkg.optim:Lion(betas=(0.9, 0.99))``. Parsing checks the syntax only; what a name means is
+    :mod:`optimlab.registry`'s to say (built-in names: :func:`build_optimizer` here).
+    """
 
     name: str
     options: dict = field(default_factory=dict)
@@ -89,8 +215,10 @@ class OptimizerSpec:
     @classmethod
     def parse(cls, text: str) -> OptimizerSpec:
         """Parse ``name`` or ``name(key=literal, ...)``; errors name what is wrong and what is valid."""
+        if not isinstance(text, str):
+            raise OptimlabError(f"an optimizer is written as a string like 'adam'; got {text!r}")
         text = text.strip()
-        match = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_-]*)\s*(?:\((.*)\))?", text, flags=re.DOTALL)
+        match = _SPEC.fullmatch(text)
         if match is None:
             raise OptimlabError(
                 f"cannot read optimizer {text!r}; write a name or name(key=value, ...), "
@@ -120,21 +248,13 @@ class OptimizerSpec:
                     f"optimizer {text!r}: the value of {kw.arg} must be a literal "
                     "(number, True/False, tuple)"
                 ) from None
-        spec = cls(name, options)
-        spec.validate()
-        return spec
+        if "lr" in options:
+            raise OptimlabError(f"optimizer {text}: give the learning rate apart (--lr), not inside")
+        return cls(name, options)
 
-    def validate(self) -> None:
-        _check_name(self.name)
-        valid = _signature(self.name)
-        unknown = sorted(set(self.options) - set(valid))
-        if "lr" in self.options:
-            raise OptimlabError(f"optimizer {self}: give the learning rate apart (--lr), not inside")
-        if unknown:
-            raise OptimlabError(
-                f"optimizer {self.name!r} has no hyperparameter {', '.join(unknown)}; "
-                f"valid: {', '.join(valid)}"
-            )
+    @property
+    def is_import_path(self) -> bool:
+        return ":" in self.name
 
     def __str__(self) -> str:
         if not self.options:
@@ -157,7 +277,8 @@ def check_lr(lr: object) -> float:
 def build_optimizer(
     spec: str | OptimizerSpec, params, lr: float | None = None, **overrides
 ) -> torch.optim.Optimizer:
-    """A stock ``torch.optim`` optimizer for ``params``.
+    """A built-in optimizer (:data:`OPTIMIZERS`) for ``params``; for any other name, an import path or
+    a class, use :func:`optimlab.registry.build_optimizer`.
 
     ``spec`` is a name or an :class:`OptimizerSpec`; ``overrides`` take precedence over its options;
     ``lr=None`` means torch's default for that optimizer. Invalid values (e.g. a negative momentum)
@@ -165,14 +286,10 @@ def build_optimizer(
     """
     if isinstance(spec, str):
         spec = OptimizerSpec.parse(spec)
-    spec = OptimizerSpec(spec.name, {**spec.options, **overrides})
-    spec.validate()
+    _check_name(spec.name)
     if spec.name in LOCAL_FLOW:
         raise OptimlabError(f"{spec.name} is not a torch.optim optimizer of parameters alone: it needs the "
                             "model and the batch; train with it through optimlab.training (TrainConfig)")
-    cls, fixed = OPTIMIZERS[spec.name]
-    lr = default_lr(spec.name) if lr is None else check_lr(lr)
-    try:
-        return cls(params, lr=lr, **{**fixed, **spec.options})
-    except (ValueError, TypeError, RuntimeError) as e:
-        raise OptimlabError(f"optimizer {spec}: {e}") from None
+    options = {**spec.options, **overrides}
+    return OPTIMIZERS[spec.name].build(params, lr=lr, label=str(OptimizerSpec(spec.name, options)),
+                                       **options)

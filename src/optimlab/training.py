@@ -16,15 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from optimlab import registry
 from optimlab.constrained.named import parse_constraint
-from optimlab.data import Dataset, epoch_batches, load_dataset, steps_per_epoch
+from optimlab.data import Dataset, epoch_batches, steps_per_epoch
 from optimlab.devices import resolve_device
 from optimlab.errors import OptimlabError
-from optimlab.models import build_model
-from optimlab.optimizers import LOCAL_FLOW, OptimizerSpec, build_optimizer, check_lr, default_lr
+from optimlab.optimizers import LOCAL_FLOW, OptimizerSpec, check_lr, default_lr
 from optimlab.runfiles import (
     atomic_save,
     atomic_write_text,
@@ -32,6 +31,7 @@ from optimlab.runfiles import (
     load_checkpoint,
     remove_partial_files,
 )
+from optimlab.tasks import TASKS, Task
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "optimlab.run/1"
@@ -45,6 +45,13 @@ RESUMABLE_CHANGES = ("epochs", "iterations", "device")
 class TrainConfig:
     """Everything that defines a run; the same config and seed give the same numbers (on the CPU).
 
+    ``model``, ``optimizer``, ``dataset`` and ``loss`` take names, import paths
+    ``package.module:attribute`` or, in Python, objects (see :mod:`optimlab.registry`): a model class,
+    factory or ``nn.Module``; an optimizer class, factory or table; a loader, a Dataset or the four
+    tensors; a loss callable. Objects with an import path are kept as that path; others (lambdas,
+    closures, instances) stay objects, which only this process can use (not the processes or Ray
+    executors). ``model_options`` / ``dataset_options``: keyword arguments of the factory / loader.
+
     Budget: ``epochs`` or ``iterations`` (one of them; one epoch when neither is given).
     ``eval_every``: evaluate every so many iterations; None evaluates at the end of every epoch.
     ``log_every``: record the training batch loss every so many iterations.
@@ -55,9 +62,9 @@ class TrainConfig:
     ``dual_lr`` on the multipliers (the quadratic penalty has none).
     """
 
-    dataset: str = "mnist-10k"
-    model: str = "mlp"
-    optimizer: str = "sgd"
+    dataset: object = "mnist-10k"
+    model: object = "mlp"
+    optimizer: object = "sgd"
     lr: float | None = None
     batch_size: int = 100
     epochs: int | None = None
@@ -69,6 +76,8 @@ class TrainConfig:
     normalize: bool = True
     eval_train: bool = True
     model_options: dict = field(default_factory=dict)
+    dataset_options: dict = field(default_factory=dict)
+    loss: object = None
     constraints: list = field(default_factory=list)
     dual_optimizer: str = "sgd"
     dual_lr: float = 1e-3
@@ -80,16 +89,24 @@ class TrainConfig:
         if not isinstance(self.constraints, list | tuple):
             raise OptimlabError(f"constraints must be a list like ['l2norm<=1']; got {self.constraints!r}")
         self.constraints = [parse_constraint(c).text for c in self.constraints]
-        self.dual_optimizer = str(OptimizerSpec.parse(self.dual_optimizer))
+        self.dual_optimizer = registry.optimizer_record(self.dual_optimizer)
         self.dual_lr = check_lr(self.dual_lr)
         self._check_formulation()
-        spec = OptimizerSpec.parse(self.optimizer) if isinstance(self.optimizer, str) else None
-        if spec is None:
-            raise OptimlabError(f"optimizer must be a string like 'adam'; got {self.optimizer!r}")
-        self.optimizer = str(spec)
-        self.lr = default_lr(spec.name) if self.lr is None else check_lr(self.lr)
-        if self.constraints and spec.name in LOCAL_FLOW:
-            raise OptimlabError(f"constraints need a torch.optim optimizer; {spec.name} is not one")
+        for name in ("model_options", "dataset_options"):
+            if not isinstance(getattr(self, name), dict):
+                raise OptimlabError(
+                    f"{name} must be a dict of keyword arguments; got {getattr(self, name)!r}")
+        self.model = registry.model_record(self.model)
+        self.dataset = registry.dataset_record(self.dataset)
+        self.loss = registry.task_record(self.loss)
+        local = local_flow_name(self.optimizer)
+        self.optimizer = str(OptimizerSpec.parse(self.optimizer)) if local else \
+            registry.optimizer_record(self.optimizer)
+        if self.lr is None:
+            self.lr = default_lr(local) if local else registry.resolve_optimizer(self.optimizer).default_lr()
+        self.lr = check_lr(self.lr)
+        if self.constraints and local:
+            raise OptimlabError(f"constraints need a torch.optim optimizer; {local} is not one")
         for name in ("batch_size", "log_every", "seed"):
             _check_int(name, getattr(self, name), minimum=0 if name == "seed" else 1)
         if self.epochs is not None and self.iterations is not None:
@@ -120,8 +137,25 @@ class TrainConfig:
         """Whether the run has multipliers (and so a dual optimizer and a dual lr that matter)."""
         return bool(self.constraints) and self.formulation != "quadratic_penalty"
 
+    @property
+    def optimizer_label(self) -> str:
+        """The optimizer as records and reports name it."""
+        return registry.optimizer_label(self.optimizer)
+
+    @property
+    def portable(self) -> bool:
+        """Whether every setting is a plain value (names, import paths), so that another process
+        (a worker, a Ray task) can rebuild the run from :meth:`to_dict`."""
+        return all(registry.portable(getattr(self, f.name)) for f in dataclasses.fields(self))
+
+    def objects(self) -> list[str]:
+        """The settings that hold Python objects without an import path, as ``field: <python: ...>``."""
+        return [f"{f.name}: {registry.describe(getattr(self, f.name))}" for f in dataclasses.fields(self)
+                if not registry.portable(getattr(self, f.name))]
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain values only: objects without an import path are written ``<python: NAME>``."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -129,6 +163,29 @@ class TrainConfig:
         if unknown:
             raise OptimlabError(f"unknown run settings: {', '.join(unknown)}")
         return cls(**d)
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value] if isinstance(value, list) else tuple(_plain(v) for v in value)
+    return value if registry.portable(value) else registry.describe(value)
+
+
+def local_flow_name(optimizer: object) -> str | None:
+    """The local-flow optimizer a setting names (``exact-flow``, ``localflow-sgd``), else None;
+    refuses hyperparameters it does not have."""
+    if not isinstance(optimizer, str):
+        return None
+    spec = OptimizerSpec.parse(optimizer)
+    if spec.name not in LOCAL_FLOW:
+        return None
+    unknown = sorted(set(spec.options) - set(LOCAL_FLOW[spec.name]))
+    if unknown:
+        raise OptimlabError(f"optimizer {spec.name!r} has no hyperparameter {', '.join(unknown)}; "
+                            f"valid: {', '.join(LOCAL_FLOW[spec.name])}")
+    return spec.name
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -163,18 +220,23 @@ class RunResult:
         }
 
 
-def loss_function(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Mean cross-entropy over logits for classification; mean of 1/2 (prediction - y)^2 for
-    regression."""
-    if task == "classification":
-        return F.cross_entropy
-    return lambda pred, y: 0.5 * F.mse_loss(pred, y)
+def loss_function(task: str | Task) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The mean loss of a task (by name: mean cross-entropy over logits for classification; mean of
+    1/2 (prediction - y)^2 for regression)."""
+    return (TASKS[task] if isinstance(task, str) else task).loss
+
+
+def task_of(config: TrainConfig, data: Dataset) -> Task:
+    """The task a run trains on: ``config.loss`` on data of ``data.task``'s kind."""
+    return registry.resolve_task(config.loss, data.task)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str,
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str | Task,
              batch_size: int = EVAL_BATCH) -> tuple[float, float | None]:
-    """Mean loss and accuracy (a fraction; None for regression) of ``model`` on all of (x, y)."""
+    """Mean loss and accuracy (a fraction; None for a task without one) of ``model`` on all of (x, y),
+    in eval mode (BatchNorm's running statistics, no dropout)."""
+    task = TASKS[task] if isinstance(task, str) else task
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
@@ -182,15 +244,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str,
     for start in range(0, x.shape[0], batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         out = model(xb)
-        if task == "classification":
-            loss_sum += F.cross_entropy(out, yb, reduction="sum").double()
-            correct += (out.argmax(dim=1) == yb).sum()
-        else:
-            loss_sum += 0.5 * F.mse_loss(out, yb, reduction="sum").double()
+        loss_sum += task.loss_sum(out, yb).double()
+        if task.accuracy:
+            correct += task.hits(out, yb)
     model.train(was_training)
     n = x.shape[0]
     loss = loss_sum.item() / n
-    return loss, (correct.item() / n if task == "classification" else None)
+    return loss, (correct.item() / n if task.accuracy else None)
 
 
 class RunProgress:
@@ -249,25 +309,21 @@ def train(
             resume_from = load_checkpoint(out / CHECKPOINT, CHECKPOINT_FORMAT)
         on_checkpoint = _folder_writer(out, on_checkpoint)
     device = resolve_device(config.device)
-    if data is None:
-        data = load_dataset(config.dataset, data_dir=data_dir, device=device,
-                            normalize=config.normalize)
-    data = data.to(device)
+    data = load_data(config, data, data_dir, device)
     n = data.num_train
     check_batch_size(config.batch_size, data)
     per_epoch = steps_per_epoch(n, config.batch_size, config.drop_last)
     total = total_steps(config, per_epoch)
 
+    task = task_of(config, data)
     model = init_model(config, data).to(device).train()
-    loss_fn = loss_function(data.task)
-    local = _LocalFlow(config, model, loss_fn) if OptimizerSpec.parse(config.optimizer).name in LOCAL_FLOW \
-        else None
+    loss_fn = task.loss
+    local = _LocalFlow(config, model, loss_fn) if local_flow_name(config.optimizer) else None
     optimizer = local.optimizer if local is not None else \
-        build_optimizer(config.optimizer, model.parameters(), lr=config.lr)
+        registry.build_optimizer(config.optimizer, model.parameters(), lr=config.lr)
     order = torch.Generator().manual_seed(config.seed)  # the batch order, its own stream
     state = RunProgress()
-    lagrangian = _Constrained(config, model, optimizer, loss_fn, data.task, device) \
-        if config.constraints else None
+    lagrangian = _Constrained(config, model, optimizer, task, device) if config.constraints else None
     if resume_from is not None:
         _restore(resume_from, config, model, optimizer, order, state)
         if lagrangian is not None:
@@ -278,9 +334,9 @@ def train(
     started = time.perf_counter() - state.wall_time
 
     def record_eval(batch_loss: float | None) -> None:
-        tr_loss, tr_acc = (evaluate(model, x, y, data.task) if config.eval_train
+        tr_loss, tr_acc = (evaluate(model, x, y, task) if config.eval_train
                            else (None, None))
-        te_loss, te_acc = evaluate(model, data.x_test, data.y_test, data.task)
+        te_loss, te_acc = evaluate(model, data.x_test, data.y_test, task)
         row = {"step": state.step, "epoch": round(state.step / per_epoch, 6),
                "batch_loss": batch_loss, "train_loss": tr_loss, "train_accuracy": tr_acc,
                "test_loss": te_loss, "test_accuracy": te_acc,
@@ -392,12 +448,12 @@ class _Constrained:
     records (``violation_<key>``, ``multiplier_<key>`` unless the quadratic penalty has none, and, in
     train_log, the batch ``accuracy``)."""
 
-    def __init__(self, config: TrainConfig, model: nn.Module, optimizer, loss_fn, task: str, device):
+    def __init__(self, config: TrainConfig, model: nn.Module, optimizer, task: Task, device):
         from optimlab.constrained import ConstrainedOptimizer, Constraint, Problem, State
 
         self.named = [parse_constraint(c) for c in config.constraints]
         self.model = model
-        classify = task == "classification"
+        classify, loss_fn = task.accuracy, task.loss
 
         def compute(xb, yb):
             out = model(xb)
@@ -407,8 +463,8 @@ class _Constrained:
         self.problem = Problem(compute, {c.key: Constraint(c.kind, formulation=config.formulation,
                                                            penalty=config.penalty)
                                          for c in self.named}).to(device)
-        dual = (build_optimizer(config.dual_optimizer, self.problem.dual_parameters(), lr=config.dual_lr)
-                if config.has_multipliers else None)
+        dual = (registry.build_optimizer(config.dual_optimizer, self.problem.dual_parameters(),
+                                         lr=config.dual_lr) if config.has_multipliers else None)
         self.multipliers = [c for c in self.named if config.has_multipliers]
         # the loop detects non-finite losses itself (divergence), without a sync every step
         self.optimizer = ConstrainedOptimizer(self.problem, optimizer, dual, check_finite=False)
@@ -460,12 +516,21 @@ def total_steps(config: TrainConfig, per_epoch: int) -> int:
     return config.iterations if config.iterations is not None else config.epochs * per_epoch
 
 
+def load_data(config: TrainConfig, data: object, data_dir, device) -> Dataset:
+    """The run's data on ``device``: ``data`` (a Dataset or the four tensors) when given, else
+    ``config.dataset`` (a name, a loader's import path, a loader or the data themselves)."""
+    if data is None:
+        return registry.load_data(config.dataset, config.dataset_options, device=device,
+                                  normalize=config.normalize, data_dir=data_dir)
+    return registry.as_dataset(data, "tensors").to(device)
+
+
 def init_model(config: TrainConfig, data: Dataset) -> nn.Module:
     """The model of ``config``, initialized after ``torch.manual_seed(config.seed)`` (on the CPU),
     leaving the global RNG as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return build_model(config.model, data.input_shape, data.num_classes, data.task,
+        return registry.build_model(config.model, data.input_shape, data.num_classes, data.task,
                            **config.model_options)
 
 
@@ -516,8 +581,12 @@ def config_differences(saved: dict, config: TrainConfig) -> str:
     """The settings in which a checkpoint's config differs from ``config``, as text ("" if none),
     leaving out those a resumption may change (RESUMABLE_CHANGES)."""
     mine = config.to_dict()
-    differ = [k for k in mine if k not in RESUMABLE_CHANGES and saved.get(k) != mine[k]]
-    return "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {mine[k]!r}" for k in differ)
+    # a setting added after the checkpoint was written: it had the field's default
+    defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                for f in dataclasses.fields(TrainConfig)}
+    theirs = {k: saved.get(k, defaults.get(k)) for k in mine}
+    differ = [k for k in mine if k not in RESUMABLE_CHANGES and theirs[k] != mine[k]]
+    return "; ".join(f"{k}: checkpoint {theirs[k]!r}, now {mine[k]!r}" for k in differ)
 
 
 def _restore(ckpt: dict, config: TrainConfig, model, optimizer, order, state: RunProgress) -> None:

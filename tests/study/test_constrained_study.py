@@ -127,7 +127,7 @@ def _as_schema_1(db):
     conn = sqlite3.connect(db)
     conn.execute("DROP INDEX runs_configuration")
     for table, column in (("runs", "dual_lr"), ("runs", "penalty"), ("evals", "extras"),
-                          ("train_log", "extras")):
+                          ("train_log", "extras"), ("runs", "engine")):
         conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     definition = json.loads(conn.execute("SELECT value FROM meta WHERE key='definition'").fetchone()[0])
     definition["shared"]["dual_lr"] = 1e-3

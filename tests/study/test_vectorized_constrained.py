@@ -9,8 +9,8 @@ from groupsaves import checkpoints_of, no_time
 
 from optimlab.constrained.named import parse_constraint
 from optimlab.errors import OptimlabError
-from optimlab.study.units import groups_pay_off, plan_units
-from optimlab.study.vectorized import train_group, vectorizable_key
+from optimlab.study.units import plan_units
+from optimlab.study.vectorized import group_refusal, train_group, vectorizable_key
 from optimlab.training import TrainConfig, train
 
 RTOL, ATOL = 1e-5, 1e-6  # recorded metrics (violations and multipliers cross 0: an absolute floor)
@@ -136,7 +136,7 @@ def test_grouping_of_constrained_runs(digits):
     assert vectorizable_key(a) == vectorizable_key(b) == vectorizable_key(c)
     other = grid(seeds=(0,), lrs=(1e-2,), constraints=["l2norm<=2"])[0]
     assert vectorizable_key(other) != vectorizable_key(grid(seeds=(0,), lrs=(1e-2,))[0])
-    assert groups_pay_off(a)
+    assert group_refusal(a, digits) is None
     runs = [{"id": i, "config": cfg.to_dict()} for i, cfg in enumerate(grid() + [other])]
     assert [u.kind for u in plan_units(runs, groups=True)] == ["group", "run"]
     with pytest.raises(OptimlabError, match="differ only in lr, seed, dual_lr and penalty; run 1 has "
@@ -152,7 +152,7 @@ def test_a_measure_without_a_stacked_twin_trains_run_by_run(digits, monkeypatch)
     monkeypatch.setitem(named.MEASURES, "maxabs",
                         lambda model: max(p.abs().max() for p in model.parameters()))
     configs = grid(seeds=(0,), lrs=(1e-2, 3e-3), dual_lrs=(0.05,), constraints=["maxabs<=1"])
-    assert not groups_pay_off(configs[0])
+    assert group_refusal(configs[0], digits) == "constraint 'maxabs<=1' has no stacked measure"
     runs = [{"id": i, "config": cfg.to_dict()} for i, cfg in enumerate(configs)]
     assert [u.kind for u in plan_units(runs, groups=True)] == ["run", "run"]
     with pytest.raises(OptimlabError, match="constraint 'maxabs<=1' is not trained in vectorized groups"):

@@ -87,7 +87,7 @@ def run_in_processes(units: list[Unit], store, board, executor: ExecutorSpec,
                     slot.unit = todo.pop(0)
                     attempts[slot.unit.key] += 1
                     checkpoint = store.start_unit(slot.unit.key, slot.unit.run_ids,
-                                                  worker=slot.process.pid)
+                                                  worker=slot.process.pid, engine=slot.unit.engine)
                     slot.inbox.put({"unit": slot.unit.to_message(), "unit_key": slot.unit.key,
                                     "attempt": attempts[slot.unit.key], "checkpoint": checkpoint})
             try:

@@ -4,7 +4,8 @@ Tasks send their checkpoints and rows through a Ray queue to this process, which
 store, exactly as with the other executors. A task that fails (its worker died, its node was lost)
 is retried until it has been tried ``max_attempts`` times, then its runs are recorded as failed.
 Data sets are loaded by name on the node that trains (``mnist-10k`` is bundled; others must be
-where the catalogue looks, or downloadable there).
+where the catalogue looks, or downloadable there). The packages in the study's ``python_path``
+travel with the tasks (Ray's ``py_modules``), so a cluster's nodes import the same code.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def run_on_ray(units: list[Unit], store, board, executor: ExecutorSpec, data_dir
     try:
         events = Queue()
         task = ray.remote(max_retries=0)(_ray_task)
+        shipped = _code_packages(units[0].python_path)
+        if shipped:  # the user's packages, uploaded with every task (a cluster's nodes lack them)
+            task = task.options(runtime_env={"py_modules": shipped})
         limit = executor.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         todo, running, attempts = list(units), {}, {u.key: 0 for u in units}
         by_key = {u.key: u for u in units}
@@ -52,7 +56,7 @@ def run_on_ray(units: list[Unit], store, board, executor: ExecutorSpec, data_dir
             while todo and len(running) < limit:
                 unit = todo.pop(0)
                 attempts[unit.key] += 1
-                checkpoint = store.start_unit(unit.key, unit.run_ids)
+                checkpoint = store.start_unit(unit.key, unit.run_ids, engine=unit.engine)
                 ref = task.remote(unit.to_message(), checkpoint, events,
                                   (unit.key, attempts[unit.key]), data_dir)
                 running[ref] = unit
@@ -78,6 +82,16 @@ def run_on_ray(units: list[Unit], store, board, executor: ExecutorSpec, data_dir
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _code_packages(python_path) -> list[str]:
+    """The packages (folders with ``__init__.py``) in the study's ``python_path`` folders: what
+    Ray's ``py_modules`` uploads. Single-file modules there are found through the path itself, so
+    only on nodes that share this machine's files."""
+    from pathlib import Path
+
+    return sorted(str(p) for folder in python_path for p in Path(folder).iterdir()
+                  if p.is_dir() and (p / "__init__.py").is_file())
 
 
 def _drain(events, by_key: dict, attempts: dict, running: dict, board) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from optimlab.constrained.named import parse_constraint
 from optimlab.errors import OptimlabError
+from optimlab.study.code import fingerprint
 from optimlab.study.spec import ExecutorSpec, StudySpec, check_executor, load_study
 from optimlab.study.store import StudyStore
 from optimlab.study.units import Unit, plan_units, train_unit
@@ -38,28 +39,45 @@ class StudyOutcome:
 def run_study(
     study: str | Path | StudySpec,
     out: str | Path | None = None,
-    executor: ExecutorSpec | None = None,
+    executor: ExecutorSpec | str | None = None,
     extend: bool = False,
     data_dir: str | None = None,
     progress: bool = False,
     verbose: bool = False,
+    code_changed: bool = False,
 ) -> StudyOutcome:
     """Run every run of ``study`` that is not finished yet; return the counts.
 
-    ``out``: the study's folder (default ``runs/<name>``), holding ``study.db``. Runs already
-    completed (or diverged) are skipped; runs interrupted continue from their last checkpoint.
-    ``executor`` overrides the study file's ``[executor]``.
+    ``study``: a study file, or a :class:`StudySpec` (from :func:`load_study` or, with the user's
+    objects, :func:`~optimlab.study.spec.build_study`). ``out``: the study's folder (default
+    ``runs/<name>``), holding ``study.db``. Runs already completed (or diverged) are skipped; runs
+    interrupted continue from their last checkpoint. ``executor`` overrides the study's
+    ``[executor]`` (a kind such as ``"vectorized"`` or an :class:`ExecutorSpec`). A store whose
+    recorded code fingerprint differs from the code imported now is refused unless ``code_changed``.
     """
     spec = study if isinstance(study, StudySpec) else load_study(study)
+    if isinstance(executor, str):
+        executor = dataclasses.replace(spec.executor, kind=executor, units=None)
     executor = check_executor(executor or spec.executor)
+    configs = spec.configs()
+    if executor.kind in ("processes", "ray"):
+        _check_portable(configs, executor.kind)
     out = Path(out) if out is not None else Path("runs") / spec.name
-    store = StudyStore.create(out / DB_NAME, spec, extend=extend)
+    store = StudyStore.create(out / DB_NAME, spec, extend=extend, code=fingerprint(spec.import_paths()),
+                              code_changed=code_changed)
     started = time.perf_counter()
     try:
         store.reset_interrupted()
-        todo = [r for r in store.runs() if r["status"] in ("pending", "running", "failed")]
-        units = plan_units(todo, groups=executor.unit_kind == "groups")
-        board = _Board(store, len(store.runs()), progress, verbose)
+        rows = store.runs()
+        todo = [r for r in rows if r["status"] in ("pending", "running", "failed")]
+        mine = {_run_key(c.optimizer_label, c.lr, c.seed, c.dual_lr if c.has_multipliers else None,
+                         c.penalty): c for c in configs}
+        by_id = {r["id"]: mine[k] for r in todo
+                 if (k := _run_key(r["optimizer"], r["lr"], r["seed"], r["dual_lr"], r["penalty"])) in mine}
+        units = plan_units(todo, groups=executor.unit_kind == "groups", configs=by_id, data_dir=data_dir,
+                           python_path=spec.python_path)
+        board = _Board(store, len(rows), progress, verbose)
+        board.explain(units)
         if executor.kind in ("sequential", "vectorized"):
             _run_here(units, store, board, data_dir)
         elif executor.kind == "processes":
@@ -77,9 +95,25 @@ def run_study(
     return StudyOutcome(store=out / DB_NAME, wall_time=time.perf_counter() - started, **counts)
 
 
+def _run_key(optimizer: str, lr: float, seed: int, dual_lr: float | None, penalty: float | None) -> tuple:
+    return (optimizer, float(lr), int(seed), None if dual_lr is None else float(dual_lr),
+            None if penalty is None else float(penalty))
+
+
+def _check_portable(configs, kind: str) -> None:
+    """Refuse, before anything is written, runs that another process cannot rebuild."""
+    for config in configs:
+        if not config.portable:
+            raise OptimlabError(
+                f"the {kind} executor trains in other processes, which cannot receive Python objects "
+                f"without an import path ({'; '.join(config.objects())}; a lambda or a closure has none): "
+                "define them at module level in an importable module (python_path) and name them by "
+                "import path, or use the sequential or vectorized executor")
+
+
 def _run_here(units: list[Unit], store: StudyStore, board: _Board, data_dir: str | None) -> None:
     for unit in units:
-        checkpoint = store.start_unit(unit.key, unit.run_ids)
+        checkpoint = store.start_unit(unit.key, unit.run_ids, engine=unit.engine)
         try:
             train_unit(unit, checkpoint, board.receiver(unit), data_dir=data_dir)
         except OptimlabError:
@@ -103,6 +137,14 @@ class _Board:
         self.bar = tqdm(total=total, initial=self.done, unit="run", disable=not progress,
                         dynamic_ncols=True)
         self._postfix()
+
+    def explain(self, units: list[Unit]) -> None:
+        """One line for each reason why runs that could have been trained together are not."""
+        reasons = dict.fromkeys(u.engine for u in units if u.engine.startswith("one by one: ")
+                                and not u.engine.endswith("no other run to train with"))
+        for reason in reasons:
+            count = sum(len(u.run_ids) for u in units if u.engine == reason)
+            self.bar.write(f"note: {count} run{'s' if count > 1 else ''} {reason}")
 
     def _postfix(self) -> None:
         self.bar.set_postfix(diverged=self.diverged, failed=self.failed_runs, refresh=False)
@@ -147,7 +189,8 @@ class _Board:
             what += f", largest violation {worst:+.3g}" if worst is not None else ""
         dual = f" dual_lr={config.dual_lr:g}" if config.has_multipliers else ""
         dual += f" penalty={config.penalty:g}" if config.penalty is not None else ""
-        return (f"[{self.done}/{self.total}] {config.optimizer} lr={config.lr:g}{dual} seed={config.seed}: "
+        return (f"[{self.done}/{self.total}] {config.optimizer_label} lr={config.lr:g}{dual} "
+                f"seed={config.seed}: "
                 f"{what}, {r['wall_time']:.1f} s")
 
     def close(self) -> None:

@@ -18,6 +18,13 @@
     [model_options]
     hidden = 100
 
+The user's own code: ``model = "mypkg.nets:SmallCNN"`` (with ``[model_options]``), ``dataset =
+"mypkg.data:load"`` (a loader returning a Dataset or the four tensors, with ``[dataset_options]``),
+``loss = "mypkg.losses:focal"``, an optimizer table ``{ name = "prodigy", class =
+"prodigyopt:Prodigy", learning_rates = [1.0], lr_linear = false, options = { d_coef = 0.5 } }``, and
+``python_path = ["src"]`` (folders relative to the study file, put on the Python path of this
+process and of every worker and Ray task).
+
     [executor]
     kind = "vectorized"          # sequential | vectorized | processes | ray
     workers = 2                  # processes / ray (default: all CPUs of the machine / cluster)
@@ -30,6 +37,7 @@ Every error names the field, what was wrong and what is valid; a malformed file 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tomllib
@@ -37,7 +45,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from optimlab.errors import OptimlabError
-from optimlab.optimizers import OptimizerSpec, check_lr
+from optimlab.optimizers import LOCAL_FLOW, OptimizerEntry, OptimizerSpec, check_lr
+from optimlab.registry import (
+    OPTIMIZER_TABLE_KEYS,
+    describe,
+    is_import_path,
+    optimizer_label,
+    optimizer_record,
+)
 from optimlab.training import FORMULATIONS, TrainConfig
 
 EXECUTORS = ("sequential", "vectorized", "processes", "ray")
@@ -46,8 +61,11 @@ UNITS = ("runs", "groups")
 FIELDS = {
     "name": "the study's name",
     "dataset": "a data set name (optimlab data list)",
-    "model": "logreg, mlp, cnn or linear",
+    "model": "a model name (logreg, mlp, cnn, linear) or an import path package.module:Class",
     "model_options": "a table of model options, e.g. hidden = 100",
+    "dataset_options": "a table of keyword arguments for a dataset loader of your own",
+    "loss": "classification, regression, or an import path package.module:function of a loss(output, y)",
+    "python_path": "folders (relative to the study file) holding your own code, e.g. ['src']",
     "batch_size": "an integer >= 1",
     "epochs": "the budget in epochs",
     "iterations": "the budget in iterations",
@@ -57,7 +75,8 @@ FIELDS = {
     "normalize": "true or false",
     "eval_train": "true or false",
     "device": "auto, cpu, cuda, cuda:N",
-    "optimizers": "a list of names, name(hyperparameters) or {name, learning_rates} tables",
+    "optimizers": "a list of names, name(hyperparameters), import paths or {name, class, learning_rates, "
+                  "options, lr_linear, default_lr} tables",
     "learning_rates": "a list of numbers > 0, or {from, to, count}",
     "seeds": "a list of integers >= 0",
     "constraints": "a list of constraints such as ['l2norm<=1'] (optimlab train --help)",
@@ -69,10 +88,15 @@ FIELDS = {
                             "needs a penalty formulation",
     "executor": "a table: kind, workers, units, address, max_attempts",
 }
+# shared settings that stores written before them lack, with the value that means "not used"
+LATER_SETTINGS = {"dataset_options": {}, "loss": None}
+# the fields that are the user's own code, by import path
+CODE_FIELDS = ("model", "dataset", "loss")
 EXECUTOR_FIELDS = ("kind", "workers", "units", "address", "max_attempts")
 # settings shared by every run of the study (the rest of a run is optimizer, lr, seed, dual lr)
-SHARED = ("dataset", "model", "model_options", "batch_size", "epochs", "iterations", "eval_every",
-          "log_every", "drop_last", "normalize", "eval_train", "constraints", "dual_optimizer", "formulation")
+SHARED = ("dataset", "dataset_options", "model", "model_options", "loss", "batch_size", "epochs",
+          "iterations", "eval_every", "log_every", "drop_last", "normalize", "eval_train", "constraints",
+          "dual_optimizer", "formulation")
 DEFAULT_DUAL_LR = TrainConfig.dual_lr
 
 
@@ -92,15 +116,17 @@ class ExecutorSpec:
 @dataclass(frozen=True)
 class StudySpec:
     """A validated study. ``grid`` is the list of (optimizer, lr, seed, dual_lr, penalty), in file
-    order; ``dual_lr`` is None without multipliers (no constraints, or the quadratic penalty),
-    ``penalty`` None without a penalty formulation or coefficients."""
+    order (``optimizer``: a spec string or a table); ``dual_lr`` is None without multipliers (no
+    constraints, or the quadratic penalty), ``penalty`` None without a penalty formulation or
+    coefficients. ``python_path``: absolute folders of the user's code."""
 
     name: str
     shared: dict
-    grid: tuple[tuple[str, float, int, float | None, float | None], ...]
+    grid: tuple[tuple[object, float, int, float | None, float | None], ...]
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
     device: str = "auto"
     text: str = ""
+    python_path: tuple[str, ...] = ()
 
     def configs(self) -> list[TrainConfig]:
         """One :class:`TrainConfig` per run of the grid."""
@@ -116,7 +142,21 @@ class StudySpec:
         for g in grid:
             while g[-1] is None:
                 g.pop()
-        return json.dumps({"name": self.name, "shared": self.shared, "grid": grid}, sort_keys=True)
+        # settings added after 0.1.0 are left out at their defaults: older stores keep their study
+        shared = {k: v for k, v in self.shared.items()
+                  if not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}
+        return json.dumps({"name": self.name, "shared": shared, "grid": grid}, sort_keys=True,
+                          default=describe)
+
+    def import_paths(self) -> list[str]:
+        """The user's code this study names, as import paths (model, dataset, loss, optimizer classes)."""
+        paths = [v for k in CODE_FIELDS if isinstance(v := self.shared.get(k), str) and is_import_path(v)]
+        for o, *_ in self.grid:
+            if isinstance(o, dict) and "class" in o:
+                paths.append(o["class"])
+            elif isinstance(o, str) and ":" in OptimizerSpec.parse(o).name:
+                paths.append(OptimizerSpec.parse(o).name)
+        return list(dict.fromkeys(paths))
 
 
 def load_study(path: str | Path) -> StudySpec:
@@ -126,17 +166,44 @@ def load_study(path: str | Path) -> StudySpec:
         text = path.read_text()
     except OSError as e:
         raise OptimlabError(f"cannot read the study file {path}: {e.strerror or e}") from None
-    return parse_study(text, str(path))
+    return parse_study(text, str(path), base=path.resolve().parent)
 
 
-def parse_study(text: str, source: str = "<study>") -> StudySpec:
+def parse_study(text: str, source: str = "<study>", base: str | Path | None = None) -> StudySpec:
+    """Validate a study file's text; ``base``: the folder ``python_path`` is relative to (default:
+    the working directory)."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise OptimlabError(f"{source}: malformed TOML: {e}") from None
+    return _from_fields(doc, source, base, text)
 
+
+def build_study(**fields) -> StudySpec:
+    """A study from Python: the study file's fields as keyword arguments, where ``model``,
+    ``dataset``, ``loss`` and each optimizer may also be objects (a class or factory, an
+    ``nn.Module``, a loader, a Dataset or the four tensors, a loss callable, an optimizer class,
+    factory or :class:`~optimlab.optimizers.OptimizerEntry`). Objects without an import path
+    (lambdas, closures, instances, ``__main__``'s) run on the sequential and vectorized executors only.
+
+        spec = build_study(name="mine", model=SmallCNN, dataset=(x_train, y_train, x_test, y_test),
+                           optimizers=["sgd", torch.optim.Adam], learning_rates=[0.1, 0.01],
+                           seeds=[0, 1], batch_size=64, epochs=2)
+        run_study(spec, executor="vectorized")
+    """
+    executor = fields.get("executor", {})
+    if isinstance(executor, ExecutorSpec):
+        fields = {**fields, "executor": {k: v for k, v in vars(executor).items()
+                                         if v != getattr(ExecutorSpec(), k)}}
+    return _from_fields(fields, "build_study", None, "")
+
+
+def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> StudySpec:
     def fail(message: str) -> OptimlabError:
         return OptimlabError(f"{source}: {message}")
+
+    python_path = _python_path(doc.get("python_path", []), Path(base or "."), fail)
+    add_to_python_path(python_path)
 
     unknown = sorted(set(doc) - set(FIELDS))
     if unknown:
@@ -162,47 +229,84 @@ def parse_study(text: str, source: str = "<study>") -> StudySpec:
         where = f"optimizers[{i}]"
         lrs = default_lrs
         if isinstance(entry, dict):
-            extra = sorted(set(entry) - {"name", "learning_rates"})
+            extra = sorted(set(entry) - {"learning_rates", *OPTIMIZER_TABLE_KEYS})
             if extra or "name" not in entry:
-                raise fail(f"{where}: a table takes name and learning_rates; got {sorted(entry)}")
+                raise fail(f"{where}: a table takes name, learning_rates, class, options, lr_linear and "
+                           f"default_lr; got {sorted(entry)}")
             if "learning_rates" in entry:
                 lrs = _learning_rates(entry["learning_rates"], f"{where}.learning_rates", fail)
-            entry = entry["name"]
-        if not isinstance(entry, str):
+            entry = {k: v for k, v in entry.items() if k != "learning_rates"}
+            if set(entry) == {"name"}:
+                entry = entry["name"]
+        if not isinstance(entry, str | dict) and not (
+                source == "build_study" and (callable(entry) or isinstance(entry, OptimizerEntry))):
             raise fail(f"{where}: expected a name like 'adam' or 'adam(betas=(0.9, 0.99))'; got {entry!r}")
         try:
-            spec = str(OptimizerSpec.parse(entry))
+            spec = optimizer_record(entry) if not (isinstance(entry, str) and _is_local_flow(entry)) \
+                else str(OptimizerSpec.parse(entry))
         except OptimlabError as e:
             raise fail(f"{where}: {e}") from None
         grid += [(spec, lr, seed, d, c) for lr in lrs for d in dual_lrs for c in penalties for seed in seeds]
     seen, duplicates = set(), []
     for run in grid:
-        if run in seen:
+        key = (optimizer_label(run[0]), *run[1:])
+        if key in seen:
             duplicates.append(run)
-        seen.add(run)
+        seen.add(key)
     if duplicates:
-        shown = "; ".join(f"{o} lr={lr:g}{'' if d is None else f' dual_lr={d:g}'}"
+        shown = "; ".join(f"{optimizer_label(o)} lr={lr:g}{'' if d is None else f' dual_lr={d:g}'}"
                           f"{'' if c is None else f' penalty={c:g}'} seed={s}"
                           for o, lr, s, d, c in duplicates[:5])
         raise fail(f"duplicate configurations ({len(duplicates)}): {shown}. Each optimizer, learning "
                    "rate, dual learning rate, penalty coefficient and seed may appear once")
 
     shared = {k: doc[k] for k in SHARED if k in doc}
-    shared.setdefault("model_options", {})
-    if not isinstance(shared["model_options"], dict):
-        raise fail(f"model_options must be a table, e.g. [model_options] hidden = 100; "
-                   f"got {shared['model_options']!r}")
+    for key in ("model_options", "dataset_options"):
+        shared.setdefault(key, {})
+        if not isinstance(shared[key], dict):
+            raise fail(f"{key} must be a table, e.g. [{key}] hidden = 100; got {shared[key]!r}")
     device = doc.get("device", "auto")
     try:  # every shared setting checked by the one place that knows them, with every optimizer
-        for optimizer in dict.fromkeys(o for o, *_ in grid):
+        for label in dict.fromkeys(optimizer_label(o) for o, *_ in grid):
+            optimizer = next(o for o, *_ in grid if optimizer_label(o) == label)
             TrainConfig(**shared, optimizer=optimizer, lr=grid[0][1], device=device)
     except (OptimlabError, TypeError) as e:
         raise fail(str(e)) from None
-    shared = TrainConfig(**shared, optimizer="sgd", lr=1.0).to_dict()
+    checked = TrainConfig(**shared, optimizer="sgd", lr=1.0)  # names normalized, objects kept
+    shared = {f.name: getattr(checked, f.name) for f in dataclasses.fields(TrainConfig)}
     for k in ("optimizer", "lr", "seed", "device", "dual_lr", "penalty"):
         shared.pop(k)
     return StudySpec(name=name.strip(), shared=shared, grid=tuple(grid),
-                     executor=_executor(doc.get("executor", {}), fail), device=device, text=text)
+                     executor=_executor(doc.get("executor", {}), fail), device=device, text=text,
+                     python_path=tuple(python_path))
+
+
+def _is_local_flow(text: str) -> bool:
+    return OptimizerSpec.parse(text).name in LOCAL_FLOW
+
+
+def _python_path(value, base: Path, fail) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise fail(f"python_path must be a list of folders such as ['src']; got {value!r}")
+    out = []
+    for v in value:
+        folder = (base / v).resolve()
+        if not folder.is_dir():
+            raise fail(f"python_path: {v!r} is not a folder (looked for {folder})")
+        out.append(str(folder))
+    return out
+
+
+def add_to_python_path(folders) -> None:
+    """Put the user's code folders first on ``sys.path`` (once each), and drop stale imports of
+    nothing: a folder added later is searched by the next import."""
+    import importlib
+    import sys
+
+    for folder in reversed(list(folders)):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    importlib.invalidate_caches()
 
 
 def _constraint_axes(doc: dict, fail) -> tuple[list, list]:

@@ -6,10 +6,12 @@ Rows reach the database only together with the checkpoint they belong to, in one
 last checkpoint: no partial or duplicate rows, at most one epoch of the runs in flight to redo.
 Only the process that drives the study writes; workers send it their checkpoints.
 
-Schema 2 (schema 1 stores are upgraded when opened): a run's ``dual_lr`` (NULL without multipliers)
+Schema 3 (older stores are upgraded when opened): a run's ``dual_lr`` (NULL without multipliers)
 and ``penalty`` (NULL without a penalty coefficient), and an ``extras`` JSON object per evaluation and
 log row for the columns only some studies have
-(``violation_<constraint>``, ``multiplier_<constraint>``, a constrained run's batch ``accuracy``).
+(``violation_<constraint>``, ``multiplier_<constraint>``, a constrained run's batch ``accuracy``)
+(schema 2); a run's ``engine``, how it was trained ("vectorized: a group of 6 runs", "one by one:
+<why>"), and in ``meta`` the ``code`` the study imports, with a fingerprint of its files (schema 3).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from optimlab import __version__
 from optimlab.errors import OptimlabError
 from optimlab.study.spec import StudySpec
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # what tells runs apart (NULL, "not an axis", as 0: no learning rate or coefficient is 0)
 RUN_KEY = "(optimizer, lr, seed, coalesce(dual_lr, 0), coalesce(penalty, 0))"
 EVAL_COLUMNS = ("step", "epoch", "batch_loss", "train_loss", "train_accuracy", "test_loss",
@@ -52,7 +54,8 @@ CREATE TABLE IF NOT EXISTS runs (
     attempts INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     worker INTEGER,
-    updated REAL
+    updated REAL,
+    engine TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS runs_configuration ON runs {RUN_KEY};
 CREATE TABLE IF NOT EXISTS evals (
@@ -142,7 +145,23 @@ class StudyStore:
             )
         if version == 1:
             store._upgrade_from_1()
+            version = 2
+        if version == 2:
+            store._upgrade(2, [("runs", "engine TEXT")])
         return store
+
+    def _upgrade(self, version: int, columns: list[tuple[str, str]]) -> None:
+        """Schema ``version`` -> ``version + 1``: new columns (NULL in the rows already there)."""
+        try:
+            with self.transaction():
+                for table, column in columns:
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+                self._set_meta(schema_version=str(version + 1))
+        except sqlite3.OperationalError as e:
+            self.conn.close()
+            raise OptimlabError(f"{self.path} is a store of schema {version} and must be upgraded to schema "
+                                f"{version + 1} to be opened, which failed: {e}. Open a writable copy of "
+                                "it") from None
 
     def _upgrade_from_1(self) -> None:
         """Schema 1 -> 2: the dual_lr, penalty and extras columns (empty: schema 1 had no constrained
@@ -158,8 +177,7 @@ class StudyStore:
                 shared = definition.get("shared", {})
                 shared.pop("dual_lr", None)
                 shared.setdefault("formulation", "lagrangian")
-                self._set_meta(definition=json.dumps(definition, sort_keys=True),
-                               schema_version=str(SCHEMA_VERSION))
+                self._set_meta(definition=json.dumps(definition, sort_keys=True), schema_version="2")
         except sqlite3.OperationalError as e:
             self.conn.close()
             raise OptimlabError(f"{self.path} is a store of schema 1 and must be upgraded to schema "
@@ -167,11 +185,14 @@ class StudyStore:
                                 "copy of it") from None
 
     @classmethod
-    def create(cls, path: str | Path, spec: StudySpec, extend: bool = False) -> StudyStore:
+    def create(cls, path: str | Path, spec: StudySpec, extend: bool = False, code: dict | None = None,
+               code_changed: bool = False) -> StudyStore:
         """Open the store of ``spec`` at ``path``, creating it, or check that it holds this study.
 
         A store of another study file is refused unless ``extend``, which adds the new runs of a
-        file whose shared settings (data, model, budget, ...) are the same.
+        file whose shared settings (data, model, budget, ...) are the same. ``code``: the fingerprint
+        of the user's code the study imports (:func:`optimlab.study.code.fingerprint`); a store whose
+        recorded code differs is refused unless ``code_changed``.
         """
         path = Path(path)
         try:
@@ -191,18 +212,31 @@ class StudyStore:
         with store.transaction():
             if existed:
                 store._check_same_study(spec, extend)
+                store._check_same_code(code, code_changed)
             else:
                 store._set_meta(schema_version=str(SCHEMA_VERSION), name=spec.name,
                                 created=str(time.time()))
             store._set_meta(study_file=spec.text, definition=spec.definition(),
-                            environment=json.dumps(environment()))
+                            environment=json.dumps(environment()),
+                            code=json.dumps(code or {}, sort_keys=True))
             for config in spec.configs():
                 store.conn.execute(
                     "INSERT OR IGNORE INTO runs (optimizer, lr, seed, dual_lr, penalty, config, updated) "
                     "VALUES (?,?,?,?,?,?,?)",
-                    (config.optimizer, config.lr, config.seed, config.dual_lr if config.has_multipliers
+                    (config.optimizer_label, config.lr, config.seed, config.dual_lr if config.has_multipliers
                      else None, config.penalty, json.dumps(config.to_dict()), time.time()))
         return store
+
+    def _check_same_code(self, code: dict | None, code_changed: bool) -> None:
+        from optimlab.study.code import changes
+
+        old = json.loads(self.meta("code") or "{}")
+        differ = changes(old, code or {})
+        if differ and not code_changed:
+            raise OptimlabError(
+                f"{self.path} holds runs of other code: {', '.join(differ)}. Runs trained by the old "
+                "code and the new would be mixed in one study: use another --out, or pass --code-changed "
+                "to go on anyway (the store then records the new fingerprint)")
 
     def _check_same_study(self, spec: StudySpec, extend: bool) -> None:
         old = json.loads(self.meta("definition") or "{}")
@@ -250,9 +284,11 @@ class StudyStore:
         row = self.conn.execute("SELECT data FROM checkpoints WHERE unit=?", (unit,)).fetchone()
         return row[0] if row else None
 
-    def start_unit(self, unit: str, run_ids: list[int], worker: int | None = None) -> bytes | None:
+    def start_unit(self, unit: str, run_ids: list[int], worker: int | None = None,
+                   engine: str | None = None) -> bytes | None:
         """Begin (or continue) a unit of work: returns its checkpoint (as stored), or None after
-        clearing any rows and checkpoints its runs have from an earlier cut of the study into units."""
+        clearing any rows and checkpoints its runs have from an earlier cut of the study into units.
+        ``engine``: how the unit is trained (recorded with its runs)."""
         ckpt = self.checkpoint(unit)
         with self.transaction():
             if ckpt is None:
@@ -263,8 +299,9 @@ class StudyStore:
                     if set(unit_runs(other)) & set(run_ids):
                         self.conn.execute("DELETE FROM checkpoints WHERE unit=?", (other,))
             self.conn.executemany(
-                "UPDATE runs SET status='running', attempts=attempts+1, error=NULL, worker=?, updated=? "
-                "WHERE id=?", [(worker or os.getpid(), time.time(), i) for i in run_ids])
+                "UPDATE runs SET status='running', attempts=attempts+1, error=NULL, worker=?, updated=?, "
+                "engine=coalesce(?, engine) WHERE id=?",
+                [(worker or os.getpid(), time.time(), engine, i) for i in run_ids])
         return ckpt
 
     def commit(self, unit: str, run_ids: list[int], checkpoint: bytes | None, results: list[dict],

@@ -1,24 +1,25 @@
 """Units of work of a study, and how one is trained wherever it runs (this process, a worker, Ray).
 
 A unit is one run, or a group of runs that differ only in learning rate and seed (and, constrained,
-dual learning rate and penalty coefficient), trained together by the vectorized engine. Training a
-unit reports progress through ``emit(checkpoint, results, finished)`` at the end of every epoch and
-at the end: ``checkpoint`` as bytes (``torch.save``) and ``results`` as plain dicts, so any
+dual learning rate and penalty coefficient), trained together by the vectorized engine. Runs that the
+engine cannot stack exactly (an optimizer not declared lr-linear, a model with Dropout, ...) are
+units of one run each; every unit carries a one-line ``engine`` note saying how it is trained and why.
+Training a unit reports progress through ``emit(checkpoint, results, finished)`` at the end of every
+epoch and at the end: ``checkpoint`` as bytes (``torch.save``) and ``results`` as plain dicts, so any
 transport can carry them to the process that owns the store.
 """
 
 from __future__ import annotations
 
-import functools
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from optimlab.constrained.named import parse_constraint
-from optimlab.data import Dataset, load_dataset
+from optimlab.data import Dataset
 from optimlab.devices import resolve_device
-from optimlab.optimizers import LOCAL_FLOW, OptimizerSpec
+from optimlab.errors import OptimlabError
 from optimlab.study.store import checkpoint_bytes, checkpoint_from_bytes, unit_key
-from optimlab.training import RunResult, TrainConfig, train
+from optimlab.training import RunResult, TrainConfig, load_data, train
 
 Emit = Callable[[bytes, list[dict], bool], None]
 
@@ -28,50 +29,64 @@ class Unit:
     run_ids: list[int]
     configs: list[TrainConfig]
     kind: str  # "run" or "group"
+    engine: str = ""  # how it is trained, and why not together when it could have been
+    python_path: tuple[str, ...] = field(default_factory=tuple)  # the user's code, for other processes
 
     @property
     def key(self) -> str:
         return unit_key(self.kind, self.run_ids)
 
     def to_message(self) -> dict:
+        """Plain values for another process; refuses settings that are Python objects."""
+        for config in self.configs:
+            if not config.portable:
+                raise OptimlabError(
+                    f"runs {self.run_ids} hold Python objects without an import path "
+                    f"({'; '.join(config.objects())}), which another process cannot rebuild: define "
+                    "them at module level in an importable module (python_path) and name them by import "
+                    "path, or use the sequential or vectorized executor")
         return {"run_ids": self.run_ids, "configs": [c.to_dict() for c in self.configs],
-                "kind": self.kind}
+                "kind": self.kind, "engine": self.engine, "python_path": list(self.python_path)}
 
     @classmethod
     def from_message(cls, msg: dict) -> Unit:
-        return cls(msg["run_ids"], [TrainConfig.from_dict(c) for c in msg["configs"]], msg["kind"])
+        from optimlab.study.spec import add_to_python_path
+
+        add_to_python_path(msg.get("python_path", []))  # before the configs import the user's code
+        return cls(msg["run_ids"], [TrainConfig.from_dict(c) for c in msg["configs"]], msg["kind"],
+                   msg.get("engine", ""), tuple(msg.get("python_path", [])))
 
 
-def plan_units(runs: list[dict], groups: bool) -> list[Unit]:
+def plan_units(runs: list[dict], groups: bool, configs: dict[int, TrainConfig] | None = None,
+               data_dir: str | None = None, python_path: tuple[str, ...] = ()) -> list[Unit]:
     """Cut runs (store rows) into units: one per run, or (``groups``) one per set of runs that
-    differ only in learning rate, seed, dual learning rate and penalty. Order: as the runs come."""
-    configs = [(r["id"], TrainConfig.from_dict(_config(r))) for r in runs]
-    if not groups or not all(groups_pay_off(c) for _, c in configs):
-        return [Unit([i], [c], "run") for i, c in configs]
-    from optimlab.study.vectorized import vectorizable_key
+    differ only in learning rate, seed, dual learning rate and penalty and that the vectorized engine
+    can stack exactly (else one per run, with the reason). ``configs``: run id -> the config of the
+    study in this process (which may hold objects); other runs are rebuilt from their stored config.
+    Order: as the runs come."""
+    configs = configs or {}
+    pairs = [(r["id"], configs.get(r["id"]) or TrainConfig.from_dict(_config(r))) for r in runs]
+    if not groups:
+        return [Unit([i], [c], "run", "one by one (executor)", python_path) for i, c in pairs]
+    from optimlab.study.vectorized import group_refusal, vectorizable_key
 
     buckets: dict[tuple, list[tuple[int, TrainConfig]]] = {}
-    for i, c in configs:
+    for i, c in pairs:
         buckets.setdefault(vectorizable_key(c), []).append((i, c))
-    return [Unit([i for i, _ in members], [c for _, c in members],
-                 "group" if len(members) > 1 else "run") for members in buckets.values()]
-
-
-def groups_pay_off(config: TrainConfig) -> bool:
-    """Whether training runs together is faster than one after another: not for convolutions on the
-    CPU, where the stacked CNN runs 2x slower than the runs one by one (15 Adam runs on Fashion-MNIST:
-    7.1 against 3.3 s a step), so those run one by one."""
-    from optimlab.study.vectorized import STACKED_MEASURES
-
-    if OptimizerSpec.parse(config.optimizer).name in LOCAL_FLOW or any(
-            parse_constraint(c).measure not in STACKED_MEASURES for c in config.constraints):
-        return False  # not supported by the vectorized engine: one by one
-    return not (config.model == "cnn" and resolve_device(config.device).type == "cpu")
+    units = []
+    for members in buckets.values():
+        first = members[0][1]
+        why = group_refusal(first, unit_data(first, data_dir))
+        if why is None and len(members) > 1:
+            units.append(Unit([i for i, _ in members], [c for _, c in members], "group",
+                              f"vectorized: a group of {len(members)} runs", python_path))
+        else:
+            note = f"one by one: {why}" if why else "one by one: no other run to train with"
+            units += [Unit([i], [c], "run", note, python_path) for i, c in members]
+    return units
 
 
 def _config(run: dict) -> dict:
-    import json
-
     return json.loads(run["config"]) if isinstance(run["config"], str) else run["config"]
 
 
@@ -80,17 +95,29 @@ def result_dict(r: RunResult) -> dict:
             "wall_time": r.wall_time, "evals": r.evals, "train_log": r.train_log}
 
 
-@functools.lru_cache(maxsize=2)
-def _dataset(name: str, normalize: bool, data_dir: str | None, device: str) -> Dataset:
-    return load_dataset(name, data_dir=data_dir, device=device, normalize=normalize)
+_DATA: dict[tuple, Dataset] = {}  # the last data sets loaded, by what names them
+
+
+def unit_data(config: TrainConfig, data_dir: str | None = None) -> Dataset:
+    """The data of a unit's runs on their device, loaded once per process for all units that share
+    them (two kept)."""
+    device = str(resolve_device(config.device))
+    ref = config.dataset
+    key = (ref if isinstance(ref, str) else id(ref), json.dumps(config.dataset_options, sort_keys=True,
+                                                                 default=str),
+           config.normalize, data_dir, device)
+    if key not in _DATA:
+        if len(_DATA) >= 2:
+            _DATA.pop(next(iter(_DATA)))
+        _DATA[key] = load_data(config, None, data_dir, device)
+    return _DATA[key]
 
 
 def train_unit(unit: Unit, checkpoint: bytes | None, emit: Emit, data_dir: str | None = None,
                on_eval: Callable | None = None) -> None:
     """Train ``unit`` from ``checkpoint`` (None: from the start), reporting through ``emit``."""
     first = unit.configs[0]
-    device = str(resolve_device(first.device))
-    data = _dataset(first.dataset, first.normalize, data_dir, device)
+    data = unit_data(first, data_dir)
     resume = checkpoint_from_bytes(checkpoint) if checkpoint is not None else None
 
     def report(ckpt: dict, results) -> None:

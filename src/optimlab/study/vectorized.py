@@ -27,6 +27,21 @@ diverged slice's multipliers and dual state are zeroed with its parameters. The 
 (still ``optimlab.group/1``: an unconstrained group's is unchanged) then carries ``constrained``,
 the stacked multipliers and the dual optimizer's state.
 
+Buffers are stacked as the parameters are, (S, L, *shape), and are live: BatchNorm's in-place
+updates of running_mean, running_var and num_batches_tracked inside ``functional_call`` under the
+two vmaps write into the stacked tensors, each slice its own (measured, torch 2.13: after one step
+every slice's statistics equal its independent copy's to 6e-8, the counters exactly), so nothing is
+carried by hand, and the checkpoint's ``buffers`` are the updated statistics. The model is in train
+mode for the steps and in eval mode (running statistics) for :meth:`_Stack.evaluate`, as
+:func:`optimlab.training.evaluate` puts it. :func:`stacking_refusal` says which models cannot be
+stacked exactly, and why: those drawing random numbers in training (Dropout and its kin, RReLU;
+with ``vmap(randomness="different")`` slice k draws the k-th of K consecutive masks of one stream,
+measured: 50% of its mask differs from the one an independent run starting from the same state
+draws, and each step draws K masks where a run draws one; ``randomness="same"`` gives every slice
+one mask. Nor does :func:`optimlab.training.train` seed the stream its masks come from: they depend
+on the caller's state, not on the config), BatchNorm with ``momentum=None``, and any model a tiny
+stacked trial fails on or does not reproduce.
+
 Where the time went (torch.profiler and cProfile, 15 runs of an MLP on Fashion-MNIST, one CPU
 thread), and what was done about it:
 
@@ -46,6 +61,7 @@ thread), and what was done about it:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -58,13 +74,15 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.overrides import TorchFunctionMode
 
+from optimlab import registry
 from optimlab.constrained.formulations import make_formulation
 from optimlab.constrained.named import parse_constraint
 from optimlab.constrained.optimizer import set_maximize
-from optimlab.data import Dataset, epoch_batches, load_dataset, steps_per_epoch
+from optimlab.data import Dataset, epoch_batches, steps_per_epoch
 from optimlab.devices import resolve_device
 from optimlab.errors import OptimlabError
-from optimlab.optimizers import LOCAL_FLOW, OptimizerSpec, build_optimizer
+from optimlab.optimizers import OptimizerSpec
+from optimlab.tasks import TASKS, Task
 from optimlab.training import (
     EVAL_BATCH,
     RunProgress,
@@ -74,13 +92,16 @@ from optimlab.training import (
     config_differences,
     evaluated_at,
     init_model,
+    load_data,
+    local_flow_name,
     progress_bar,
     record_losses,
     run_result,
+    task_of,
     total_steps,
 )
 
-__all__ = ["GROUP_FORMAT", "check_group", "train_group", "vectorizable_key"]
+__all__ = ["GROUP_FORMAT", "check_group", "stacking_refusal", "train_group", "vectorizable_key"]
 
 GROUP_FORMAT = "optimlab.group/1"
 # the only settings in which the runs of a group may differ (the last two: constrained runs)
@@ -95,8 +116,9 @@ EVAL_FLOATS = EVAL_BATCH * 64 * 32 * 32
 
 def vectorizable_key(config: TrainConfig) -> tuple:
     """Every setting of ``config`` but ``lr``, ``seed``, ``dual_lr`` and ``penalty``, hashable:
-    configs with equal keys can be trained together by :func:`train_group`."""
-    return tuple((k, _frozen(v)) for k, v in config.to_dict().items() if k not in VARYING)
+    configs with equal keys can be trained together by :func:`train_group` (objects: by identity)."""
+    return tuple((f.name, _frozen(getattr(config, f.name))) for f in dataclasses.fields(config)
+                 if f.name not in VARYING)
 
 
 def _frozen(value: object) -> object:
@@ -104,30 +126,89 @@ def _frozen(value: object) -> object:
         return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
     if isinstance(value, list | tuple):
         return tuple(_frozen(v) for v in value)
+    try:
+        hash(value)
+    except TypeError:  # an unhashable object of the user's (a Dataset): itself, by identity
+        return ("<object>", id(value))
     return value
 
 
-def check_group(configs: list[TrainConfig]) -> None:
+# convolutions on the CPU: the stacked seed-004 CNN measured 2x slower than its runs one by one
+# (15 Adam runs on Fashion-MNIST, one thread: 7.1 against 3.3 s a step)
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def group_refusal(config: TrainConfig, data: Dataset, always: bool = False) -> str | None:
+    """Why the runs of ``config``'s group are trained one by one rather than stacked (a line for the
+    log and the store), or None when :func:`train_group` trains them together exactly. Unless
+    ``always``, also when stacking is measured slower (convolutions on the CPU)."""
+    if local_flow_name(config.optimizer):
+        return "local-flow optimizers are built per run (they need the model and the batch)"
+    unknown = [c for c in config.constraints if parse_constraint(c).measure not in STACKED_MEASURES]
+    if unknown:
+        return f"constraint {unknown[0]!r} has no stacked measure"
+    why = registry.resolve_optimizer(config.optimizer).why_not_stacked()
+    if why:
+        return why
+    model = init_model(config, data)
+    spec = config.optimizer if isinstance(config.optimizer, str) else None
+    why = stacking_refusal(model, data.input_shape, optimizer=spec and OptimizerSpec.parse(spec).name)
+    if why:
+        return why
+    task = task_of(config, data)
+    if task not in TASKS.values():
+        why = _loss_refusal(task, model, data)
+        if why:
+            return why
+    if not always and resolve_device(config.device).type == "cpu" and any(
+            isinstance(m, CONVOLUTIONS) for m in model.modules()):
+        return ("the model has convolutions, which train faster one by one on the CPU (stacked: measured "
+                "2x slower); [executor] stack = \"always\" stacks them anyway")
+    return None
+
+
+def _loss_refusal(task: Task, model: nn.Module, data: Dataset) -> str | None:
+    """Whether the user's loss runs under vmap on two stacked outputs and gives each its own value."""
+    with torch.no_grad():
+        x = data.x_train[:2].to("cpu")
+        out = copy.deepcopy(model).to("cpu").eval()(x)
+        y = data.y_train[:2].to("cpu")
+    outs = torch.stack([out, 2 * out])
+    try:
+        got = vmap(task.stacked_loss, in_dims=(0, None))(outs, y)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"the loss {task.name} cannot run under vmap ({type(e).__name__}: {first}); trained run by run"
+    want = torch.stack([task.loss(o, y) for o in outs])
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-5, atol=1e-6):
+        return f"the loss {task.name} gives other values under vmap; trained run by run"
+    return None
+
+
+def check_group(configs: list[TrainConfig], data: Dataset | None = None) -> None:
     """Raise :class:`OptimlabError` naming the first setting, other than lr, seed, dual_lr and
-    penalty, in which the runs differ."""
+    penalty, in which the runs differ, or (with ``data``) why they cannot be stacked exactly."""
     if not configs:
         raise OptimlabError("a group of runs needs at least one run")
-    if OptimizerSpec.parse(configs[0].optimizer).name in LOCAL_FLOW:
+    if local_flow_name(configs[0].optimizer):
         raise OptimlabError("local-flow optimizers are not trained in vectorized groups (yet): train "
                             "them one by one (executor sequential or processes)")
     unknown = [c for c in configs[0].constraints if parse_constraint(c).measure not in STACKED_MEASURES]
     if unknown:
         raise OptimlabError(f"constraint {unknown[0]!r} is not trained in vectorized groups (yet): train "
                             "its runs one by one (executor sequential or processes)")
-    first = configs[0].to_dict()
+    first = vectorizable_key(configs[0])
     for i, config in enumerate(configs[1:], start=1):
-        mine = config.to_dict()
-        for k, v in first.items():
-            if k not in VARYING and mine[k] != v:
+        for (k, v), (_, mine) in zip(first, vectorizable_key(config), strict=True):
+            if mine != v:
                 raise OptimlabError(
                     f"runs trained together may differ only in lr, seed, dual_lr and penalty; run {i} has "
-                    f"{k}={mine[k]!r} where run 0 has {k}={v!r}"
+                    f"{k}={getattr(config, k)!r} where run 0 has {k}={getattr(configs[0], k)!r}"
                 )
+    if data is not None:
+        why = group_refusal(configs[0], data, always=True)
+        if why:
+            raise OptimlabError(f"these runs cannot be trained together exactly: {why}")
 
 
 def train_group(
@@ -156,10 +237,9 @@ def train_group(
     check_group(configs)
     base = configs[0]
     device = resolve_device(base.device)
-    if data is None:
-        data = load_dataset(base.dataset, data_dir=data_dir, device=device, normalize=base.normalize)
-    data = data.to(device)
+    data = load_data(base, data, data_dir, device)
     check_batch_size(base.batch_size, data)
+    check_group(configs, data)
     group = _Group(configs, data, device)
     if resume_from is not None:
         group.restore(resume_from)
@@ -224,18 +304,19 @@ class _Stack:
     """
 
     def __init__(self, models: list[nn.Module], width: int, data: Dataset, device: torch.device,
-                 with_accuracy: bool = False):
+                 with_accuracy: bool = False, task: Task | None = None):
         stacked, buffers = stack_module_state([m for m in models for _ in range(width)])
         grid = (len(models), width)
         self.params = {k: v.detach().reshape(*grid, *v.shape[1:]).to(device).requires_grad_()
                        for k, v in stacked.items()}
+        # live: BatchNorm's in-place updates inside functional_call under the vmaps land in these
         self.buffers = {k: v.reshape(*grid, *v.shape[1:]).to(device) for k, v in buffers.items()}
         self.names = [*self.params, *self.buffers]
         self.tensors = (*self.params.values(), *self.buffers.values())
-        self.template = copy.deepcopy(models[0]).to("meta")
-        self.task = data.task
-        self.loss_fn = _mean_loss(data.task)
-        self.with_accuracy = with_accuracy and data.task == "classification"
+        self.template = copy.deepcopy(models[0]).to("meta").train()  # eval only in evaluate
+        self.task = task or TASKS[data.task]
+        self.loss_fn = self.task.stacked_loss
+        self.with_accuracy = with_accuracy and self.task.accuracy
         stacked_dims = (0,) * len(self.tensors)
         per_seed = vmap(self._loss, in_dims=(*stacked_dims, None, None))  # the batch: shared
         self._losses = vmap(per_seed, in_dims=(*stacked_dims, 0, 0))  # the batch: one per seed
@@ -243,6 +324,9 @@ class _Stack:
         self._sums = vmap(vmap(self._sum_metrics, in_dims=shared), in_dims=shared)
         act = _largest_activation(self.template, data.input_shape)
         self.eval_chunk = max(1, min(EVAL_BATCH, EVAL_FLOATS // (grid[0] * grid[1] * act)))
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None
+               for m in self.template.modules()):  # batch statistics in eval mode too: the outputs
+            self.eval_chunk = EVAL_BATCH  # depend on the chunks, evaluate's (memory over the bound)
 
     def _apply(self, tensors: tuple, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.template, dict(zip(self.names, tensors, strict=True)), (x,))
@@ -257,10 +341,10 @@ class _Stack:
     def _sum_metrics(self, *args):
         *tensors, x, y = args
         out = self._apply(tensors, x)
-        if self.task == "classification":  # argmax: 3x faster on (batch, class) than on its transpose
+        if self.task.accuracy:  # argmax: 3x faster on (batch, class) than on its transpose
             hits = (out.contiguous().argmax(dim=1) == y).sum()
-            return _cross_entropies(out, y).sum(), hits
-        return 0.5 * (out - y).square().sum(), torch.zeros((), dtype=torch.int64)
+            return self.task.stacked_loss_sum(out, y), hits
+        return self.task.stacked_loss_sum(out, y), torch.zeros((), dtype=torch.int64)
 
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Mean batch loss of every slice: x (S, B, *input), y (S, B) -> (S, L); with
@@ -284,7 +368,7 @@ class _Stack:
         self.template.train()
         n = x.shape[0]
         losses = [[v / n for v in row] for row in loss_sum.tolist()]
-        if self.task != "classification":
+        if not self.task.accuracy:
             return losses, None
         return losses, [[c / n for c in row] for row in correct.tolist()]
 
@@ -297,36 +381,148 @@ class _Stack:
         return {k: v[s, j].detach().clone() for k, v in {**self.params, **self.buffers}.items()}
 
 
-def _mean_loss(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """:func:`optimlab.training.loss_function`, the same loss written to batch well under vmap:
-    cross-entropy as mean(logsumexp(out) - out[y]) (``F.cross_entropy`` went through a Python
-    decomposition of ``nll_loss``: 2.6x slower, 1 ms a step for 15 runs); 1/2 mean squared error
-    by hand (``F.mse_loss`` with a target shared by the slices mixes them up, torch 2.13: "size
-    of tensor a (200) must match the size of tensor b (100)" for 2 x 2 slices of 100)."""
-    if task == "classification":
-        return lambda out, y: _cross_entropies(out, y).mean()
-    return lambda pred, y: 0.5 * (pred - y).square().mean()
-
-
-def _cross_entropies(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """-log softmax(out)[y] of each sample: out (B, C), y (B,) -> (B,)."""
-    return out.logsumexp(dim=-1) - out.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-
-
 def _largest_activation(template: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Floats in the largest activation of one sample (a forward pass on the meta device)."""
+    """Floats in the largest activation of one sample (a forward pass of two samples on the meta
+    device, in eval mode: BatchNorm refuses a batch of one sample where it takes batch statistics)."""
     sizes = [math.prod(input_shape)]
     def record(_module, _inputs, out) -> None:
         if isinstance(out, torch.Tensor):
             sizes.append(out[0].numel())
 
     hooks = [m.register_forward_hook(record) for m in template.modules()]
+    was_training = template.training
     try:
-        template(torch.empty(1, *input_shape, device="meta"))
+        template.eval()
+        template(torch.empty(2, *input_shape, device="meta"))
     finally:
+        template.train(was_training)
         for h in hooks:
             h.remove()
     return max(sizes)
+
+
+# modules that draw random numbers in training: a vmapped slice cannot draw its independent run's
+RANDOM_IN_TRAINING = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                      nn.FeatureAlphaDropout, nn.RReLU)
+# the tiny trial: a stacked slice equals its copy's own forward and backward within these, relative to
+# the largest element of all its gradients (or buffers; batched kernels sum in another order: 1e-6
+# of it measured, elements made of cancelling terms included); a lost update is off by far more
+TRIAL_RTOL, TRIAL_ATOL = 1e-4, 1e-6
+# a parameter whose whole gradient is below this fraction of the largest (of all parameters) in the
+# trial gets rounding noise only (a bias right before a BatchNorm: 1e-7 measured; others 1e-2 and up)
+NOISE_GRADIENT = 1e-5
+# the optimizers whose step is linear in the gradient: a noise gradient makes a noise step
+GRADIENT_LINEAR = ("sgd", "momentum", "nesterov")
+
+
+def stacking_refusal(model: nn.Module, input_shape: tuple[int, ...],
+                     optimizer: str | None = None) -> str | None:
+    """None when the runs of ``model`` (inputs of ``input_shape`` a sample) trained by ``optimizer``
+    (a spec; None: any) can be stacked exactly, each slice equal to its independent run; else a
+    one-line reason, ending "trained run by run".
+
+    By module type: those of ``RANDOM_IN_TRAINING`` (Dropout, Dropout1d/2d/3d, AlphaDropout,
+    FeatureAlphaDropout with p > 0 -- at p = 0 they draw nothing --, RReLU) draw random numbers in
+    training, and vmapped slices cannot draw the masks of the independent runs (module docstring);
+    BatchNorm with ``momentum=None`` reads num_batches_tracked as a Python number, which vmap
+    refuses. BatchNorm otherwise is stacked, with or without running statistics.
+
+    Then a trial, as :class:`_Stack` applies a model: 2 seeds x 2 slots of copies of ``model``
+    (parameters moved apart), a batch of 4 samples a seed (2 make BatchNorm1d's output +-1 whatever
+    its input), one forward in train mode and its backward, one forward in eval mode. Refused when
+    vmap raises (the exception's first line in the reason) or when a slice's loss, gradients or
+    buffers differ from its copy's own run: a forward that replaces a buffer instead of updating it
+    in place, for one, loses the update under ``functional_call``. Python attributes a forward
+    changes are not seen. Errors of the model itself, outside vmap, propagate.
+
+    Unless ``optimizer`` is one of ``GRADIENT_LINEAR``, also refused: a parameter whose gradient is
+    rounding noise only, as a bias right before a BatchNorm (the normalization subtracts it out). Adam
+    and its kin normalize that noise into steps of about lr, which follow the summation order of the
+    kernels: measured, a BatchNorm CNN, 16 Adam steps at lr 3e-3, such biases and their BatchNorm's
+    running_mean 2e-2 off the independent run (every other tensor 2e-6), eval-mode test loss 1e-3
+    (a rerun of ``train`` with another thread count drifts alike). Build such layers with bias=False.
+    """
+    for name, module in model.named_modules():
+        where = f"{type(module).__name__}{f' (module {name})' if name else ''}"
+        if isinstance(module, RANDOM_IN_TRAINING) and getattr(module, "p", 1.0) != 0:
+            return (f"the model has {where}: its random numbers in training cannot reproduce the "
+                    "independent runs' under vmap; trained run by run")
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats \
+                and module.momentum is None:
+            return (f"the model has {where} with momentum=None: its cumulative average reads "
+                    "num_batches_tracked as a number, which vmap cannot; trained run by run")
+    tensors = [*model.parameters(), *model.buffers()]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    # the copies' own runs may draw random numbers: the caller's streams are kept
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return _stacking_trial(model, input_shape, device, optimizer)
+
+
+def _stacking_trial(model: nn.Module, input_shape: tuple[int, ...], device: torch.device,
+                    optimizer: str | None) -> str | None:
+    """The trial of :func:`stacking_refusal`: its reason, or None."""
+    gen = torch.Generator().manual_seed(0)
+    copies = [copy.deepcopy(model).train() for _ in range(4)]  # [seed 0: slots 0, 1; seed 1: ...]
+    with torch.no_grad():
+        for m in copies[1:]:  # distinct slices, so that mixed-up ones show
+            for p in m.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=gen).to(p))
+    x = torch.randn(2, 4, *input_shape, generator=gen).to(device)  # (seed, sample, *input)
+    stacked, buffers = stack_module_state(copies)  # copies of the copies' initial state
+    params = {k: v.detach().reshape(2, 2, *v.shape[1:]).requires_grad_() for k, v in stacked.items()}
+    buffers = {k: v.reshape(2, 2, *v.shape[1:]) for k, v in buffers.items()}
+    names = [*params, *buffers]
+    template = copy.deepcopy(model).to("meta").train()
+
+    def loss(*args):
+        *ts, xb = args
+        return functional_call(template, dict(zip(names, ts, strict=True)), (xb,)).square().mean()
+
+    dims = (0,) * len(names)
+    wants = []
+    for k, m in enumerate(copies):  # each copy's own run, outside vmap
+        want = m(x[k // 2]).square().mean()
+        want.backward()
+        with torch.no_grad():
+            wants.append((want.detach(), m.eval()(x[0]).square().mean()))
+    try:
+        with _SharedInputLinear():
+            losses = vmap(vmap(loss, in_dims=(*dims, None)), in_dims=(*dims, 0))(
+                *params.values(), *buffers.values(), x)
+            losses.sum().backward()
+            template.eval()
+            with torch.no_grad():
+                evals = vmap(vmap(loss, in_dims=(*dims, None)), in_dims=(*dims, None))(
+                    *params.values(), *buffers.values(), x[0])
+    except Exception as e:  # whatever vmap refuses: the reason names it
+        first = (str(e).strip().splitlines() or [""])[0]
+        return f"vmap cannot apply the model ({type(e).__name__}: {first}); trained run by run"
+    for k, (m, (want, want_eval)) in enumerate(zip(copies, wants, strict=True)):
+        s, j = divmod(k, 2)
+        zero = torch.zeros(0, device=device)
+        kinds = {  # each kind measured on the scale of its largest element (of all its tensors)
+            "loss": [("loss", losses[s, j], want), ("eval-mode loss", evals[s, j], want_eval)],
+            "gradient": [(n, zero if params[n].grad is None else params[n].grad[s, j],
+                          zero if p.grad is None else p.grad) for n, p in m.named_parameters()],
+            "buffer": [(n, buffers[n][s, j], b) for n, b in m.named_buffers()],
+        }
+        for kind, pairs in kinds.items():
+            pairs = [(n, got.double(), ref.double()) for n, got, ref in pairs]
+            scale = max((ref.abs().max().item() for _, _, ref in pairs if ref.numel()), default=0.0)
+            for n, got, ref in pairs:
+                if got.shape != ref.shape or got.numel() and (got - ref).abs().max() > (
+                        TRIAL_RTOL * scale + TRIAL_ATOL):
+                    what = n if kind == "loss" else f"{kind} {n}"
+                    return f"a stacked copy does not reproduce its own run ({what}); trained run by run"
+    name = OptimizerSpec.parse(optimizer).name if optimizer is not None else None
+    grads = {n: p.grad.abs().max().item() for n, p in copies[0].named_parameters()
+             if p.grad is not None and p.numel()}
+    noise = [n for n, g in grads.items() if g < NOISE_GRADIENT * max(grads.values())]
+    if name not in GRADIENT_LINEAR and noise:
+        return (f"the gradient of {noise[0]} is rounding noise only (a bias before a BatchNorm?): "
+                f"{name or 'an adaptive optimizer'} scales it up to steps of ~lr that follow the kernels' "
+                "summation order (give the layer bias=False); trained run by run")
+    return None
 
 
 class _ScaledOptimizer:
@@ -337,7 +533,7 @@ class _ScaledOptimizer:
     p before the step and the lerp after, two passes over the parameters.
     """
 
-    def __init__(self, spec: str, params: list[torch.Tensor], lrs: torch.Tensor):
+    def __init__(self, spec: object, params: list[torch.Tensor], lrs: torch.Tensor):
         self.optimizer = _build_fast(spec, params)
         self.params = params
         self.lrs = lrs
@@ -369,18 +565,20 @@ class _ScaledOptimizer:
                     value[s, j] = 0.0
 
 
-def _build_fast(spec: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+def _build_fast(spec: object, params: list[torch.Tensor]) -> torch.optim.Optimizer:
     """The optimizer of ``spec`` at lr=1, with torch's fused kernel where it has one (unless the spec
     chooses an implementation): on stacked parameters, several times faster than the default
     one-op-at-a-time implementation (Adam: 1.0 against 4.8 ms a step for 15 MLPs), which
-    reads and writes every state tensor once per operation."""
-    chosen = {"fused", "foreach"} & set(OptimizerSpec.parse(spec).options)
-    if not chosen and params[0].device.type in ("cpu", "cuda"):  # where every fused kernel runs
+    reads and writes every state tensor once per operation. Only torch.optim's own classes are
+    asked for ``fused``."""
+    resolved = registry.resolve_optimizer(spec)
+    chosen = {"fused", "foreach"} & set(resolved.options)
+    if not chosen and resolved.entry.source == "torch.optim" and params[0].device.type in ("cpu", "cuda"):
         try:
-            return build_optimizer(spec, params, lr=1.0, fused=True)
+            return resolved.build(params, lr=1.0, fused=True)
         except OptimlabError:  # no fused kernel for this optimizer
             pass
-    return build_optimizer(spec, params, lr=1.0)
+    return resolved.build(params, lr=1.0)
 
 
 class _Constraints:
@@ -410,7 +608,7 @@ class _Constraints:
         self.multipliers = torch.zeros(*layout.shape, m, device=device, requires_grad=True)
         self.optimizer = None
         if m:
-            self.optimizer = build_optimizer(base.dual_optimizer, [self.multipliers], lr=1.0)
+            self.optimizer = registry.build_optimizer(base.dual_optimizer, [self.multipliers], lr=1.0)
             set_maximize(self.optimizer)
         self.before = torch.empty_like(self.multipliers)
         self.weight = self.dual_lrs.unsqueeze(-1)  # a view: masking a slice's dual lr reaches it
@@ -545,7 +743,8 @@ class _Group:
         by_seed = {c.seed: c for c in reversed(configs)}
         self.models = [init_model(by_seed[s], data) for s in self.layout.seeds]  # on the CPU
         constrained = bool(self.base.constraints)
-        self.stack = _Stack(self.models, self.layout.width, data, device, with_accuracy=constrained)
+        self.stack = _Stack(self.models, self.layout.width, data, device, with_accuracy=constrained,
+                            task=task_of(self.base, data))
         self.duals = _Constraints(configs, self.layout, device) if constrained else None
         lrs = torch.zeros(self.layout.shape, device=device)
         for config, (s, j) in zip(configs, self.layout.cells, strict=True):
