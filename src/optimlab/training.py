@@ -7,6 +7,7 @@ A run that meets a non-finite batch loss stops with ``status="diverged"`` and ``
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -37,6 +38,9 @@ CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "optimlab.run/1"
 EVAL_BATCH = 1024  # bounds the memory of a CNN evaluation (1024 x 64 x 32 x 32 floats)
 FORMULATIONS = ("lagrangian", "augmented_lagrangian", "quadratic_penalty")
+# the run's stream of random operations in training (dropout) is seeded with seed + this: apart from
+# its initialization's (seed) for every seed below 2**32
+RANDOM_STREAM = 2**32
 # fields of TrainConfig that may change between a run and its resumption
 RESUMABLE_CHANGES = ("epochs", "iterations", "device")
 
@@ -298,7 +302,20 @@ def train(
 
     Without a folder: ``on_checkpoint(checkpoint, result_so_far)`` receives the checkpoint (a dict
     of tensors and plain values) at the same moments, and ``resume_from`` continues from one.
+
+    Random operations of training (Dropout's masks) draw from torch's global generators seeded for
+    the run with ``seed + RANDOM_STREAM`` (the checkpoint carries their state); the caller's
+    generators are restored afterwards.
     """
+    device = resolve_device(config.device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed + RANDOM_STREAM)
+        return _train(config, out, resume, data, data_dir, on_eval, progress, keep_model, resume_from,
+                      on_checkpoint)
+
+
+def _train(config, out, resume, data, data_dir, on_eval, progress, keep_model, resume_from,
+           on_checkpoint) -> RunResult:
     out = Path(out) if out is not None else None
     if resume and out is None:
         raise OptimlabError("resume needs the output folder of the run to continue (out=...)")
@@ -352,15 +369,17 @@ def train(
         state.wall_time = time.perf_counter() - started
         if on_checkpoint is None:
             return
-        on_checkpoint({
+        # a snapshot, not views of the live tensors and lists (a caller may keep it)
+        on_checkpoint(copy.deepcopy({
             "format": CHECKPOINT_FORMAT, "config": config.to_dict(),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "rng": {"epoch_start": epoch_start, "torch": torch.get_rng_state()},
+            "rng": {"epoch_start": epoch_start, "torch": torch.get_rng_state(),
+                    **({"cuda": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})},
             "progress": state.to_dict(),
             **({"constrained": lagrangian.optimizer.state_dict()} if lagrangian is not None else {}),
             **({"scheduler": local.scheduler.state_dict()} if local is not None and local.scheduler
                is not None else {}),
-        }, run_result(config, state, device, None))
+        }), run_result(config, state, device, None))
 
     if state.step == 0 and not state.evals:
         record_eval(None)
@@ -602,6 +621,9 @@ def _restore(ckpt: dict, config: TrainConfig, model, optimizer, order, state: Ru
     optimizer.load_state_dict(ckpt["optimizer"])
     state.load(ckpt["progress"])
     torch.set_rng_state(ckpt["rng"]["torch"])
+    device = resolve_device(config.device)
+    if "cuda" in ckpt["rng"] and device.type == "cuda":  # dropout's masks on the GPU
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
     order.set_state(ckpt["rng"]["epoch_start"])  # the loop skips the batches of it already done
     if state.status == "completed":
         state.status = "running"  # a larger budget continues it; an equal one ends at once

@@ -75,7 +75,7 @@ def run_study(
         by_id = {r["id"]: mine[k] for r in todo
                  if (k := _run_key(r["optimizer"], r["lr"], r["seed"], r["dual_lr"], r["penalty"])) in mine}
         units = plan_units(todo, groups=executor.unit_kind == "groups", configs=by_id, data_dir=data_dir,
-                           python_path=spec.python_path)
+                           python_path=spec.python_path, stack_always=executor.stack == "always")
         board = _Board(store, len(rows), progress, verbose)
         board.explain(units)
         if executor.kind in ("sequential", "vectorized"):

@@ -31,6 +31,7 @@ process and of every worker and Ray task).
     units = "groups"             # what one worker trains: "runs" or "groups" (vectorized)
     address = "auto"             # ray: a cluster address; default: a local Ray
     max_attempts = 2             # tries per unit when a worker dies
+    stack = "auto"               # vectorized: "always" also stacks convolutions on the CPU (slower)
 
 Every error names the field, what was wrong and what is valid; a malformed file gives the line.
 """
@@ -86,13 +87,14 @@ FIELDS = {
     "formulation": "lagrangian (default), augmented_lagrangian or quadratic_penalty; needs constraints",
     "penalty_coefficients": "the penalty coefficients c, a list or {from, to, count} (default [1]); "
                             "needs a penalty formulation",
-    "executor": "a table: kind, workers, units, address, max_attempts",
+    "executor": "a table: kind, workers, units, address, max_attempts, stack",
 }
 # shared settings that stores written before them lack, with the value that means "not used"
 LATER_SETTINGS = {"dataset_options": {}, "loss": None}
 # the fields that are the user's own code, by import path
 CODE_FIELDS = ("model", "dataset", "loss")
-EXECUTOR_FIELDS = ("kind", "workers", "units", "address", "max_attempts")
+EXECUTOR_FIELDS = ("kind", "workers", "units", "address", "max_attempts", "stack")
+STACK = ("auto", "always")
 # settings shared by every run of the study (the rest of a run is optimizer, lr, seed, dual lr)
 SHARED = ("dataset", "dataset_options", "model", "model_options", "loss", "batch_size", "epochs",
           "iterations", "eval_every", "log_every", "drop_last", "normalize", "eval_train", "constraints",
@@ -107,6 +109,7 @@ class ExecutorSpec:
     units: str | None = None  # None: "groups" for vectorized, "runs" otherwise
     address: str | None = None
     max_attempts: int = 2
+    stack: str = "auto"  # vectorized: "always" stacks what is exact even where measured slower
 
     @property
     def unit_kind(self) -> str:
@@ -377,6 +380,9 @@ def check_executor(spec: ExecutorSpec, fail=OptimlabError) -> ExecutorSpec:
         raise fail(f"executor kind {spec.kind!r} is unknown; valid: {', '.join(EXECUTORS)}")
     if spec.units is not None and spec.units not in UNITS:
         raise fail(f"executor units {spec.units!r} is unknown; valid: {', '.join(UNITS)}")
+    if spec.stack not in STACK:
+        raise fail(f"executor stack {spec.stack!r} is unknown; valid: auto (stack what is exact where it pays "
+                   "off), always (wherever it is exact)")
     for name in ("workers", "max_attempts"):
         value = getattr(spec, name)
         if name == "workers" and value is None:

@@ -58,12 +58,13 @@ class Unit:
 
 
 def plan_units(runs: list[dict], groups: bool, configs: dict[int, TrainConfig] | None = None,
-               data_dir: str | None = None, python_path: tuple[str, ...] = ()) -> list[Unit]:
+               data_dir: str | None = None, python_path: tuple[str, ...] = (),
+               stack_always: bool = False) -> list[Unit]:
     """Cut runs (store rows) into units: one per run, or (``groups``) one per set of runs that
     differ only in learning rate, seed, dual learning rate and penalty and that the vectorized engine
     can stack exactly (else one per run, with the reason). ``configs``: run id -> the config of the
     study in this process (which may hold objects); other runs are rebuilt from their stored config.
-    Order: as the runs come."""
+    ``stack_always``: stack wherever it is exact, even where measured slower. Order: as the runs come."""
     configs = configs or {}
     pairs = [(r["id"], configs.get(r["id"]) or TrainConfig.from_dict(_config(r))) for r in runs]
     if not groups:
@@ -76,7 +77,7 @@ def plan_units(runs: list[dict], groups: bool, configs: dict[int, TrainConfig] |
     units = []
     for members in buckets.values():
         first = members[0][1]
-        why = group_refusal(first, unit_data(first, data_dir))
+        why = group_refusal(first, unit_data(first, data_dir), always=stack_always)
         if why is None and len(members) > 1:
             units.append(Unit([i for i, _ in members], [c for _, c in members], "group",
                               f"vectorized: a group of {len(members)} runs", python_path))

@@ -1,0 +1,69 @@
+"""Stores and checkpoints written by optimlab 0.1.0 before the registry (tests/fixtures/v0_1, made by
+that code) still load, continue and give the numbers they would have given."""
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from optimlab.report import make_report
+from optimlab.study import load_results, run_study
+from optimlab.study.spec import parse_study
+from optimlab.study.store import SCHEMA_VERSION, StudyStore
+from optimlab.study.vectorized import train_group
+from optimlab.training import TrainConfig, train
+
+FIXTURES = Path(__file__).parent / "fixtures" / "v0_1"
+# the settings the fixtures were written with (see their study.toml and the configs below)
+RUN = dict(dataset="mnist-10k:0,1", model="mlp", batch_size=500, epochs=2, device="cpu",
+           model_options={"hidden": 8})
+
+
+def test_a_run_checkpoint_of_0_1_continues_to_its_uninterrupted_numbers():
+    saved = torch.load(FIXTURES / "run_checkpoint.pt", weights_only=True)
+    expected = torch.load(FIXTURES / "run_expected.pt", weights_only=True)
+    assert "dataset_options" not in saved["config"]  # written before the setting existed
+    config = TrainConfig(**RUN, optimizer="momentum", lr=0.05, eval_every=None, seed=3)
+    resumed = train(config, resume_from=saved)
+    assert resumed.evals == [{**row, "wall_time": got["wall_time"]}
+                             for row, got in zip(expected["evals"], resumed.evals, strict=True)]
+    assert resumed.train_log == expected["train_log"]
+    for name, value in resumed.model.state_dict().items():
+        assert torch.equal(value, expected["params"][name]), name
+
+
+def test_a_group_checkpoint_of_0_1_continues_to_its_uninterrupted_numbers():
+    saved = torch.load(FIXTURES / "group_checkpoint.pt", weights_only=True)
+    expected = torch.load(FIXTURES / "group_expected.pt", weights_only=True)
+    configs = [TrainConfig(**RUN, optimizer="adam", lr=lr, seed=s) for s in (0, 1) for lr in (1e-3, 1e-2)]
+    resumed = train_group(configs, resume_from=saved)
+    for got, want in zip(resumed, expected, strict=True):
+        assert got.train_log == want["train_log"]
+        assert [{k: v for k, v in r.items() if k != "wall_time"} for r in got.evals] == \
+            [{k: v for k, v in r.items() if k != "wall_time"} for r in want["evals"]]
+
+
+def test_a_store_of_0_1_is_upgraded_read_reported_and_extended(tmp_path):
+    db = tmp_path / "study.db"
+    shutil.copy(FIXTURES / "study.db", db)
+    before = load_results(db)
+    store = StudyStore.open(db)
+    assert store.meta("schema_version") == str(SCHEMA_VERSION)
+    assert all(r["engine"] is None for r in store.runs())  # not recorded before schema 3
+    store.close()
+    assert len(before.runs) == 8 and set(before.runs.status) == {"completed"}
+    # the same study file is the same study: nothing is run again
+    text = (FIXTURES / "study.toml").read_text()
+    outcome = run_study(parse_study(text, "fixture.toml"), out=tmp_path, progress=False)
+    assert (outcome.completed, outcome.pending) == (8, 0)
+    assert load_results(db).evals.equals(before.evals)
+    # --extend adds a seed; the old runs keep their rows
+    grown = text.replace("seeds = [0, 1]", "seeds = [0, 1, 2]")
+    outcome = run_study(parse_study(grown, "fixture.toml"), out=tmp_path, extend=True, progress=False)
+    assert outcome.completed == 12
+    after = load_results(db)
+    old = after.evals[after.evals.run_id.isin(before.runs.run_id if "run_id" in before.runs
+                                              else before.runs.id)]
+    assert old.reset_index(drop=True).equals(before.evals.reset_index(drop=True))
+    report = make_report(db)
+    assert report.html.exists()
