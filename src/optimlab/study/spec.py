@@ -45,6 +45,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from optimlab.engine.config import FORMULATIONS, TrainConfig
 from optimlab.errors import OptimlabError
 from optimlab.optimizers import LOCAL_FLOW, OptimizerEntry, OptimizerSpec, check_lr
 from optimlab.registry import (
@@ -54,7 +55,6 @@ from optimlab.registry import (
     optimizer_label,
     optimizer_record,
 )
-from optimlab.training import FORMULATIONS, TrainConfig
 
 EXECUTORS = ("sequential", "vectorized", "processes", "ray")
 UNITS = ("runs", "groups")
@@ -381,8 +381,8 @@ def check_executor(spec: ExecutorSpec, fail=OptimlabError) -> ExecutorSpec:
     if spec.units is not None and spec.units not in UNITS:
         raise fail(f"executor units {spec.units!r} is unknown; valid: {', '.join(UNITS)}")
     if spec.stack not in STACK:
-        raise fail(f"executor stack {spec.stack!r} is unknown; valid: auto (stack what is exact where it pays "
-                   "off), always (wherever it is exact)")
+        raise fail(f"executor stack {spec.stack!r} is unknown; valid: auto (stack what is exact where it "
+                   "pays off), always (wherever it is exact)")
     for name in ("workers", "max_attempts"):
         value = getattr(spec, name)
         if name == "workers" and value is None:

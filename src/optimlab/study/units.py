@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 
 from optimlab.data import Dataset
 from optimlab.devices import resolve_device
+from optimlab.engine.build import load_data
+from optimlab.engine.config import TrainConfig
+from optimlab.engine.records import RunResult
+from optimlab.engine.run import train
 from optimlab.errors import OptimlabError
 from optimlab.study.store import checkpoint_bytes, checkpoint_from_bytes, unit_key
-from optimlab.training import RunResult, TrainConfig, load_data, train
 
 Emit = Callable[[bytes, list[dict], bool], None]
 

@@ -80,26 +80,22 @@ from optimlab.constrained.named import parse_constraint
 from optimlab.constrained.optimizer import set_maximize
 from optimlab.data import Dataset, epoch_batches, steps_per_epoch
 from optimlab.devices import resolve_device
-from optimlab.errors import OptimlabError
-from optimlab.optimizers import OptimizerSpec
-from optimlab.tasks import TASKS, Task
-from optimlab.training import (
+from optimlab.engine.build import check_batch_size, init_model, load_data, task_of, total_steps
+from optimlab.engine.config import TrainConfig, config_differences, local_flow_name
+from optimlab.engine.loop import run_loop
+from optimlab.engine.records import (
     EVAL_BATCH,
     RunProgress,
     RunResult,
-    TrainConfig,
-    check_batch_size,
-    config_differences,
+    eval_row,
     evaluated_at,
-    init_model,
-    load_data,
-    local_flow_name,
     progress_bar,
     record_losses,
     run_result,
-    task_of,
-    total_steps,
 )
+from optimlab.errors import OptimlabError
+from optimlab.optimizers import OptimizerSpec
+from optimlab.tasks import TASKS, Task
 
 __all__ = ["GROUP_FORMAT", "check_group", "stacking_refusal", "train_group", "vectorizable_key"]
 
@@ -762,49 +758,39 @@ class _Group:
     # -- the loop, step by step as optimlab.training.train --------------------------------------
 
     def run(self, on_checkpoint, on_eval, progress: bool, keep_models: bool) -> list[RunResult]:
+        """Train the group with the engine's loop, as :func:`optimlab.training.train` trains a run."""
         self.on_eval, self.on_checkpoint = on_eval, on_checkpoint
         self.started = time.perf_counter() - self.wall_time
         cfg = self.base
-        if self.step == 0 and not any(run.evals for run in self.runs):
-            self.record_eval([None] * len(self.runs))
         bar = progress_bar(self.total, self.step, progress)
-        epoch_start = [order.get_state() for order in self.orders]
-        while self.live() and self.step < self.total:
-            epoch_start = [order.get_state() for order in self.orders]
-            batches = [epoch_batches(self.data.num_train, cfg.batch_size, order, cfg.drop_last,
-                                     self.device) for order in self.orders]
-            skip = self.step - self.epoch * self.per_epoch  # > 0 only when resuming mid-epoch
-            pending: list[torch.Tensor] = []
-            last_losses: list = [None] * len(self.runs)
-            for i in range(skip, len(batches[0])):
-                pending.append(self.train_step(torch.cat([b[i] for b in batches])))
-                self.step += 1
-                at_eval = cfg.eval_every is not None and self.step % cfg.eval_every == 0
-                last = self.step == self.total or i == len(batches[0]) - 1
-                if self.step % cfg.log_every == 0 or at_eval or last:
-                    last_losses = self.flush(pending)
-                    bar.update(self.step - bar.n)
-                    if not self.live():
-                        break
-                    if at_eval or (self.step == self.total and not self.evaluated()):
-                        self.record_eval(last_losses)
-                if self.step == self.total:
-                    break
-            else:
-                self.epoch += 1
-                for k in self.live():
-                    self.runs[k].epoch = self.epoch
-                if cfg.eval_every is None and not self.evaluated():
-                    self.record_eval(last_losses)
-                epoch_start = [order.get_state() for order in self.orders]
-                self.save(epoch_start)
-                continue
-            break
+        run_loop(self, self.total, self.per_epoch, cfg.eval_every, cfg.log_every, bar)
+        return self.results(keep_models)
+
+    # -- the loop's Trainee protocol (optimlab.engine.loop) -------------------------------------
+
+    def running(self) -> bool:
+        return bool(self.live())
+
+    def has_evaluations(self) -> bool:
+        return any(run.evals for run in self.runs)
+
+    def order_state(self) -> list[torch.Tensor]:
+        return [order.get_state() for order in self.orders]
+
+    def epoch_batches(self) -> list[torch.Tensor]:
+        """Per step, the indices of every seed's batch, concatenated (S * B,)."""
+        cfg = self.base
+        batches = [epoch_batches(self.data.num_train, cfg.batch_size, order, cfg.drop_last, self.device)
+                   for order in self.orders]
+        return [torch.cat(step) for step in zip(*batches, strict=True)]
+
+    def end_epoch(self) -> None:
+        for k in self.live():
+            self.runs[k].epoch = self.epoch
+
+    def finish(self) -> None:
         for k in self.live():
             self.runs[k].status, self.runs[k].step = "completed", self.step
-        bar.close()
-        self.save(epoch_start)
-        return self.results(keep_models)
 
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:
         """One optimizer step of every slice on its seed's batch; idx (S * B,) -> losses (S, L)."""
@@ -853,11 +839,12 @@ class _Group:
     def evaluated(self) -> bool:
         return any(evaluated_at(self.runs[k], self.step) for k in self.live())
 
-    def record_eval(self, batch_losses: list[float | None]) -> None:
+    def record_eval(self, batch_losses: list[float | None] | None) -> None:
         """One evaluation row for every live run (all slices evaluated at once)."""
         live = self.live()
         if not live:
             return
+        batch_losses = batch_losses or [None] * len(self.runs)
         d = self.data
         train = self.stack.evaluate(d.x_train, d.y_train) if self.base.eval_train else None
         test = self.stack.evaluate(d.x_test, d.y_test)
@@ -865,13 +852,9 @@ class _Group:
         extras = self.duals.now(self.update.params) if self.duals is not None else None
         for k in live:
             s, j = self.layout.cells[k]
-            row = {"step": self.step, "epoch": round(self.step / self.per_epoch, 6),
-                   "batch_loss": batch_losses[k],
-                   "train_loss": train[0][s][j] if train else None,
-                   "train_accuracy": train[1][s][j] if train and train[1] else None,
-                   "test_loss": test[0][s][j],
-                   "test_accuracy": test[1][s][j] if test[1] else None,
-                   "lr": self.configs[k].lr, "wall_time": wall_time}
+            of = (lambda m, s=s, j=j: (m[0][s][j], m[1][s][j] if m[1] else None))  # noqa: E731
+            row = eval_row(self.step, self.per_epoch, batch_losses[k], of(train) if train else None,
+                           of(test), self.configs[k].lr, wall_time)
             if extras is not None:
                 row.update(extras[s][j])
             self.runs[k].evals.append(row)
