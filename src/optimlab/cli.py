@@ -222,6 +222,7 @@ def _study_run(args: argparse.Namespace) -> int:
 
 
 def _study_status(args: argparse.Namespace) -> int:
+    from optimlab.study import axes
     from optimlab.study.store import StudyStore
 
     store = StudyStore.open(args.db)
@@ -236,10 +237,7 @@ def _study_status(args: argparse.Namespace) -> int:
     for r in runs:
         if r["status"] not in ("completed", "diverged"):
             extra = f" ({r['error'].strip().splitlines()[-1]})" if r["error"] else ""
-            dual = f" dual_lr={r['dual_lr']:g}" if r["dual_lr"] is not None else ""
-            dual += f" penalty={r['penalty']:g}" if r["penalty"] is not None else ""
-            print(f"  {r['status']:<8} {r['optimizer']} lr={r['lr']:g}{dual} seed={r['seed']} "
-                  f"steps={r['steps']}{extra}")
+            print(f"  {r['status']:<8} {axes.label(axes.of_row(r))} steps={r['steps']}{extra}")
     return 0
 
 

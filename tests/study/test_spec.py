@@ -17,7 +17,7 @@ seeds = [0, 1]
 
 def test_the_grid_is_optimizers_by_learning_rates_by_seeds():
     spec = parse_study(BASE)
-    assert spec.grid == (
+    assert tuple(tuple(p.values()) for p in spec.grid) == (
         ("sgd", 0.1, 0, None, None), ("sgd", 0.1, 1, None, None), ("sgd", 0.01, 0, None, None),
         ("sgd", 0.01, 1, None, None), ("adam(betas=(0.9, 0.99))", 0.1, 0, None, None),
         ("adam(betas=(0.9, 0.99))", 0.1, 1, None, None), ("adam(betas=(0.9, 0.99))", 0.01, 0, None, None),
@@ -32,8 +32,8 @@ def test_log_range_and_per_optimizer_learning_rates():
     spec = parse_study(BASE.replace("learning_rates = [0.1, 0.01]",
                                     "learning_rates = { from = 1e-5, to = 1e-1, count = 5 }")
                        .replace('"adam(betas=(0.9, 0.99))"', '{ name = "adam", learning_rates = [1e-3] }'))
-    assert sorted({lr for o, lr, *_ in spec.grid if o == "sgd"}) == [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
-    assert {lr for o, lr, *_ in spec.grid if o == "adam"} == {1e-3}
+    assert sorted({p['lr'] for p in spec.grid if p['optimizer'] == "sgd"}) == [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    assert {p['lr'] for p in spec.grid if p['optimizer'] == "adam"} == {1e-3}
     assert len(spec.grid) == 5 * 2 + 2
 
 
@@ -46,8 +46,9 @@ dual_learning_rates = { from = 1e-3, to = 1e-1, count = 3 }
 def test_a_constrained_study_has_the_dual_learning_rate_as_a_grid_axis():
     spec = parse_study(CONSTRAINED)
     assert len(spec.grid) == 2 * 2 * 3 * 2
-    assert spec.grid[:4] == (("sgd", 0.1, 0, 1e-3, None), ("sgd", 0.1, 1, 1e-3, None),
-                             ("sgd", 0.1, 0, 1e-2, None), ("sgd", 0.1, 1, 1e-2, None))
+    assert [tuple(p.values()) for p in spec.grid[:4]] == [
+        ("sgd", 0.1, 0, 1e-3, None), ("sgd", 0.1, 1, 1e-3, None), ("sgd", 0.1, 0, 1e-2, None),
+        ("sgd", 0.1, 1, 1e-2, None)]
     configs = spec.configs()
     assert {(tuple(c.constraints), c.dual_optimizer) for c in configs} == {(("l2norm<=1",), "adam")}
     assert [c.dual_lr for c in configs[:6]] == [1e-3, 1e-3, 1e-2, 1e-2, 0.1, 0.1]
@@ -63,12 +64,13 @@ def test_penalty_coefficients_are_a_grid_axis_of_the_penalty_formulations():
     augmented = parse_study(CONSTRAINED + 'formulation = "augmented_lagrangian"\n'
                                           "penalty_coefficients = [1, 10]\n")
     assert len(augmented.grid) == 2 * 2 * 3 * 2 * 2
-    assert augmented.grid[:2] == (("sgd", 0.1, 0, 1e-3, 1.0), ("sgd", 0.1, 1, 1e-3, 1.0))
+    assert [tuple(p.values()) for p in augmented.grid[:2]] == [("sgd", 0.1, 0, 1e-3, 1.0),
+                                                               ("sgd", 0.1, 1, 1e-3, 1.0)]
     config = augmented.configs()[2]
     assert (config.formulation, config.penalty, config.dual_lr) == ("augmented_lagrangian", 10.0, 1e-3)
     penalty = parse_study(BASE + 'constraints = ["l2norm<=1"]\nformulation = "quadratic_penalty"\n'
                                  "penalty_coefficients = { from = 1, to = 100, count = 3 }\n")
-    assert [g[3:] for g in penalty.grid[:6:2]] == [(None, 1.0), (None, 10.0), (None, 100.0)]
+    assert [tuple(p.values())[3:] for p in penalty.grid[:6:2]] == [(None, 1.0), (None, 10.0), (None, 100.0)]
     assert not penalty.configs()[0].has_multipliers
     assert '["sgd", 0.1, 0, null, 1.0]' in penalty.definition()
 

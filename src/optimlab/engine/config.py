@@ -140,6 +140,13 @@ class TrainConfig:
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise OptimlabError(f"unknown run settings: {', '.join(unknown)}")
+        objects = [f"{k}: {v}" for k, v in d.items() if isinstance(v, str) and v.startswith("<python: ")]
+        if objects:
+            raise OptimlabError(
+                f"this run was defined in Python with objects that have no import path "
+                f"({'; '.join(objects)}): "
+                "only the process that holds them can train it. Continue it from Python with the same "
+                "objects (build_study + run_study), or name them by import path")
         return cls(**d)
 
 

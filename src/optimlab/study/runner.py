@@ -16,6 +16,7 @@ from pathlib import Path
 
 from optimlab.constrained.named import parse_constraint
 from optimlab.errors import OptimlabError
+from optimlab.study import axes
 from optimlab.study.code import fingerprint
 from optimlab.study.spec import ExecutorSpec, StudySpec, check_executor, load_study
 from optimlab.study.store import StudyStore
@@ -70,10 +71,8 @@ def run_study(
         store.reset_interrupted()
         rows = store.runs()
         todo = [r for r in rows if r["status"] in ("pending", "running", "failed")]
-        mine = {_run_key(c.optimizer_label, c.lr, c.seed, c.dual_lr if c.has_multipliers else None,
-                         c.penalty): c for c in configs}
-        by_id = {r["id"]: mine[k] for r in todo
-                 if (k := _run_key(r["optimizer"], r["lr"], r["seed"], r["dual_lr"], r["penalty"])) in mine}
+        mine = {axes.key(axes.of_config(c)): c for c in configs}
+        by_id = {r["id"]: mine[k] for r in todo if (k := axes.key(axes.of_row(r))) in mine}
         units = plan_units(todo, groups=executor.unit_kind == "groups", configs=by_id, data_dir=data_dir,
                            python_path=spec.python_path, stack_always=executor.stack == "always")
         board = _Board(store, len(rows), progress, verbose)
@@ -93,11 +92,6 @@ def run_study(
     finally:
         store.close()
     return StudyOutcome(store=out / DB_NAME, wall_time=time.perf_counter() - started, **counts)
-
-
-def _run_key(optimizer: str, lr: float, seed: int, dual_lr: float | None, penalty: float | None) -> tuple:
-    return (optimizer, float(lr), int(seed), None if dual_lr is None else float(dual_lr),
-            None if penalty is None else float(penalty))
 
 
 def _check_portable(configs, kind: str) -> None:
@@ -187,11 +181,8 @@ class _Board:
             worst = max((abs(v) if c.kind == "==" else v for c in named
                          if (v := final.get(f"violation_{c.key}")) is not None), default=None)
             what += f", largest violation {worst:+.3g}" if worst is not None else ""
-        dual = f" dual_lr={config.dual_lr:g}" if config.has_multipliers else ""
-        dual += f" penalty={config.penalty:g}" if config.penalty is not None else ""
-        return (f"[{self.done}/{self.total}] {config.optimizer_label} lr={config.lr:g}{dual} "
-                f"seed={config.seed}: "
-                f"{what}, {r['wall_time']:.1f} s")
+        where = axes.label(axes.of_config(config))
+        return f"[{self.done}/{self.total}] {where}: {what}, {r['wall_time']:.1f} s"
 
     def close(self) -> None:
         self.bar.close()

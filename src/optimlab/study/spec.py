@@ -52,9 +52,9 @@ from optimlab.registry import (
     OPTIMIZER_TABLE_KEYS,
     describe,
     is_import_path,
-    optimizer_label,
     optimizer_record,
 )
+from optimlab.study import axes
 
 EXECUTORS = ("sequential", "vectorized", "processes", "ray")
 UNITS = ("runs", "groups")
@@ -118,14 +118,14 @@ class ExecutorSpec:
 
 @dataclass(frozen=True)
 class StudySpec:
-    """A validated study. ``grid`` is the list of (optimizer, lr, seed, dual_lr, penalty), in file
-    order (``optimizer``: a spec string or a table); ``dual_lr`` is None without multipliers (no
-    constraints, or the quadratic penalty), ``penalty`` None without a penalty formulation or
-    coefficients. ``python_path``: absolute folders of the user's code."""
+    """A validated study. ``grid``: its points (:mod:`optimlab.study.axes`: optimizer, lr, seed,
+    dual_lr, penalty), in file order (``optimizer``: a spec string, a table or an object); ``dual_lr``
+    is None without multipliers (no constraints, or the quadratic penalty), ``penalty`` None without
+    a penalty formulation or coefficients. ``python_path``: absolute folders of the user's code."""
 
     name: str
     shared: dict
-    grid: tuple[tuple[object, float, int, float | None, float | None], ...]
+    grid: tuple[axes.Point, ...]
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
     device: str = "auto"
     text: str = ""
@@ -133,18 +133,13 @@ class StudySpec:
 
     def configs(self) -> list[TrainConfig]:
         """One :class:`TrainConfig` per run of the grid."""
-        return [TrainConfig(**self.shared, optimizer=o, lr=lr, seed=s, device=self.device,
-                            dual_lr=DEFAULT_DUAL_LR if d is None else d, penalty=c)
-                for o, lr, s, d, c in self.grid]
+        return [TrainConfig(**self.shared, **axes.settings(p), device=self.device) for p in self.grid]
 
     def definition(self) -> str:
         """What makes two study files the same study (not the executor, not the device). Runs are
         written without their trailing Nones: (optimizer, lr, seed) without constraints, as in
         stores of schema 1."""
-        grid = [list(g) for g in self.grid]
-        for g in grid:
-            while g[-1] is None:
-                g.pop()
+        grid = [axes.serialized(p) for p in self.grid]
         # settings added after 0.1.0 are left out at their defaults: older stores keep their study
         shared = {k: v for k, v in self.shared.items()
                   if not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}
@@ -154,7 +149,7 @@ class StudySpec:
     def import_paths(self) -> list[str]:
         """The user's code this study names, as import paths (model, dataset, loss, optimizer classes)."""
         paths = [v for k in CODE_FIELDS if isinstance(v := self.shared.get(k), str) and is_import_path(v)]
-        for o, *_ in self.grid:
+        for o in (p["optimizer"] for p in self.grid):
             if isinstance(o, dict) and "class" in o:
                 paths.append(o["class"])
             elif isinstance(o, str) and ":" in OptimizerSpec.parse(o).name:
@@ -249,17 +244,15 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
                 else str(OptimizerSpec.parse(entry))
         except OptimlabError as e:
             raise fail(f"{where}: {e}") from None
-        grid += [(spec, lr, seed, d, c) for lr in lrs for d in dual_lrs for c in penalties for seed in seeds]
+        grid += [axes.point(optimizer=spec, lr=lr, seed=seed, dual_lr=d, penalty=c)
+                 for lr in lrs for d in dual_lrs for c in penalties for seed in seeds]
     seen, duplicates = set(), []
-    for run in grid:
-        key = (optimizer_label(run[0]), *run[1:])
-        if key in seen:
-            duplicates.append(run)
-        seen.add(key)
+    for p in grid:
+        if axes.key(p) in seen:
+            duplicates.append(p)
+        seen.add(axes.key(p))
     if duplicates:
-        shown = "; ".join(f"{optimizer_label(o)} lr={lr:g}{'' if d is None else f' dual_lr={d:g}'}"
-                          f"{'' if c is None else f' penalty={c:g}'} seed={s}"
-                          for o, lr, s, d, c in duplicates[:5])
+        shown = "; ".join(axes.label(p) for p in duplicates[:5])
         raise fail(f"duplicate configurations ({len(duplicates)}): {shown}. Each optimizer, learning "
                    "rate, dual learning rate, penalty coefficient and seed may appear once")
 
@@ -270,9 +263,9 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
             raise fail(f"{key} must be a table, e.g. [{key}] hidden = 100; got {shared[key]!r}")
     device = doc.get("device", "auto")
     try:  # every shared setting checked by the one place that knows them, with every optimizer
-        for label in dict.fromkeys(optimizer_label(o) for o, *_ in grid):
-            optimizer = next(o for o, *_ in grid if optimizer_label(o) == label)
-            TrainConfig(**shared, optimizer=optimizer, lr=grid[0][1], device=device)
+        for label in dict.fromkeys(axes.key(p)[0] for p in grid):
+            optimizer = next(p["optimizer"] for p in grid if axes.key(p)[0] == label)
+            TrainConfig(**shared, optimizer=optimizer, lr=grid[0]["lr"], device=device)
     except (OptimlabError, TypeError) as e:
         raise fail(str(e)) from None
     checked = TrainConfig(**shared, optimizer="sgd", lr=1.0)  # names normalized, objects kept

@@ -28,6 +28,7 @@ import torch
 
 from optimlab import __version__
 from optimlab.errors import OptimlabError
+from optimlab.study import axes
 from optimlab.study.spec import StudySpec
 
 SCHEMA_VERSION = 3
@@ -219,12 +220,12 @@ class StudyStore:
             store._set_meta(study_file=spec.text, definition=spec.definition(),
                             environment=json.dumps(environment()),
                             code=json.dumps(code or {}, sort_keys=True))
+            columns = ", ".join(axes.NAMES)
             for config in spec.configs():
                 store.conn.execute(
-                    "INSERT OR IGNORE INTO runs (optimizer, lr, seed, dual_lr, penalty, config, updated) "
-                    "VALUES (?,?,?,?,?,?,?)",
-                    (config.optimizer_label, config.lr, config.seed, config.dual_lr if config.has_multipliers
-                     else None, config.penalty, json.dumps(config.to_dict()), time.time()))
+                    f"INSERT OR IGNORE INTO runs ({columns}, config, updated) "
+                    f"VALUES ({', '.join('?' * len(axes.NAMES))}, ?, ?)",
+                    (*axes.of_config(config).values(), json.dumps(config.to_dict()), time.time()))
         return store
 
     def _check_same_code(self, code: dict | None, code_changed: bool) -> None:
@@ -254,8 +255,9 @@ class StudyStore:
                 f"cannot extend {self.path}: the shared settings differ ({', '.join(differ)}); only "
                 "optimizers, learning rates and seeds may be added"
             )
-        self._set_meta(definition=json.dumps({**new, "grid": sorted(
-            {tuple(g) for g in old.get("grid", [])} | {tuple(g) for g in new["grid"]})}, sort_keys=True))
+        points = {json.dumps(g, sort_keys=True): g for g in [*old.get("grid", []), *new["grid"]]}
+        self._set_meta(definition=json.dumps({**new, "grid": [points[k] for k in sorted(points)]},
+                                             sort_keys=True))
 
     def close(self) -> None:
         self.conn.close()

@@ -1,0 +1,52 @@
+"""A point of the grid is a mapping of named axes: its identity, label, serialized form and run
+settings derive from the axes; a store's definition and run rows follow them."""
+
+import json
+
+from optimlab.study import axes, load_results, parse_study, run_study
+from optimlab.study.store import StudyStore
+
+STUDY = """name = "axes"
+dataset = "mnist-10k:0,1"
+model = "logreg"
+batch_size = 200
+iterations = 6
+eval_every = 3
+seeds = [0]
+learning_rates = [0.1]
+optimizers = ["sgd", { name = "heavy-ball", class = "torch.optim:SGD", options = { momentum = 0.9 } }]
+[executor]
+kind = "sequential"
+"""
+
+
+def test_points_are_named_axes_in_one_order():
+    p = axes.point(optimizer="adam(betas=(0.9, 0.99))", lr=1e-3, seed=2, dual_lr=0.01)
+    assert list(p) == ["optimizer", "lr", "seed", "dual_lr", "penalty"]
+    assert axes.label(p) == "adam(betas=(0.9, 0.99)) lr=0.001 dual_lr=0.01 seed=2"
+    assert axes.serialized(p) == ["adam(betas=(0.9, 0.99))", 0.001, 2, 0.01]  # trailing None dropped
+    assert axes.settings(p) == {"optimizer": "adam(betas=(0.9, 0.99))", "lr": 1e-3, "seed": 2,
+                                "dual_lr": 0.01, "penalty": None}
+    # a table is told apart by its label; numbers by value, whatever their type
+    table = axes.point(optimizer={"name": "mine", "class": "torch.optim:SGD"}, lr=1, seed=0)
+    assert axes.key(table) == ("mine", 1.0, 0, None, None)
+    assert axes.key(table) == axes.key(axes.point(optimizer="mine", lr=1.0, seed=0))
+
+
+def test_a_store_holds_the_points_and_extends_a_grid_with_a_table_optimizer(tmp_path):
+    run_study(parse_study(STUDY), out=tmp_path, progress=False)
+    grown = parse_study(STUDY.replace("seeds = [0]", "seeds = [0, 1]"))
+    outcome = run_study(grown, out=tmp_path, extend=True, progress=False)
+    assert (outcome.completed, outcome.failed) == (4, 0)
+    store = StudyStore.open(tmp_path / "study.db")
+    rows = store.runs()
+    definition = json.loads(store.meta("definition"))
+    store.close()
+    assert sorted(axes.key(axes.of_row(r)) for r in rows) == sorted(axes.key(p) for p in grown.grid)
+    assert len(definition["grid"]) == 4
+    assert {r["optimizer"] for r in rows} == {"sgd", "heavy-ball"}
+    runs = load_results(tmp_path / "study.db").runs
+    # the labelled table is momentum SGD: not the plain one
+    finals = load_results(tmp_path / "study.db").evals.groupby("run_id").test_loss.last()
+    assert finals[runs[runs.optimizer == "sgd"].run_id].tolist() != \
+        finals[runs[runs.optimizer == "heavy-ball"].run_id].tolist()
