@@ -1,0 +1,35 @@
+"""``optimlab report``: a study's tables, figures and page."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_to(sub) -> None:
+    rp = sub.add_parser("report", help="a study's report: tables, figures, report.html",
+                        description="Summarize a study store: final metrics, convergence speed, "
+                        "robustness to the learning rate, a ranking; figures; report.html and report.md. "
+                        "Works on a study that is still running or was interrupted.")
+    rp.add_argument("db", help="the study's store (study.db)")
+    rp.add_argument("--out", default=None, help="folder for the report (default: report/ beside the store)")
+    rp.add_argument("--target-fraction", type=float, default=0.95,
+                    help="convergence target: this fraction of the best mean final test accuracy")
+    rp.add_argument("--target-accuracy", type=float, default=None,
+                    help="convergence target as an absolute test accuracy (overrides the fraction)")
+    rp.add_argument("--feasibility-tolerance", type=float, default=None,
+                    help="constrained studies: a run ends feasible when its largest final violation is "
+                    "at most this (default 1e-3)")
+    rp.set_defaults(func=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from optimlab.report import make_report
+
+    report = make_report(args.db, args.out, target_fraction=args.target_fraction,
+                         target_accuracy=args.target_accuracy,
+                         **({} if args.feasibility_tolerance is None else
+                            {"feasibility_tolerance": args.feasibility_tolerance}))
+    for note in report.summary.notes:
+        print(f"note: {note}")
+    print(f"report: {report.html}")
+    return 0

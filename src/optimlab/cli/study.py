@@ -1,0 +1,103 @@
+"""``optimlab study run | status | export``: optimizer studies from a study file, in one store."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from optimlab.cli.arguments import THREADS_HELP
+
+
+def add_to(sub) -> None:
+    s = sub.add_parser("study", help="optimizer studies: run, status, export",
+                       description="Optimizers x learning rates x seeds from one study file (TOML), "
+                       "stored in one SQLite database, resumable.")
+    ssub = s.add_subparsers(title="commands", metavar="COMMAND")
+    r = ssub.add_parser(
+        "run", help="run (or continue) a study",
+        description="Run every run of the study file that is not finished in its store: completed "
+        "runs are skipped, interrupted ones continue from their last checkpoint.")
+    r.add_argument("file", help="the study file (TOML)")
+    r.add_argument("--out", default=None, help="the study's folder, holding study.db "
+                   "(default: runs/NAME)")
+    r.add_argument("--executor", default=None,
+                   choices=("sequential", "vectorized", "processes", "ray"),
+                   help="override the file's [executor] kind")
+    r.add_argument("--workers", type=int, default=None, help="worker processes (processes, ray)")
+    r.add_argument("--address", default=None, help="ray: the cluster's address")
+    r.add_argument("--extend", action="store_true",
+                   help="add this file's new runs to a store of an earlier version of the study")
+    r.add_argument("--code-changed", action="store_true",
+                   help="go on although the code the study imports (its python_path packages) changed "
+                   "since the store recorded it")
+    r.add_argument("--data-dir", default=None, help="folder holding data sets as DATA_DIR/NAME/")
+    r.add_argument("--report", action="store_true",
+                   help="then write the study's report (as `optimlab report`) and print where it is")
+    r.add_argument("--threads", type=int, default=None,
+                   help=THREADS_HELP + " (processes and ray workers get the CPUs divided among them)")
+    r.add_argument("-v", "--verbose", action="store_true", help="a line per finished run")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_study_run)
+    st = ssub.add_parser("status", help="what is done, running, diverged, failed or missing",
+                         description="Counts of the runs of a study store by status.")
+    st.add_argument("db", help="the study's store (study.db)")
+    st.set_defaults(func=_study_status)
+    e = ssub.add_parser("export", help="write runs, evals and train_log as CSV or Parquet",
+                        description="Write the runs, evaluation rows and training-loss rows of a "
+                        "study store as files.")
+    e.add_argument("db", help="the study's store (study.db)")
+    e.add_argument("--format", default="csv", choices=("csv", "parquet"))
+    e.add_argument("--out", default=None, help="folder for the files (default: next to the store)")
+    e.set_defaults(func=_study_export)
+    s.set_defaults(func=lambda a: (s.print_help(), 2)[1])
+
+
+def _study_run(args: argparse.Namespace) -> int:
+    from optimlab.study.runner import executor_from_options, run_study
+    from optimlab.study.spec import load_study
+
+    spec = load_study(args.file)
+    executor = executor_from_options(spec, args.executor, args.workers, args.address)
+    outcome = run_study(spec, out=args.out, executor=executor, extend=args.extend,
+                        data_dir=args.data_dir, progress=not args.quiet, verbose=args.verbose,
+                        code_changed=args.code_changed)
+    print(f"{spec.name}: {outcome.completed} completed, {outcome.diverged} diverged, "
+          f"{outcome.failed} failed, {outcome.pending} pending ({outcome.wall_time:.1f} s); "
+          f"store: {outcome.store}")
+    if args.report:
+        from optimlab.report import make_report
+
+        report = make_report(outcome.store)
+        for note in report.summary.notes:
+            print(f"note: {note}")
+        print(f"report: {report.html}")
+    return 0 if outcome.failed == 0 and outcome.pending == 0 else 1
+
+
+def _study_status(args: argparse.Namespace) -> int:
+    from optimlab.study import axes
+    from optimlab.study.store import StudyStore
+
+    store = StudyStore.open(args.db)
+    try:
+        runs = store.runs()
+        name = store.meta("name")
+    finally:
+        store.close()
+    counts = {s: sum(r["status"] == s for r in runs) for s in
+              ("completed", "diverged", "running", "pending", "failed")}
+    print(f"{name}: {len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    for r in runs:
+        if r["status"] not in ("completed", "diverged"):
+            extra = f" ({r['error'].strip().splitlines()[-1]})" if r["error"] else ""
+            print(f"  {r['status']:<8} {axes.label(axes.of_row(r))} steps={r['steps']}{extra}")
+    return 0
+
+
+def _study_export(args: argparse.Namespace) -> int:
+    from optimlab.study.results import export_results
+
+    out = args.out or str(Path(args.db).resolve().parent / "export")
+    for path in export_results(args.db, out, args.format):
+        print(path)
+    return 0
