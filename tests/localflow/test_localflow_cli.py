@@ -32,7 +32,7 @@ def test_bad_flow_time_is_one_message(capsys):
 def test_a_run_whose_loss_becomes_non_finite_stops_and_says_so(monkeypatch, capsys):
     import dataclasses
 
-    import optimlab.localflow.runs as runs
+    import optimlab.engine.localflow_runs as runs
     from optimlab.data import load_dataset
 
     data = load_dataset("lls:n=200,p=10,cond=100")

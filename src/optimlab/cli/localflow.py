@@ -44,7 +44,7 @@ def add_to(sub) -> None:
 
 def _localflow_picture(args: argparse.Namespace) -> int:
     from optimlab.localflow import save_picture
-    from optimlab.localflow.runs import picture_at
+    from optimlab.engine.localflow_runs import picture_at
     from optimlab.runfiles import check_writable
 
     check_writable(Path(args.out).resolve().parent)
@@ -57,7 +57,7 @@ def _localflow_picture(args: argparse.Namespace) -> int:
 
 
 def _localflow_schedule(args: argparse.Namespace) -> int:
-    from optimlab.localflow.runs import schedule_run
+    from optimlab.engine.localflow_runs import schedule_run
     from optimlab.runfiles import atomic_write_text, check_writable
 
     if args.out:
