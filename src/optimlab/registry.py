@@ -217,7 +217,7 @@ def resolve_optimizer(ref: object) -> ResolvedOptimizer:
                     "or an import path package.module:Class")
             entry = entries[spec.name]
         entry.check_options(spec.options, str(spec))
-        return ResolvedOptimizer(entry, dict(spec.options), str(spec))
+        return ResolvedOptimizer(_probed(entry, spec.options), dict(spec.options), str(spec))
     if callable(ref):
         path = import_path_of(ref)
         return ResolvedOptimizer(_entry_of_object(ref, path or describe(ref)), {}, path or describe(ref))
@@ -260,7 +260,9 @@ def _from_table(table: dict) -> ResolvedOptimizer:
             raise OptimlabError(
                 f"optimizer {name!r}: lr_linear and default_lr describe a class; give class too")
         inner = resolve_optimizer(name)
-        return ResolvedOptimizer(inner.entry, {**inner.options, **options}, name)
+        inner.entry.check_options(options, name)
+        merged = {**inner.options, **options}
+        return ResolvedOptimizer(_probed(inner.entry, merged), merged, name)
     path = table["class"]
     if not is_import_path(path):
         raise OptimlabError(f"optimizer {name!r}: class must be an import path package.module:Class; "
@@ -278,6 +280,11 @@ def _probed(entry: OptimizerEntry, options: dict | None = None) -> OptimizerEntr
     if any(entry is e for e in OPTIMIZERS.values()) or not entry.stackable:
         return entry
     problem = probe_stacking(entry, options or {})
+    if problem and entry.source.startswith("plugin"):  # not the user's declaration: the plugin's to fix
+        raise OptimlabError(
+            f"optimizer {entry.name!r} is declared lr_linear by {entry.source}, but {problem}; the "
+            "plugin must not declare it (meanwhile, name its class in an optimizer table without "
+            "lr_linear: its runs are then trained one by one)")
     if problem:
         raise OptimlabError(f"optimizer {entry.name!r} is declared lr_linear, but {problem}; remove "
                             "lr_linear = true (its runs are then trained one by one)")
@@ -427,6 +434,8 @@ def model_record(ref: object) -> object:
     if isinstance(ref, str):
         resolve_model(ref)
         return ref.strip()
+    if not isinstance(ref, nn.Module):  # a class, factory or entry, else refused here (not at train)
+        resolve_model(ref)
     return import_path_of(ref) or ref
 
 
@@ -555,7 +564,11 @@ def resolve_task(ref: object, data_kind: str) -> Task:
         if ref in tasks:
             task = tasks[ref]
         elif is_import_path(ref):
-            task = Task.from_loss(import_object(ref, "loss"), data_kind, name=ref.strip())
+            loss = import_object(ref, "loss")
+            if not callable(loss):
+                raise OptimlabError(f"loss {ref.strip()!r} is {type(loss).__name__}, not a function "
+                                    "loss(output, y) returning the batch mean")
+            task = Task.from_loss(loss, data_kind, name=ref.strip())
         else:
             raise OptimlabError(f"unknown loss {ref!r}; valid: {', '.join(tasks)}, or an import path "
                                 "package.module:function of a loss(output, y)")
@@ -573,4 +586,6 @@ def resolve_task(ref: object, data_kind: str) -> Task:
 def task_record(ref: object) -> object:
     if ref is None or isinstance(ref, str):
         return ref
+    if not callable(ref) and not isinstance(ref, Task):
+        resolve_task(ref, "classification")  # refuses it: not a loss
     return import_path_of(ref) or ref

@@ -8,11 +8,12 @@ import torch.nn.functional as F
 from groupsaves import checkpoints_of, no_time
 from torch import nn
 
+import optimlab.engine.stacking as stacking
 import optimlab.models
-import optimlab.study.vectorized as vectorized
 from optimlab.data import Dataset, epoch_batches
+from optimlab.engine.group import train_group
+from optimlab.engine.stacking import stacking_refusal
 from optimlab.models import MLP, ModelEntry
-from optimlab.study.vectorized import stacking_refusal, train_group
 from optimlab.training import TrainConfig, train
 
 # not zero: the batched kernels under vmap sum in another order than the independent run's
@@ -99,7 +100,7 @@ def test_batchnorm_slices_equal_their_independent_runs(small, bncnn, monkeypatch
     assert stacking_refusal(BNCNN(small.input_shape, 10, stats, bias), small.input_shape, optimizer) is None
     # chunks of a few test samples for the group's evaluation (train's: one of all 100): eval-mode
     # BatchNorm is per sample with running statistics; without them, the group keeps train's chunks
-    monkeypatch.setattr(vectorized, "EVAL_FLOATS", 4 * 4 * 8 * 8 * 3)
+    monkeypatch.setattr(stacking, "EVAL_FLOATS", 4 * 4 * 8 * 8 * 3)
     runs = configs(optimizer, stats, bias)
     group = train_group(runs, data=small)
     for got, config in zip(group, runs, strict=True):

@@ -43,8 +43,8 @@ def add_to(sub) -> None:
 
 
 def _localflow_picture(args: argparse.Namespace) -> int:
-    from optimlab.localflow import save_picture
     from optimlab.engine.localflow_runs import picture_at
+    from optimlab.localflow import save_picture
     from optimlab.runfiles import check_writable
 
     check_writable(Path(args.out).resolve().parent)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import torch
 
 from optimlab.data import Dataset, epoch_batches, load_dataset, steps_per_epoch
+from optimlab.engine.build import check_batch_size, init_model
+from optimlab.engine.config import TrainConfig
+from optimlab.engine.records import loss_function
 from optimlab.localflow.exact import check_flow_time
 from optimlab.localflow.picture import Picture, projection_picture
 from optimlab.localflow.scheduler import CurvatureScheduler
 from optimlab.optimizers import check_lr
-from optimlab.engine.build import check_batch_size, init_model
-from optimlab.engine.config import TrainConfig
-from optimlab.engine.records import loss_function
 
 
 def _setup(dataset: str | Dataset, model: str, seed: int, batch_size: int):

@@ -7,11 +7,11 @@ trains runs that differ only in learning rate and seed (constrained: dual learni
 too) in one vectorized pass.
 """
 
+from optimlab.engine.group import train_group, vectorizable_key
 from optimlab.study.results import StudyResults, export_results, load_results
 from optimlab.study.runner import StudyOutcome, run_study
 from optimlab.study.spec import ExecutorSpec, StudySpec, load_study, parse_study
 from optimlab.study.store import StudyStore
-from optimlab.study.vectorized import train_group, vectorizable_key
 
 __all__ = [
     "ExecutorSpec",

@@ -72,7 +72,7 @@ def plan_units(runs: list[dict], groups: bool, configs: dict[int, TrainConfig] |
     pairs = [(r["id"], configs.get(r["id"]) or TrainConfig.from_dict(_config(r))) for r in runs]
     if not groups:
         return [Unit([i], [c], "run", "one by one (executor)", python_path) for i, c in pairs]
-    from optimlab.study.vectorized import group_refusal, vectorizable_key
+    from optimlab.engine.group import group_refusal, vectorizable_key
 
     buckets: dict[tuple, list[tuple[int, TrainConfig]]] = {}
     for i, c in pairs:
@@ -134,7 +134,7 @@ def train_unit(unit: Unit, checkpoint: bytes | None, emit: Emit, data_dir: str |
         train(first, data=data, resume_from=resume, on_checkpoint=report, keep_model=False,
               on_eval=None if on_eval is None else lambda row: on_eval(0, row))
     else:
-        from optimlab.study.vectorized import train_group
+        from optimlab.engine.group import train_group
 
         train_group(unit.configs, data=data, resume_from=resume, on_checkpoint=report,
                     keep_models=False, on_eval=on_eval)
