@@ -275,9 +275,7 @@ def test_a_bad_reference_from_the_cli_is_one_message_and_writes_nothing(user_cod
     assert code == 2
     assert err.startswith("optimlab: error: ") and message in err, err
     assert "Traceback" not in err and err.count("\n") == 1
-    if late and out.exists():  # refused once training starts (building the model, loading the data)
-        pytest.xfail("refusals leave an empty run folder (issue 13)")
-    assert not out.exists()
+    assert not out.exists()  # refused before anything is written (late: when the pieces are built)
 
 
 # ---------------------------------------------------------------- the same numbers in every form

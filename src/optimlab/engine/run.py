@@ -95,13 +95,8 @@ class _Run:
         out = Path(out) if out is not None else None
         if resume and out is None:
             raise OptimlabError("resume needs the output folder of the run to continue (out=...)")
-        if out is not None:
-            check_writable(out)
-            remove_partial_files(out)
-            if resume and (out / CHECKPOINT).exists():
-                resume_from = load_checkpoint(out / CHECKPOINT, CHECKPOINT_FORMAT)
-            on_checkpoint = _folder_writer(out, on_checkpoint)
-        self.config, self.device, self.on_checkpoint, self.on_eval = config, device, on_checkpoint, on_eval
+        # every piece first: a refused setting leaves nothing behind, not even the folder
+        self.config, self.device, self.on_eval = config, device, on_eval
         self.data = data = load_data(config, data, data_dir, device)
         check_batch_size(config.batch_size, data)
         self.per_epoch = steps_per_epoch(data.num_train, config.batch_size, config.drop_last)
@@ -111,6 +106,13 @@ class _Run:
         self.stepper = make_stepper(config, self.model, self.task, device)
         self.order = torch.Generator().manual_seed(config.seed)  # the batch order, its own stream
         self.state = RunProgress()
+        if out is not None:
+            check_writable(out)
+            remove_partial_files(out)
+            if resume and (out / CHECKPOINT).exists():
+                resume_from = load_checkpoint(out / CHECKPOINT, CHECKPOINT_FORMAT)
+            on_checkpoint = _folder_writer(out, on_checkpoint)
+        self.on_checkpoint = on_checkpoint
         if resume_from is not None:
             self._restore(resume_from)
         self.started = time.perf_counter() - self.state.wall_time

@@ -63,6 +63,7 @@ def run_study(
     configs = spec.configs()
     if executor.kind in ("processes", "ray"):
         _check_portable(configs, executor.kind)
+    _preflight(configs, data_dir, executor.kind)
     out = Path(out) if out is not None else Path("runs") / spec.name
     store = StudyStore.create(out / DB_NAME, spec, extend=extend, code=fingerprint(spec.import_paths()),
                               code_changed=code_changed)
@@ -92,6 +93,32 @@ def run_study(
     finally:
         store.close()
     return StudyOutcome(store=out / DB_NAME, wall_time=time.perf_counter() - started, **counts)
+
+
+def _preflight(configs, data_dir: str | None, kind: str) -> None:
+    """Build the pieces of every distinct run once (data, model, task, optimizer, constraints), so
+    that a setting refused there is refused before the store is written. On Ray the data may live on
+    the cluster's nodes only: a data set this machine cannot find is left to them."""
+    from optimlab.engine.build import check_batch_size, init_model, task_of
+    from optimlab.engine.group import vectorizable_key
+    from optimlab.engine.steppers import make_stepper
+    from optimlab.errors import DatasetNotFoundError
+    from optimlab.study.units import unit_data
+
+    seen = set()
+    for config in configs:
+        if (key := vectorizable_key(config)) in seen:
+            continue
+        seen.add(key)
+        try:
+            data = unit_data(config, data_dir)
+        except DatasetNotFoundError:
+            if kind == "ray":
+                return
+            raise
+        check_batch_size(config.batch_size, data)
+        task = task_of(config, data)
+        make_stepper(config, init_model(config, data), task, "cpu")
 
 
 def _check_portable(configs, kind: str) -> None:
