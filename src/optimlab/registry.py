@@ -264,10 +264,14 @@ def _from_table(table: dict) -> ResolvedOptimizer:
         merged = {**inner.options, **options}
         return ResolvedOptimizer(_probed(inner.entry, merged), merged, name)
     path = table["class"]
-    if not is_import_path(path):
-        raise OptimlabError(f"optimizer {name!r}: class must be an import path package.module:Class; "
-                            f"got {path!r}")
-    base = _entry_of_object(import_object(path, f"optimizer {name!r}: class"), path)
+    if isinstance(path, str):
+        if not is_import_path(path):
+            raise OptimlabError(f"optimizer {name!r}: class must be an import path package.module:Class; "
+                                f"got {path!r}")
+        base = _entry_of_object(import_object(path, f"optimizer {name!r}: class"), path)
+    else:  # in Python: the class or factory itself
+        base = _entry_of_object(path, import_path_of(path) or describe(path))
+        path = base.name
     entry = OptimizerEntry(name, base.factory, dict(base.fixed), lr_linear=lr_linear or base.lr_linear,
                            elementwise=lr_linear or base.elementwise,
                            default_lr=default if default is not None else base.default_lr, source=path)
@@ -365,7 +369,10 @@ def optimizer_record(ref: object) -> object:
         return optimizer_record(str(ref))
     if isinstance(ref, dict):
         resolved = _from_table(ref)
-        return {k: ref[k] for k in OPTIMIZER_TABLE_KEYS if k in ref} | {"name": resolved.label}
+        table = {k: ref[k] for k in OPTIMIZER_TABLE_KEYS if k in ref} | {"name": resolved.label}
+        if "class" in table and not isinstance(table["class"], str):  # an object: by its path if it has one
+            table["class"] = import_path_of(table["class"]) or table["class"]
+        return table
     if isinstance(ref, OptimizerEntry):
         path = import_path_of(ref.factory)
         if path is None:

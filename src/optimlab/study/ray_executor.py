@@ -36,9 +36,13 @@ def run_on_ray(units: list[Unit], store, board, executor: ExecutorSpec, data_dir
     from ray.util.queue import Queue
 
     started_here = not ray.is_initialized()
+    shipped = _code_packages(units[0].python_path)
     if started_here:
+        # the user's packages go with the job (Ray uploads local folders only at the job level): a
+        # cluster's nodes import the same code. A Ray started by the caller must have them already.
+        env = {"runtime_env": {"py_modules": shipped}} if shipped else {}
         try:
-            ray.init(address=executor.address, include_dashboard=False, log_to_driver=False,
+            ray.init(address=executor.address, include_dashboard=False, log_to_driver=False, **env,
                      configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
             where = executor.address or "a local Ray"
@@ -46,9 +50,6 @@ def run_on_ray(units: list[Unit], store, board, executor: ExecutorSpec, data_dir
     try:
         events = Queue()
         task = ray.remote(max_retries=0)(_ray_task)
-        shipped = _code_packages(units[0].python_path)
-        if shipped:  # the user's packages, uploaded with every task (a cluster's nodes lack them)
-            task = task.options(runtime_env={"py_modules": shipped})
         limit = executor.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         todo, running, attempts = list(units), {}, {u.key: 0 for u in units}
         by_key = {u.key: u for u in units}

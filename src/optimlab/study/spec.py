@@ -150,7 +150,7 @@ class StudySpec:
         """The user's code this study names, as import paths (model, dataset, loss, optimizer classes)."""
         paths = [v for k in CODE_FIELDS if isinstance(v := self.shared.get(k), str) and is_import_path(v)]
         for o in (p["optimizer"] for p in self.grid):
-            if isinstance(o, dict) and "class" in o:
+            if isinstance(o, dict) and isinstance(o.get("class"), str):
                 paths.append(o["class"])
             elif isinstance(o, str) and ":" in OptimizerSpec.parse(o).name:
                 paths.append(OptimizerSpec.parse(o).name)
