@@ -15,6 +15,7 @@ from optimlab import registry
 from optimlab.cli import main
 from optimlab.data import load_dataset
 from optimlab.errors import OptimlabError
+from optimlab.study.results import load_results
 from optimlab.study.runner import run_study
 from optimlab.study.spec import parse_study
 from optimlab.study.store import StudyStore
@@ -378,9 +379,14 @@ GOOD_PLUGIN = """
         return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, num_classes))
 
 
+    def max_weight(model):
+        return max(p.abs().max() for p in model.parameters())
+
+
     def register(r):
         r.optimizer("lion-ish", SignMomentum, lr_linear=True, elementwise=True, default_lr=0.01)
         r.model("tinyplug", tiny, task="classification")
+        r.measure("maxweight", max_weight)
     """
 FAILING_PLUGIN = """
     def register(r):
@@ -479,6 +485,14 @@ def test_a_plugin_adds_names_that_are_listed_and_that_a_study_uses(plugins, tmp_
         store.close()
     assert [(r["optimizer"], r["status"], r["steps"]) for r in runs] == [
         ("lion-ish", "completed", 6), ("sgd", "completed", 6)]
+    # the plugin's constraint measure: a constrained study under it, run by run (no stacked twin)
+    spec = parse_study(study_text(name="plugged-c", model="tinyplug", optimizers=["sgd"],
+                                  constraints=["maxweight<=0.05"]))
+    outcome = run_study(spec, out=tmp_path / "constrained", executor="vectorized")
+    assert outcome.completed == 1
+    evals = load_results(outcome.store).evals
+    assert evals["violation_maxweight_le_0p05"].notna().all()
+    assert evals["multiplier_maxweight_le_0p05"].iloc[-1] >= 0
 
 
 def test_a_plugin_that_fails_is_a_warning_naming_its_package_and_the_rest_works(plugins, tmp_path,

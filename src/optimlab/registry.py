@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib
 import inspect
-import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,75 +36,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from optimlab.constrained.named import NamedConstraint, add_measure
+from optimlab.constrained.named import parse_constraint as parse_named
 from optimlab.data import Dataset, load_dataset
 from optimlab.data.catalogue import CATALOGUE, SYNTHETIC
 from optimlab.errors import OptimlabError
+from optimlab.imports import describe, import_object, import_path_of, is_import_path, portable  # noqa: F401
 from optimlab.models import MODELS, ModelEntry
 from optimlab.optimizers import LOCAL_FLOW, OPTIMIZERS, OptimizerEntry, OptimizerSpec, check_lr
 from optimlab.tasks import TASKS, Task
 
 PLUGIN_GROUP = "optimlab.plugins"
-_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 OPTIMIZER_TABLE_KEYS = ("name", "class", "lr_linear", "options", "default_lr")
-
-
-# ---------------------------------------------------------------------------------------- imports
-
-def is_import_path(text: object) -> bool:
-    """Whether ``text`` is written ``package.module:attribute``."""
-    return isinstance(text, str) and _IMPORT_PATH.fullmatch(text.strip()) is not None
-
-
-def import_object(path: str, what: str = "object") -> object:
-    """The object at ``package.module:attribute.path``; a missing module or attribute is one clear
-    error naming ``what`` it was for."""
-    module_name, _, attribute = path.strip().partition(":")
-    if not attribute:
-        raise OptimlabError(f"{what} {path!r} is not an import path; write package.module:attribute")
-    try:
-        obj = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        hint = "" if e.name != module_name.split(".")[0] else (
-            " (is its folder on the Python path? a study file can add it with python_path = [...])")
-        raise OptimlabError(f"{what} {path!r}: no module named {e.name!r}{hint}") from None
-    except Exception as e:  # the user's module raised while importing
-        raise OptimlabError(
-            f"{what} {path!r}: importing {module_name} raised {type(e).__name__}: {e}") from None
-    for part in attribute.split("."):
-        if not hasattr(obj, part):
-            public = sorted(n for n in dir(obj) if not n.startswith("_"))[:12]
-            raise OptimlabError(f"{what} {path!r}: {getattr(obj, '__name__', module_name)} has no attribute "
-                                f"{part!r}; it has: {', '.join(public) or 'nothing public'}")
-        obj = getattr(obj, part)
-    return obj
-
-
-def import_path_of(obj: object) -> str | None:
-    """``module:qualname`` when importing it gives back ``obj`` itself (a module-level class or
-    function of an importable module); None for lambdas, closures, instances and ``__main__``."""
-    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
-    if not module or not qualname or module == "__main__" or "<" in qualname:
-        return None
-    path = f"{module}:{qualname}"
-    try:
-        return path if import_object(path) is obj else None
-    except OptimlabError:
-        return None
-
-
-def describe(obj: object) -> str:
-    """How an object that has no import path is written in records: ``<python: NAME>``."""
-    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
-    return f"<python: {name}>"
-
-
-def portable(value: object) -> bool:
-    """Whether a setting can travel to another process: plain values only (names, import paths)."""
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and portable(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return all(portable(v) for v in value)
-    return value is None or isinstance(value, str | int | float | bool)
 
 
 # ---------------------------------------------------------------------------------------- plugins
@@ -120,6 +61,7 @@ class Registrar:
     models: dict[str, ModelEntry] = field(default_factory=dict)
     datasets: dict[str, Callable[..., object]] = field(default_factory=dict)
     tasks: dict[str, Task] = field(default_factory=dict)
+    measures: dict[str, Callable[[nn.Module], torch.Tensor]] = field(default_factory=dict)
 
     def optimizer(self, name: str, factory: Callable, *, lr_linear: bool = False, elementwise: bool = False,
                   default_lr: float | None = None, fixed: dict | None = None) -> None:
@@ -134,6 +76,10 @@ class Registrar:
     def dataset(self, name: str, loader: Callable[..., object]) -> None:
         """Add a data set name: ``loader(**options)`` returns a Dataset or the four tensors."""
         self.datasets[name] = loader
+
+    def measure(self, name: str, measure: Callable[[nn.Module], torch.Tensor]) -> None:
+        """Add a constraint measure: ``constraints = ["NAME<=1"]`` is ``measure(model) - 1 <= 0``."""
+        self.measures[name] = measure
 
     def task(self, name: str, loss: Callable, *, kind: str = "classification") -> None:
         self.tasks[name] = Task.from_loss(loss, kind, name=name)
@@ -155,13 +101,18 @@ def plugins() -> Registrar:
             warnings.warn(f"optimlab plugin {ep.name!r} of package {dist!r} failed to load "
                           f"({type(e).__name__}: {e}); its names are not available", stacklevel=2)
             continue
-        for kind in ("optimizers", "models", "datasets", "tasks"):
+        for kind in ("optimizers", "models", "datasets", "tasks", "measures"):
             getattr(found, kind).update(getattr(mine, kind))
+    for name, measure in found.measures.items():
+        add_measure(name, measure)
     return found
 
 
 def reload_plugins() -> None:
     """Forget the plugins loaded so far (after installing one in a running process)."""
+    from optimlab.constrained import named
+
+    named.ADDED.clear()
     plugins.cache_clear()
 
 
@@ -555,6 +506,14 @@ def dataset_record(ref: object) -> object:
     if isinstance(ref, str):
         return ref.strip()
     return import_path_of(ref) or ref
+
+
+# ------------------------------------------------------------------------------------ constraints
+
+def parse_constraint(text: str) -> NamedConstraint:
+    """``"l2norm<=1"``, ``"mypkg.measures:spectral<=1"`` or a plugin's measure (loaded first)."""
+    plugins()
+    return parse_named(text)
 
 
 # ------------------------------------------------------------------------------------------ tasks

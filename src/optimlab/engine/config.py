@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass, field
 
 from optimlab import registry
-from optimlab.constrained.named import parse_constraint
 from optimlab.errors import OptimlabError
 from optimlab.optimizers import LOCAL_FLOW, OptimizerSpec, check_lr, default_lr
 
@@ -66,7 +65,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.constraints, list | tuple):
             raise OptimlabError(f"constraints must be a list like ['l2norm<=1']; got {self.constraints!r}")
-        self.constraints = [parse_constraint(c).text for c in self.constraints]
+        self.constraints = [registry.parse_constraint(c).text for c in self.constraints]
         self.dual_optimizer = registry.optimizer_record(self.dual_optimizer)
         self.dual_lr = check_lr(self.dual_lr)
         self._check_formulation()
