@@ -227,8 +227,9 @@ class _Layout:
 
 
 class _Constraints:
-    """The constraints of a constrained group, as :class:`optimlab.training._Constrained` steps them
-    (simultaneous gradient descent-ascent) for every slice at once.
+    """The stepper of a constrained group: simultaneous gradient descent-ascent, as
+    :class:`optimlab.engine.steppers.ConstrainedStepper` steps one run, for every slice at once (the
+    protocol: :class:`_StackedPlain`).
 
     The multipliers are one stacked tensor (S, L, m), m the constraints (none for the quadratic
     penalty), stepped by one stock dual optimizer at lr=1 (``maximize=True``) whose step each slice
@@ -238,7 +239,9 @@ class _Constraints:
     step, the multipliers used in it and the batch accuracy (classification), as ``train`` does.
     """
 
-    def __init__(self, configs: list[TrainConfig], layout: _Layout, device: torch.device):
+    def __init__(self, configs: list[TrainConfig], layout: _Layout, device: torch.device, stack: Stack,
+                 update: ScaledOptimizer):
+        self.stack, self.update = stack, update
         base = configs[0]
         self.named = [parse_constraint(c) for c in base.constraints]
         self.formulation = make_formulation(base.formulation)
@@ -258,6 +261,20 @@ class _Constraints:
         self.before = torch.empty_like(self.multipliers)
         self.weight = self.dual_lrs.unsqueeze(-1)  # a view: masking a slice's dual lr reaches it
         self.pending: list[torch.Tensor] = []
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One step of simultaneous gradient descent-ascent of every slice: x (S, B, *input), y (S, B)
+        -> the batch losses (S, L), detached."""
+        out = self.stack.losses(x, y)
+        losses, accuracy = out if isinstance(out, tuple) else (out, None)
+        g = self.violations(self.update.params)
+        used = self.multipliers.detach().clone()  # lambda_t, before its update
+        self.zero_grad()
+        self.update.backward(losses, self.objective(g))
+        self.update.step()
+        self.dual_step()
+        self.record(g, used, accuracy)
+        return losses.detach()
 
     @property
     def columns(self) -> int:
@@ -295,7 +312,7 @@ class _Constraints:
             self.optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()
-    def step(self) -> None:
+    def dual_step(self) -> None:
         if self.optimizer is None:
             return
         lam = self.multipliers
@@ -336,10 +353,10 @@ class _Constraints:
                 row["accuracy"] = v[n + m]
 
     @torch.no_grad()
-    def now(self, params: list[torch.Tensor]) -> list:
+    def now(self) -> list:
         """For the evaluation rows: [seed][slot] -> the violations (exact, at the current parameters)
         and the multipliers of the slice, as a dict of columns."""
-        g = self.violations(params).tolist()
+        g = self.violations(self.update.params).tolist()
         lam = self.multipliers.detach().tolist()
         rows = []
         for g_s, lam_s in zip(g, lam, strict=True):
@@ -347,6 +364,10 @@ class _Constraints:
                           **{f"multiplier_{c.key}": v for c, v in zip(self.named, lam_j, strict=False)}}
                          for g_j, lam_j in zip(g_s, lam_s, strict=True)])
         return rows
+
+    def stop(self, s: int, j: int) -> None:
+        """Slice (s, j) has finished (a resumed group): its dual lr 0."""
+        self.dual_lrs[s, j] = 0.0
 
     @torch.no_grad()
     def mask(self, s: int, j: int) -> None:
@@ -359,10 +380,15 @@ class _Constraints:
                     value[s, j] = 0.0
 
     def state_dict(self) -> dict:
-        return {"multipliers": self.multipliers.detach(),
-                "optimizer": None if self.optimizer is None else self.optimizer.state_dict()}
+        """The group checkpoint's entries: ``constrained``, the stacked multipliers and the dual
+        optimizer's state."""
+        return {"constrained": {"multipliers": self.multipliers.detach(),
+                                "optimizer": None if self.optimizer is None else self.optimizer.state_dict()}}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, ckpt: dict) -> None:
+        if "constrained" not in ckpt:
+            raise OptimlabError("the checkpoint holds no multipliers: not one of this constrained group")
+        state = ckpt["constrained"]
         if tuple(state["multipliers"].shape) != tuple(self.multipliers.shape):
             raise OptimlabError("the checkpoint's multipliers do not fit this group's constraints")
         with torch.no_grad():
@@ -370,6 +396,45 @@ class _Constraints:
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
             set_maximize(self.optimizer)
+
+
+class _StackedPlain:
+    """Plain gradient descent of every slice, the stacked twin of
+    :class:`optimlab.engine.steppers.PlainStepper`: the losses' backward, one scaled step. The
+    protocol of a group's stepper (:class:`_Constraints` is the other): ``step(x, y) -> losses (S,
+    L)``, ``take()`` / ``annotate(rows, values, last_step, cell)`` (its train_log columns), ``now()``
+    (its evaluation columns, [seed][slot] -> dict, or None), ``mask(s, j)`` (a diverged slice),
+    ``stop(s, j)`` (a finished one), ``state_dict()`` / ``load_state_dict(checkpoint)``."""
+
+    def __init__(self, stack: Stack, update: ScaledOptimizer):
+        self.stack, self.update = stack, update
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        losses = self.stack.losses(x, y)
+        self.update.backward(losses)
+        self.update.step()
+        return losses.detach()
+
+    def take(self) -> None:
+        return None
+
+    def annotate(self, rows: list[dict], values, last_step: int, cell: tuple[int, int]) -> None:
+        pass
+
+    def now(self) -> None:
+        return None
+
+    def mask(self, s: int, j: int) -> None:
+        pass
+
+    def stop(self, s: int, j: int) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        pass
 
 
 def _per_slice_sum(t: torch.Tensor) -> torch.Tensor:
@@ -390,11 +455,12 @@ class _Group:
         constrained = bool(self.base.constraints)
         self.stack = Stack(self.models, self.layout.width, data, device, with_accuracy=constrained,
                             task=task_of(self.base, data))
-        self.duals = _Constraints(configs, self.layout, device) if constrained else None
         lrs = torch.zeros(self.layout.shape, device=device)
         for config, (s, j) in zip(configs, self.layout.cells, strict=True):
             lrs[s, j] = config.lr
         self.update = ScaledOptimizer(self.base.optimizer, list(self.stack.params.values()), lrs)
+        self.stepper = (_Constraints(configs, self.layout, device, self.stack, self.update) if constrained
+                        else _StackedPlain(self.stack, self.update))
         self.orders = [torch.Generator().manual_seed(s) for s in self.layout.seeds]
         self.runs = [RunProgress() for _ in configs]
         self.seen_diverged: list[dict | None] = [None] * len(configs)  # parameters at divergence
@@ -447,28 +513,14 @@ class _Group:
         x = self.data.x_train.index_select(0, idx)
         x = x.view(seeds, -1, *x.shape[1:])
         y = self.data.y_train.index_select(0, idx).view(seeds, -1)
-        if self.duals is None:
-            losses = self.stack.losses(x, y)
-            self.update.backward(losses)
-            self.update.step()
-            return losses.detach()
-        out = self.stack.losses(x, y)
-        losses, accuracy = out if isinstance(out, tuple) else (out, None)
-        g = self.duals.violations(self.update.params)
-        used = self.duals.multipliers.detach().clone()  # lambda_t, before its update
-        self.duals.zero_grad()
-        self.update.backward(losses, self.duals.objective(g))
-        self.update.step()
-        self.duals.step()
-        self.duals.record(g, used, accuracy)
-        return losses.detach()
+        return self.stepper.step(x, y)
 
     def flush(self, pending: list[torch.Tensor]) -> list[float | None]:
         """Look at the batch losses since the last look (one sync for all runs): record them as
         :func:`train` does, mask the runs that diverged. Returns each run's last batch loss."""
         values = torch.stack(pending).tolist()  # [step][seed][slot]
         pending.clear()
-        extras = self.duals.take() if self.duals is not None else None
+        extras = self.stepper.take()
         last: list[float | None] = [None] * len(self.runs)
         for k in self.live():
             (s, j), run, config = self.layout.cells[k], self.runs[k], self.configs[k]
@@ -476,13 +528,11 @@ class _Group:
             logged = len(run.train_log)
             last[k] = record_losses([v[s][j] for v in values], run, config.log_every,
                                     self.per_epoch, config.lr)
-            if extras is not None:
-                self.duals.annotate(run.train_log[logged:], extras, self.step, (s, j))
+            self.stepper.annotate(run.train_log[logged:], extras, self.step, (s, j))
             if run.status == "diverged":
                 self.seen_diverged[k] = self.stack.state_of(s, j)
                 self.update.mask(s, j)
-                if self.duals is not None:
-                    self.duals.mask(s, j)
+                self.stepper.mask(s, j)
         return last
 
     def evaluated(self) -> bool:
@@ -498,7 +548,7 @@ class _Group:
         train = self.stack.evaluate(d.x_train, d.y_train) if self.base.eval_train else None
         test = self.stack.evaluate(d.x_test, d.y_test)
         wall_time = time.perf_counter() - self.started
-        extras = self.duals.now(self.update.params) if self.duals is not None else None
+        extras = self.stepper.now()
         for k in live:
             s, j = self.layout.cells[k]
             of = (lambda m, s=s, j=j: (m[0][s][j], m[1][s][j] if m[1] else None))  # noqa: E731
@@ -546,7 +596,7 @@ class _Group:
             "progress": {"step": self.step, "epoch": self.epoch, "wall_time": self.wall_time,
                          "runs": [run.to_dict() for run in self.runs]},
             "seen_diverged": self.seen_diverged,
-            **({"constrained": self.duals.state_dict()} if self.duals is not None else {}),
+            **self.stepper.state_dict(),
         })
 
     def restore(self, ckpt: dict) -> None:
@@ -560,10 +610,7 @@ class _Group:
             for name, value in {**self.stack.params, **self.stack.buffers}.items():
                 value.copy_(ckpt["params" if name in self.stack.params else "buffers"][name])
         self.update.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.duals is not None:
-            if "constrained" not in ckpt:
-                raise OptimlabError("the checkpoint holds no multipliers: not one of this constrained group")
-            self.duals.load_state_dict(ckpt["constrained"])
+        self.stepper.load_state_dict(ckpt)
         progress = ckpt["progress"]
         self.step, self.epoch, self.wall_time = progress["step"], progress["epoch"], progress["wall_time"]
         for k, (run, saved) in enumerate(zip(self.runs, progress["runs"], strict=True)):
@@ -572,8 +619,7 @@ class _Group:
                 run.status = "running"  # a larger budget continues it; an equal one ends at once
             if run.status != "running":
                 self.update.lrs[self.layout.cells[k]] = 0.0
-                if self.duals is not None:
-                    self.duals.dual_lrs[self.layout.cells[k]] = 0.0
+                self.stepper.stop(*self.layout.cells[k])
         self.seen_diverged = [None if p is None else {k: v.to(self.device) for k, v in p.items()}
                               for p in ckpt["seen_diverged"]]
         for order, state in zip(self.orders, ckpt["rng"]["epoch_start"], strict=True):
