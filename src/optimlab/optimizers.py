@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from optimlab.errors import OptimlabError
+from optimlab.muon import MuonWithAdamW
 
 
 @dataclass(frozen=True)
@@ -133,12 +134,6 @@ def _torch(name: str, cls, fixed: dict | None = None, linear: bool = True, eleme
                           source="torch.optim")
 
 
-def _muon(params, lr: float = 1e-3, **options) -> torch.optim.Optimizer:
-    from optimlab.muon import MuonWithAdamW
-
-    return MuonWithAdamW(params, lr=lr, **options)
-
-
 # The torch.optim names. lr-linear and elementwise unless said: ASGD's step size
 # lr / (1 + lambd * lr * t)^alpha, Rprop's step sizes clamped to step_sizes and Adafactor's
 # min(lr, 1 / sqrt(t)) are not linear in lr; Muon orthogonalizes whole matrices.
@@ -158,7 +153,8 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {e.name: e for e in (
     _torch("asgd", torch.optim.ASGD, linear=False),
     _torch("rprop", torch.optim.Rprop, linear=False),
     _torch("adafactor", torch.optim.Adafactor, linear=False, elementwise=False),
-    OptimizerEntry("muon", _muon, lr_linear=True, elementwise=False, source="torch.optim (Muon + AdamW)"),
+    OptimizerEntry("muon", MuonWithAdamW, lr_linear=True, elementwise=False,
+                   source="torch.optim (Muon + AdamW)"),
 )}
 
 
