@@ -73,7 +73,8 @@ def processes(configs: list[TrainConfig], data: Dataset) -> list:
             f'device = "cpu"\noptimizers = ["{c.optimizer}"]\n'
             f'learning_rates = {sorted({x.lr for x in configs})}\n'
             f'seeds = {sorted({x.seed for x in configs})}\n'
-            + "".join(f"[model_options]\n{k} = {v}\n" for k, v in c.model_options.items()))
+            + ("[model_options]\n" if c.model_options else "")
+            + "".join(f"{k} = {v}\n" for k, v in c.model_options.items()))
     with tempfile.TemporaryDirectory() as tmp:
         outcome = run_study(parse_study(text), out=tmp,
                             executor=ExecutorSpec(kind="processes", workers=os.cpu_count()))
@@ -124,12 +125,20 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["logreg", "mlp"], choices=sorted(TARGETS))
     p.add_argument("--optimizers", nargs="+", default=["sgd", "adam"], choices=sorted(LRS))
     p.add_argument("--eval-train", action="store_true", help="also evaluate on the training set")
+    p.add_argument("--train-samples", type=int, default=None,
+                   help="train on the first N training images only (the CNN: an epoch of all 60,000 "
+                   "takes minutes a way); leaves out the processes way")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
     data = load_dataset("fashion-mnist", device="cpu")
+    if args.train_samples:  # the workers would load the whole named set: processes left out
+        WAYS.pop("processes")
+        data = Dataset(data.name, data.x_train[:args.train_samples], data.y_train[:args.train_samples],
+                       data.x_test, data.y_test, data.task, data.classes)
     warm_up(data, args.models, args.optimizers)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, epochs {args.epochs}, "
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, epochs {args.epochs} of "
+          f"{data.num_train} samples, "
           f"repeats {args.repeats}, runs {len(SEEDS)} seeds x 5 lrs, batch {BATCH}, eval_train "
           f"{args.eval_train}, cpus {os.cpu_count()}; load average at start: {load()}")
     cases = [(m, o) for m in args.models for o in args.optimizers]

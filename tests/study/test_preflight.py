@@ -28,3 +28,21 @@ def test_nothing_is_written_for_a_run_that_cannot_be_built(tmp_path, change, mes
     with pytest.raises(OptimlabError, match=message):
         run_study(spec, out=tmp_path / "study", progress=False)
     assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.parametrize("kind", ["processes", "ray"])
+def test_objects_without_an_import_path_are_refused_for_other_processes(tmp_path, kind):
+    import torch.nn.functional as F
+
+    from optimlab.study import build_study
+
+    spec = build_study(name="lambda", dataset="mnist-10k:0,1", model="logreg", batch_size=100,
+                       iterations=4, seeds=[0], learning_rates=[0.1], optimizers=["sgd"],
+                       loss=lambda out, y: F.cross_entropy(out, y))
+    with pytest.raises(OptimlabError, match=f"the {kind} executor trains in other processes, which cannot "
+                                            "receive Python objects without an import path \\(loss: "
+                                            "<python: .*<lambda>>"):
+        run_study(spec, out=tmp_path / "study", executor=kind, progress=False)
+    assert not (tmp_path / "study").exists()
+    # the same study runs here
+    assert run_study(spec, out=tmp_path / "here", executor="sequential", progress=False).completed == 1
