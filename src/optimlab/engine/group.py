@@ -89,8 +89,9 @@ def _frozen(value: object) -> object:
     return value
 
 
-# convolutions on the CPU: the stacked seed-004 CNN measured 2x slower than its runs one by one
-# (15 Adam runs on Fashion-MNIST, one thread: 7.1 against 3.3 s a step)
+# convolutions on the CPU: stacked, 15 runs of seed 004's CNN measured 2x slower than one by one
+# (Adam on Fashion-MNIST, one thread: 7.1 against 3.3 s a step), of examples/own_code's BatchNorm CNN
+# 2.6x (benchmarks/bench_study.py --models usercnn: 65 against 25 s an epoch of 3,840 images)
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
@@ -119,7 +120,7 @@ def group_refusal(config: TrainConfig, data: Dataset, always: bool = False) -> s
     if not always and resolve_device(config.device).type == "cpu" and any(
             isinstance(m, CONVOLUTIONS) for m in model.modules()):
         return ("the model has convolutions, which train faster one by one on the CPU (stacked: measured "
-                "2x slower); [executor] stack = \"always\" stacks them anyway")
+                "2-2.6x slower); [executor] stack = \"always\" stacks them anyway")
     return None
 
 
