@@ -50,3 +50,20 @@ def test_a_store_holds_the_points_and_extends_a_grid_with_a_table_optimizer(tmp_
     finals = load_results(tmp_path / "study.db").evals.groupby("run_id").test_loss.last()
     assert finals[runs[runs.optimizer == "sgd"].run_id].tolist() != \
         finals[runs[runs.optimizer == "heavy-ball"].run_id].tolist()
+
+
+def test_an_optional_axis_added_later_gets_its_column_in_an_older_store(tmp_path, monkeypatch):
+    import sqlite3
+
+    run_study(parse_study(STUDY), out=tmp_path, progress=False)
+    later = (*axes.AXES, axes.Axis("momentum", lambda v: f"momentum={v:g}", optional=True))
+    monkeypatch.setattr(axes, "AXES", later)
+    monkeypatch.setattr(axes, "NAMES", tuple(a.name for a in later))
+    StudyStore.open(tmp_path / "study.db").close()
+    conn = sqlite3.connect(tmp_path / "study.db")
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+    index = conn.execute("SELECT sql FROM sqlite_master WHERE name='runs_configuration'").fetchone()[0]
+    values = conn.execute("SELECT momentum FROM runs").fetchall()
+    conn.close()
+    assert "momentum" in columns and "coalesce(momentum, 0)" in index
+    assert values == [(None,), (None,)]  # the runs already there do not vary it

@@ -17,19 +17,21 @@ from optimlab.registry import optimizer_label
 @dataclass(frozen=True)
 class Axis:
     """``name``: the run setting it sets (a TrainConfig field) and its column in the store's runs
-    table; ``show``: how a line writes its value; ``optional``: whether a study may leave it out."""
+    table, of SQL type ``sql``; ``show``: how a line writes its value; ``optional``: whether a study may
+    leave it out (NULL in the store)."""
 
     name: str
     show: Callable[[object], str]
+    sql: str = "REAL"
     optional: bool = False
 
 
 # in the order points are listed, written in a study's definition (trailing Nones dropped: stores of
 # schema 1 wrote [optimizer, lr, seed]) and shown in lines
 AXES: tuple[Axis, ...] = (
-    Axis("optimizer", lambda v: _optimizer_key(v)),
+    Axis("optimizer", lambda v: _optimizer_key(v), sql="TEXT"),
     Axis("lr", lambda v: f"lr={v:g}"),
-    Axis("seed", lambda v: f"seed={v}"),
+    Axis("seed", lambda v: f"seed={v}", sql="INTEGER"),
     Axis("dual_lr", lambda v: f"dual_lr={v:g}", optional=True),
     Axis("penalty", lambda v: f"penalty={v:g}", optional=True),
 )

@@ -32,21 +32,29 @@ from optimlab.study import axes
 from optimlab.study.spec import StudySpec
 
 SCHEMA_VERSION = 3
-# what tells runs apart (NULL, "not an axis", as 0: no learning rate or coefficient is 0)
-RUN_KEY = "(optimizer, lr, seed, coalesce(dual_lr, 0), coalesce(penalty, 0))"
 EVAL_COLUMNS = ("step", "epoch", "batch_loss", "train_loss", "train_accuracy", "test_loss",
                 "test_accuracy", "lr", "wall_time")
 LOG_COLUMNS = ("step", "epoch", "loss", "lr")
 STATUSES = ("pending", "running", "completed", "diverged", "failed")
-SCHEMA = f"""
+
+
+def run_key() -> str:
+    """What tells runs apart, the runs' unique index: their axes (NULL, "not an axis", as 0: no
+    learning rate or coefficient is 0)."""
+    return "(" + ", ".join(f"coalesce({a.name}, 0)" if a.optional else a.name for a in axes.AXES) + ")"
+
+
+def _axis_columns() -> str:
+    return ",\n    ".join(f"{a.name} {a.sql}{'' if a.optional else ' NOT NULL'}" for a in axes.AXES)
+
+
+def schema() -> str:
+    """The tables of a new store, its runs' axis columns from :data:`optimlab.study.axes.AXES`."""
+    return f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
-    optimizer TEXT NOT NULL,
-    lr REAL NOT NULL,
-    seed INTEGER NOT NULL,
-    dual_lr REAL,
-    penalty REAL,
+    {_axis_columns()},
     config TEXT NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN {STATUSES}),
     steps INTEGER NOT NULL DEFAULT 0,
@@ -58,7 +66,7 @@ CREATE TABLE IF NOT EXISTS runs (
     updated REAL,
     engine TEXT
 );
-CREATE UNIQUE INDEX IF NOT EXISTS runs_configuration ON runs {RUN_KEY};
+CREATE UNIQUE INDEX IF NOT EXISTS runs_configuration ON runs {run_key()};
 CREATE TABLE IF NOT EXISTS evals (
     run_id INTEGER NOT NULL REFERENCES runs (id),
     step INTEGER NOT NULL, epoch REAL NOT NULL, batch_loss REAL, train_loss REAL,
@@ -149,7 +157,30 @@ class StudyStore:
             version = 2
         if version == 2:
             store._upgrade(2, [("runs", "engine TEXT")])
+        store._add_new_axes()
         return store
+
+    def _add_new_axes(self) -> None:
+        """An optional axis added to :data:`optimlab.study.axes.AXES` since the store was written gets
+        its column (NULL: the runs there do not vary it) and its place in the runs' unique key."""
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(runs)")}
+        new = [a for a in axes.AXES if a.name not in have]
+        if not new:
+            return
+        required = [a.name for a in new if not a.optional]
+        if required:
+            raise OptimlabError(f"{self.path} lacks the grid axes {', '.join(required)}, which every run "
+                                "has; it was written by another optimlab")
+        try:
+            with self.transaction():
+                for a in new:
+                    self.conn.execute(f"ALTER TABLE runs ADD COLUMN {a.name} {a.sql}")
+                self.conn.execute("DROP INDEX IF EXISTS runs_configuration")
+                self.conn.execute(f"CREATE UNIQUE INDEX runs_configuration ON runs {run_key()}")
+        except sqlite3.OperationalError as e:
+            self.conn.close()
+            raise OptimlabError(f"{self.path} needs the new grid axes {', '.join(a.name for a in new)} added "
+                                f"to be opened, which failed: {e}. Open a writable copy of it") from None
 
     def _upgrade(self, version: int, columns: list[tuple[str, str]]) -> None:
         """Schema ``version`` -> ``version + 1``: new columns (NULL in the rows already there)."""
@@ -173,7 +204,9 @@ class StudyStore:
                 for table, column in (("runs", "dual_lr REAL"), ("runs", "penalty REAL"),
                                       ("evals", "extras TEXT"), ("train_log", "extras TEXT")):
                     self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
-                self.conn.execute(f"CREATE UNIQUE INDEX runs_configuration ON runs {RUN_KEY}")
+                # schema 2's key (later axes: _add_new_axes)
+                self.conn.execute("CREATE UNIQUE INDEX runs_configuration ON runs "
+                                  "(optimizer, lr, seed, coalesce(dual_lr, 0), coalesce(penalty, 0))")
                 definition = json.loads(self.meta("definition") or "{}")
                 shared = definition.get("shared", {})
                 shared.pop("dual_lr", None)
@@ -209,7 +242,7 @@ class StudyStore:
             except sqlite3.OperationalError as e:
                 raise OptimlabError(f"cannot write the study store {path}: {e}") from None
         if not existed:
-            store.conn.executescript(SCHEMA)
+            store.conn.executescript(schema())
         with store.transaction():
             if existed:
                 store._check_same_study(spec, extend)
