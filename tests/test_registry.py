@@ -6,6 +6,7 @@ import re
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +22,8 @@ from optimlab.study.spec import parse_study
 from optimlab.study.store import StudyStore
 from optimlab.training import TrainConfig, train
 
+# written once: tests/user_optimizers.py (Saturating, SignMomentum, SquaredLR)
+USER_OPTIMIZERS = (Path(__file__).parent / "user_optimizers.py").read_text()
 USER_CODE = {
     "__init__.py": "",
     "nets.py": """
@@ -87,46 +90,7 @@ USER_CODE = {
         def ce(out, y):  # cross-entropy written by hand
             return (out.logsumexp(dim=1) - out.gather(1, y[:, None])[:, 0]).mean()
         """,
-    "optim.py": """
-        import torch
-
-
-        class _Plain(torch.optim.Optimizer):
-            def __init__(self, params, lr=0.1):
-                super().__init__(params, dict(lr=lr))
-
-            @torch.no_grad()
-            def step(self, closure=None):
-                for group in self.param_groups:
-                    for p in group["params"]:
-                        if p.grad is not None:
-                            p.sub_(self.scale(group["lr"]) * p.grad)
-
-
-        class SquaredLR(_Plain):  # p -= lr^2 g: not lr-linear
-            def scale(self, lr):
-                return lr ** 2
-
-
-        class Saturating(_Plain):  # p -= g lr / (1 + lr): not lr-linear
-            def scale(self, lr):
-                return lr / (1 + lr)
-
-
-        class SignMomentum(torch.optim.Optimizer):  # m = beta m + (1 - beta) g; p -= lr sign(m)
-            def __init__(self, params, lr=0.01, beta=0.9):
-                super().__init__(params, dict(lr=lr, beta=beta))
-
-            @torch.no_grad()
-            def step(self, closure=None):
-                for group in self.param_groups:
-                    for p in group["params"]:
-                        if p.grad is None:
-                            continue
-                        m = self.state[p].setdefault("m", torch.zeros_like(p))
-                        m.mul_(group["beta"]).add_(p.grad, alpha=1 - group["beta"])
-                        p.add_(m.sign(), alpha=-group["lr"])
-        """,
+    "optim.py": USER_OPTIMIZERS,
 }
 
 
@@ -171,7 +135,7 @@ TINY = dict(dataset="userpkg.data:good", model="userpkg.nets:Tiny", batch_size=1
                                                      "class or a factory"),
     ({"optimizer": "userpkg.optim:Nope", "lr": 0.1}, "optimizer 'userpkg.optim:Nope': userpkg.optim has "
                                                      "no attribute 'Nope'; it has: Saturating, "
-                                                     "SignMomentum, SquaredLR"),
+                                                     "SignMomentum, SquaredLR, torch"),
     ({"optimizer": "userpkg.nets:Tiny", "lr": 0.1}, "optimizer 'userpkg.nets:Tiny' is the class Tiny, "
                                                     "not a torch.optim.Optimizer"),
     ({"optimizer": "userpkg.optim:SignMomentum(bogus=1)"}, "optimizer 'userpkg.optim:SignMomentum(bogus=1)' "
@@ -356,23 +320,10 @@ def test_data_as_a_dataset_or_as_four_tensors_trains_to_the_same_numbers():
 
 # -------------------------------------------------------------------------------------- plugins
 
-GOOD_PLUGIN = """
-    import torch
+GOOD_PLUGIN = USER_OPTIMIZERS + textwrap.dedent("""
+
+
     from torch import nn
-
-
-    class SignMomentum(torch.optim.Optimizer):
-        def __init__(self, params, lr=0.01, beta=0.9):
-            super().__init__(params, dict(lr=lr, beta=beta))
-
-        @torch.no_grad()
-        def step(self, closure=None):
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        m = self.state[p].setdefault("m", torch.zeros_like(p))
-                        m.mul_(group["beta"]).add_(p.grad, alpha=1 - group["beta"])
-                        p.add_(m.sign(), alpha=-group["lr"])
 
 
     def tiny(input_shape, num_classes):
@@ -387,7 +338,7 @@ GOOD_PLUGIN = """
         r.optimizer("lion-ish", SignMomentum, lr_linear=True, elementwise=True, default_lr=0.01)
         r.model("tinyplug", tiny, task="classification")
         r.measure("maxweight", max_weight)
-    """
+    """)
 FAILING_PLUGIN = """
     def register(r):
         raise RuntimeError("boom")
@@ -395,25 +346,12 @@ FAILING_PLUGIN = """
 UNIMPORTABLE_PLUGIN = """
     import no_such_module_of_optimlab_tests
     """
-LYING_PLUGIN = """
-    import torch
-
-
-    class Squared(torch.optim.Optimizer):
-        def __init__(self, params, lr=0.1):
-            super().__init__(params, dict(lr=lr))
-
-        @torch.no_grad()
-        def step(self, closure=None):
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        p.sub_(group["lr"] ** 2 * p.grad)
+LYING_PLUGIN = USER_OPTIMIZERS + textwrap.dedent("""
 
 
     def register(r):
-        r.optimizer("liar", Squared, lr_linear=True, elementwise=True)
-    """
+        r.optimizer("liar", SquaredLR, lr_linear=True, elementwise=True)
+    """)
 
 
 @pytest.fixture

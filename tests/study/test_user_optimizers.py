@@ -4,6 +4,7 @@ slice equals its independent run), else trained run by run with the reason in th
 import math
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,36 +18,7 @@ from optimlab.study.store import StudyStore
 from optimlab.study.vectorized import train_group
 from optimlab.training import train
 
-OPTIM = """
-    import torch
-
-
-    class Saturating(torch.optim.Optimizer):  # p -= g lr / (1 + lr): not lr-linear
-        def __init__(self, params, lr=0.1):
-            super().__init__(params, dict(lr=lr))
-
-        @torch.no_grad()
-        def step(self, closure=None):
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        p.sub_(group["lr"] / (1 + group["lr"]) * p.grad)
-
-
-    class SignMomentum(torch.optim.Optimizer):  # m = beta m + (1 - beta) g; p -= lr sign(m)
-        def __init__(self, params, lr=0.01, beta=0.9):
-            super().__init__(params, dict(lr=lr, beta=beta))
-
-        @torch.no_grad()
-        def step(self, closure=None):
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is None:
-                        continue
-                    m = self.state[p].setdefault("m", torch.zeros_like(p))
-                    m.mul_(group["beta"]).add_(p.grad, alpha=1 - group["beta"])
-                    p.add_(m.sign(), alpha=-group["lr"])
-    """
+OPTIM = (Path(__file__).parents[1] / "user_optimizers.py").read_text()  # Saturating, SignMomentum
 # the tolerances of test_vectorized.py (recorded metrics: relative; parameters). Measured here: 2e-7
 # and 1e-8. Small learning rates: sign(m) of every weight moves the logits fast, and at losses near 0
 # (2e-5 after 20 steps at lr 0.01) the cross-entropy's cancellation alone is 0.2% relative
