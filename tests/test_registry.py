@@ -334,10 +334,19 @@ GOOD_PLUGIN = USER_OPTIMIZERS + textwrap.dedent("""
         return max(p.abs().max() for p in model.parameters())
 
 
+    def two_digits():
+        '''The first 600 and 200 images of the bundled digits.'''
+        from optimlab.data import load_dataset
+
+        d = load_dataset("mnist-10k")
+        return d.x_train[:600], d.y_train[:600], d.x_test[:200], d.y_test[:200]
+
+
     def register(r):
         r.optimizer("lion-ish", SignMomentum, lr_linear=True, elementwise=True, default_lr=0.01)
         r.model("tinyplug", tiny, task="classification")
         r.measure("maxweight", max_weight)
+        r.dataset("digits600", two_digits)
     """)
 FAILING_PLUGIN = """
     def register(r):
@@ -411,6 +420,10 @@ def test_a_plugin_adds_names_that_are_listed_and_that_a_study_uses(plugins, tmp_
     assert "[plugin myplug; lr-linear; vectorized: stacked] beta=0.9" in lines["lion-ish"]
     assert "sgd" in lines and "adam" in lines
     assert "tinyplug" in registry.model_names()
+    assert main(["data", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "digits600" in listed and "The first 600 and 200 images of the bundled digits." in listed
+    assert registry.load_data("digits600").num_train == 600
     assert registry.resolve_optimizer("lion-ish").default_lr() == 0.01
 
     spec = parse_study(study_text(model="tinyplug", optimizers=["lion-ish", "sgd"]))

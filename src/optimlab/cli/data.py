@@ -25,8 +25,15 @@ def add_to(sub) -> None:
 
 def _data_list(args: argparse.Namespace) -> int:
     from optimlab.data import dataset_status
+    from optimlab.registry import plugins
 
     rows = dataset_status(args.data_dir)
+    for name, loader in plugins().datasets.items():  # the installed plugins' loaders
+        summary = ((loader.__doc__ or "").strip().splitlines() or [""])[0]
+        rows.append({"name": name, "found": True,
+                     "where": f"loaded by {loader.__module__}.{loader.__qualname__}",
+                     "summary": summary or "a data set of an installed plugin",
+                     "how_to_get": "nothing to do"})
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
