@@ -108,12 +108,13 @@ def test_a_crashed_constrained_study_resumes_to_the_same_numbers(reference, tmp_
         run_study(parse_study(STUDY), out=tmp_path, executor=ExecutorSpec(kind="sequential"))
     monkeypatch.setattr(StudyStore, "commit", commit)
     cut = load_results(tmp_path / "study.db")
-    assert list(cut.runs.status) == ["running", "pending", "pending", "pending"]
+    # the interrupted process gave its unit back: pending, its checkpoint kept
+    assert list(cut.runs.status) == ["pending", "pending", "pending", "pending"]
     assert cut.evals.step.tolist() == [0, 32]  # the first run's first epoch (8000 / 250), checkpointed
     assert main(["study", "status", str(tmp_path / "study.db")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "constrained: 4 runs: 0 completed, 0 diverged, 1 running, 3 pending, 0 failed"
-    assert lines[1].split() == ["running", "adam", "lr=0.01", "dual_lr=0.001", "seed=0", "steps=32"]
+    assert lines[0] == "constrained: 4 runs: 0 completed, 0 diverged, 0 running, 4 pending, 0 failed"
+    assert lines[1].split() == ["pending", "adam", "lr=0.01", "dual_lr=0.001", "seed=0", "steps=32"]
     assert lines[4].split()[3:5] == ["dual_lr=0.1", "seed=1"]
     run_study(parse_study(STUDY), out=tmp_path, executor=ExecutorSpec(kind="sequential"))
     resumed = load_results(tmp_path / "study.db")

@@ -75,22 +75,37 @@ def _study_run(args: argparse.Namespace) -> int:
 
 
 def _study_status(args: argparse.Namespace) -> int:
+    import time
+
     from optimlab.study import axes
     from optimlab.study.store import StudyStore
 
     store = StudyStore.open(args.db)
     try:
-        runs = store.runs()
-        name = store.meta("name")
+        runs, claims, name = store.runs(), store.claims(), store.meta("name")
     finally:
         store.close()
+    live = {i for c in claims if c["live"] for i in c["runs"]}
+    for r in runs:  # running, but whoever trained it is gone: the next `study run` continues it
+        if r["status"] == "running" and r["id"] not in live:
+            r["status"] = "interrupted"
     counts = {s: sum(r["status"] == s for r in runs) for s in
-              ("completed", "diverged", "running", "pending", "failed")}
+              ("completed", "diverged", "running", "pending", "failed", "interrupted")}
+    if not counts["interrupted"]:
+        counts.pop("interrupted")
     print(f"{name}: {len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     for r in runs:
         if r["status"] not in ("completed", "diverged"):
             extra = f" ({r['error'].strip().splitlines()[-1]})" if r["error"] else ""
-            print(f"  {r['status']:<8} {axes.label(axes.of_row(r))} steps={r['steps']}{extra}")
+            print(f"  {r['status']:<11} {axes.label(axes.of_row(r))} steps={r['steps']}{extra}")
+    if claims:
+        now = time.time()
+        print("claims (who trains what):")
+        for c in claims:
+            state = "live" if c["live"] else "dead (its process is gone or silent): a study run takes it over"
+            since = time.strftime("%H:%M:%S", time.localtime(c["since"]))
+            print(f"  {c['unit']}: process {c['pid']} on {c['host']}, since {since}, heartbeat "
+                  f"{now - c['heartbeat']:.0f} s ago, {state}")
     return 0
 
 

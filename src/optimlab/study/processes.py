@@ -18,6 +18,7 @@ import traceback
 
 from optimlab.errors import OptimlabError
 from optimlab.study.spec import ExecutorSpec
+from optimlab.study.store import LostClaim
 from optimlab.study.units import Unit, train_unit
 
 POLL_S = 0.2
@@ -83,13 +84,16 @@ def run_in_processes(units: list[Unit], store, board, executor: ExecutorSpec,
                     _lost(slot, board, executor, attempts, todo)
                 if not slot.process.is_alive():
                     slots[i] = slot = _Slot(ctx, outbox, threads, data_dir)
-                if slot.unit is None and todo:
-                    slot.unit = todo.pop(0)
-                    attempts[slot.unit.key] += 1
-                    checkpoint = store.start_unit(slot.unit.key, slot.unit.run_ids,
-                                                  worker=slot.process.pid, engine=slot.unit.engine)
-                    slot.inbox.put({"unit": slot.unit.to_message(), "unit_key": slot.unit.key,
-                                    "attempt": attempts[slot.unit.key], "checkpoint": checkpoint})
+                while slot.unit is None and todo:
+                    unit = todo.pop(0)
+                    claim = store.claim_unit(unit.key, unit.run_ids, worker=slot.process.pid,
+                                             engine=unit.engine)
+                    if claim is None:  # another process has it (or has finished it) meanwhile
+                        continue
+                    slot.unit = unit
+                    attempts[unit.key] += 1
+                    slot.inbox.put({"unit": unit.to_message(), "unit_key": unit.key,
+                                    "attempt": attempts[unit.key], "checkpoint": claim.checkpoint})
             try:
                 msg = outbox.get(timeout=POLL_S)
             except queue.Empty:
@@ -100,7 +104,13 @@ def run_in_processes(units: list[Unit], store, board, executor: ExecutorSpec,
                 continue
             if kind == "progress":
                 _, _, checkpoint, results, finished = msg
-                board.commit(by_key[key], checkpoint, results, finished)
+                try:
+                    board.commit(by_key[key], checkpoint, results, finished)
+                except LostClaim:  # taken over by another process: stop this worker's training of it
+                    board.lost(slot.unit)
+                    slot.unit = None
+                    slot.process.kill()
+                    continue
                 if finished:
                     slot.unit = None
             else:

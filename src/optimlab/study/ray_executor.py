@@ -14,6 +14,7 @@ import queue as stdlib_queue
 
 from optimlab.errors import OptimlabError
 from optimlab.study.spec import ExecutorSpec
+from optimlab.study.store import LostClaim
 from optimlab.study.units import Unit
 
 POLL_S = 0.2
@@ -52,20 +53,28 @@ def run_on_ray(units: list[Unit], store, board, executor: ExecutorSpec, data_dir
         task = ray.remote(max_retries=0)(_ray_task)
         limit = executor.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         todo, running, attempts = list(units), {}, {u.key: 0 for u in units}
+        lost: set[str] = set()  # units another process took over
         by_key = {u.key: u for u in units}
         while todo or running:
             while todo and len(running) < limit:
                 unit = todo.pop(0)
+                claim = store.claim_unit(unit.key, unit.run_ids, engine=unit.engine)
+                if claim is None:  # another process has it (or has finished it) meanwhile
+                    continue
                 attempts[unit.key] += 1
-                checkpoint = store.start_unit(unit.key, unit.run_ids, engine=unit.engine)
-                ref = task.remote(unit.to_message(), checkpoint, events,
+                ref = task.remote(unit.to_message(), claim.checkpoint, events,
                                   (unit.key, attempts[unit.key]), data_dir)
                 running[ref] = unit
-            _drain(events, by_key, attempts, running, board)
+            for ref in [r for r, u in running.items() if u.key in lost]:  # taken over: stop them
+                ray.cancel(ref, force=True)
+                running.pop(ref)
+            _drain(events, by_key, attempts, running, board, lost)
             done, _ = ray.wait(list(running), timeout=0)
             for ref in done:
                 unit = running.pop(ref)
-                _drain(events, by_key, attempts, {**running, ref: unit}, board)  # its last messages
+                _drain(events, by_key, attempts, {**running, ref: unit}, board, lost)  # its last messages
+                if unit.key in lost:
+                    continue
                 try:
                     error = ray.get(ref)
                 except Exception as e:  # the task's worker died or its node was lost
@@ -95,8 +104,9 @@ def _code_packages(python_path) -> list[str]:
                   if p.is_dir() and (p / "__init__.py").is_file())
 
 
-def _drain(events, by_key: dict, attempts: dict, running: dict, board) -> None:
-    """Store every message waiting in the queue (waiting up to POLL_S for the first)."""
+def _drain(events, by_key: dict, attempts: dict, running: dict, board, lost: set) -> None:
+    """Store every message waiting in the queue (waiting up to POLL_S for the first); a unit whose
+    claim another process took over goes into ``lost``."""
     in_flight = {u.key for u in running.values()}
     timeout = POLL_S
     while True:
@@ -108,8 +118,12 @@ def _drain(events, by_key: dict, attempts: dict, running: dict, board) -> None:
             return
         timeout = 0.001
         key, attempt = tag
-        if key in in_flight and attempt == attempts[key]:
-            board.commit(by_key[key], checkpoint, results, finished)
+        if key in in_flight and attempt == attempts[key] and key not in lost:
+            try:
+                board.commit(by_key[key], checkpoint, results, finished)
+            except LostClaim:
+                board.lost(by_key[key])
+                lost.add(key)
 
 
 def _ray_task(unit_msg: dict, checkpoint: bytes | None, events, tag, data_dir: str | None):

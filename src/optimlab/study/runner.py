@@ -19,10 +19,11 @@ from optimlab.errors import OptimlabError
 from optimlab.study import axes
 from optimlab.study.code import fingerprint
 from optimlab.study.spec import ExecutorSpec, StudySpec, check_executor, load_study
-from optimlab.study.store import StudyStore
+from optimlab.study.store import LostClaim, StudyStore
 from optimlab.study.units import Unit, plan_units, train_unit
 
 DB_NAME = "study.db"
+WAIT_S = 2.0  # how often a process with nothing left to claim looks at the others' claims
 
 
 @dataclass
@@ -68,29 +69,33 @@ def run_study(
     store = StudyStore.create(out / DB_NAME, spec, extend=extend, code=fingerprint(spec.import_paths()),
                               code_changed=code_changed)
     started = time.perf_counter()
+    mine = {axes.key(axes.of_config(c)): c for c in configs}
+    board = None
     try:
-        store.reset_interrupted()
-        rows = store.runs()
-        todo = [r for r in rows if r["status"] in ("pending", "running", "failed")]
-        mine = {axes.key(axes.of_config(c)): c for c in configs}
-        by_id = {r["id"]: mine[k] for r in todo if (k := axes.key(axes.of_row(r))) in mine}
-        units = plan_units(todo, groups=executor.unit_kind == "groups", configs=by_id, data_dir=data_dir,
-                           python_path=spec.python_path, stack_always=executor.stack == "always")
-        board = _Board(store, len(rows), progress, verbose)
-        board.explain(units)
-        if executor.kind in ("sequential", "vectorized"):
-            _run_here(units, store, board, data_dir)
-        elif executor.kind == "processes":
-            from optimlab.study.processes import run_in_processes
-
-            run_in_processes(units, store, board, executor, data_dir)
-        else:
-            from optimlab.study.ray_executor import run_on_ray
-
-            run_on_ray(units, store, board, executor, data_dir)
+        with store.heartbeat():
+            while True:  # until every run is finished, here or by the other processes on the store
+                store.release_dead_claims()  # a process that died: its units are anyone's again
+                rows = store.runs()
+                busy = store.claimed_runs()
+                todo = [r for r in rows if r["status"] in ("pending", "running", "failed")
+                        and r["id"] not in busy and r["id"] not in store.claimed_here]
+                board = board or _Board(store, len(rows), progress, verbose)
+                if not todo:
+                    if busy:  # others train the rest: wait, to take their units over if they die
+                        time.sleep(WAIT_S)
+                        continue
+                    break
+                by_id = {r["id"]: mine[k] for r in todo if (k := axes.key(axes.of_row(r))) in mine}
+                units = plan_units(todo, groups=executor.unit_kind == "groups", configs=by_id,
+                                   data_dir=data_dir, python_path=spec.python_path,
+                                   stack_always=executor.stack == "always")
+                board.explain(units)
+                _execute(units, store, board, executor, data_dir)
         board.close()
         counts = {s: len(store.runs(s)) for s in ("completed", "diverged", "failed", "pending")}
     finally:
+        for unit in list(store.held):  # interrupted (Ctrl-C, an error): give the units back
+            store.release(unit)
         store.close()
     return StudyOutcome(store=out / DB_NAME, wall_time=time.perf_counter() - started, **counts)
 
@@ -132,13 +137,31 @@ def _check_portable(configs, kind: str) -> None:
                 "import path, or use the sequential or vectorized executor")
 
 
+def _execute(units: list[Unit], store: StudyStore, board: _Board, executor: ExecutorSpec,
+             data_dir: str | None) -> None:
+    if executor.kind in ("sequential", "vectorized"):
+        _run_here(units, store, board, data_dir)
+    elif executor.kind == "processes":
+        from optimlab.study.processes import run_in_processes
+
+        run_in_processes(units, store, board, executor, data_dir)
+    else:
+        from optimlab.study.ray_executor import run_on_ray
+
+        run_on_ray(units, store, board, executor, data_dir)
+
+
 def _run_here(units: list[Unit], store: StudyStore, board: _Board, data_dir: str | None) -> None:
     for unit in units:
-        checkpoint = store.start_unit(unit.key, unit.run_ids, engine=unit.engine)
+        claim = store.claim_unit(unit.key, unit.run_ids, engine=unit.engine)
+        if claim is None:  # another process has it (or has finished it) meanwhile
+            continue
         try:
-            train_unit(unit, checkpoint, board.receiver(unit), data_dir=data_dir)
+            train_unit(unit, claim.checkpoint, board.receiver(unit), data_dir=data_dir)
+        except LostClaim:
+            board.lost(unit)
         except OptimlabError:
-            raise
+            raise  # the user's to fix (the claim is given back on the way out)
         except Exception:  # a bug or a resource error in one unit: record it, go on
             board.failed(unit, traceback.format_exc(), retry=False)
 
@@ -187,8 +210,13 @@ class _Board:
             self.bar.update(len(results))
             self._postfix()
 
+    def lost(self, unit: Unit) -> None:
+        """Another process took the unit over (this one's lease had expired): its work since the last
+        checkpoint is dropped; the other process's claim writes the runs."""
+        self.bar.write(f"note: runs {unit.run_ids} were taken over by another process; left to it")
+
     def failed(self, unit: Unit, error: str, retry: bool) -> None:
-        self.store.fail(unit.run_ids, error, retry)
+        self.store.fail(unit.key, unit.run_ids, error, retry)
         if not retry:
             self.failed_runs += len(unit.run_ids)
             self.done += len(unit.run_ids)

@@ -22,6 +22,7 @@ import os
 import platform
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,7 +32,11 @@ from optimlab.errors import OptimlabError
 from optimlab.study import axes
 from optimlab.study.spec import StudySpec
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+HOST = platform.node()
+# a claim whose holder has not renewed it for this long is dead (its holder renews every HEARTBEAT_S)
+LEASE_S = 60.0
+HEARTBEAT_S = 5.0
 EVAL_COLUMNS = ("step", "epoch", "batch_loss", "train_loss", "train_accuracy", "test_loss",
                 "test_accuracy", "lr", "wall_time")
 LOG_COLUMNS = ("step", "epoch", "loss", "lr")
@@ -81,7 +86,39 @@ CREATE TABLE IF NOT EXISTS train_log (
 CREATE TABLE IF NOT EXISTS checkpoints (
     unit TEXT PRIMARY KEY, data BLOB NOT NULL, updated REAL
 );
+{CLAIMS}"""
+
+
+# who trains which unit: one claim a unit, a lease its holder renews (schema 4)
+CLAIMS = """CREATE TABLE IF NOT EXISTS claims (
+    unit TEXT PRIMARY KEY, token TEXT NOT NULL UNIQUE, runs TEXT NOT NULL, host TEXT NOT NULL,
+    pid INTEGER NOT NULL, since REAL NOT NULL, heartbeat REAL NOT NULL
+);
 """
+
+
+class LostClaim(Exception):
+    """The unit's claim is no longer this process's: another took it over (this one's lease expired).
+    Whatever it trained since its last checkpoint is dropped, never written."""
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, another user's
+        return True
+    return True
+
+
+def claim_is_live(claim: dict, now: float | None = None) -> bool:
+    """A claim is live while its holder renews it (within LEASE_S) and, on this machine, exists."""
+    now = time.time() if now is None else now
+    if now - claim["heartbeat"] > LEASE_S:
+        return False
+    return not (claim["host"] == HOST and not pid_alive(claim["pid"]))
 
 
 def unit_key(kind: str, run_ids: list[int]) -> str:
@@ -120,6 +157,8 @@ class StudyStore:
     def __init__(self, path: Path, conn: sqlite3.Connection):
         self.path = path
         self.conn = conn
+        self.held: dict[str, str] = {}  # unit -> token of the claims this process holds
+        self.claimed_here: set[int] = set()  # every run this process has claimed (not to retry them)
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -157,6 +196,9 @@ class StudyStore:
             version = 2
         if version == 2:
             store._upgrade(2, [("runs", "engine TEXT")])
+            version = 3
+        if version == 3:
+            store._upgrade(3, [], CLAIMS)
         store._add_new_axes()
         return store
 
@@ -182,12 +224,15 @@ class StudyStore:
             raise OptimlabError(f"{self.path} needs the new grid axes {', '.join(a.name for a in new)} added "
                                 f"to be opened, which failed: {e}. Open a writable copy of it") from None
 
-    def _upgrade(self, version: int, columns: list[tuple[str, str]]) -> None:
-        """Schema ``version`` -> ``version + 1``: new columns (NULL in the rows already there)."""
+    def _upgrade(self, version: int, columns: list[tuple[str, str]], tables: str = "") -> None:
+        """Schema ``version`` -> ``version + 1``: new columns (NULL in the rows already there) and
+        tables."""
         try:
             with self.transaction():
                 for table, column in columns:
                     self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+                if tables:
+                    self.conn.execute(tables)
                 self._set_meta(schema_version=str(version + 1))
         except sqlite3.OperationalError as e:
             self.conn.close()
@@ -233,23 +278,32 @@ class StudyStore:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OptimlabError(f"cannot create the folder of {path}: {e.strerror or e}") from None
-        existed = path.exists()
-        if existed:
-            store = cls.open(path)
-        else:
+        existed = path.exists() and cls._has_tables(path)
+        if not existed:  # made by one process: the first to hold the lock; the others then open it
             try:
-                store = cls(path, cls._connect(path))
+                conn = cls._connect(path)
+                with _Transaction(conn):
+                    if not conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
+                        for statement in schema().split(";"):
+                            if statement.strip():
+                                conn.execute(statement)
+                        # the whole definition at once: a process that opens it next checks against it
+                        conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
+                            ("schema_version", str(SCHEMA_VERSION)), ("name", spec.name),
+                            ("created", str(time.time())), ("definition", spec.definition()),
+                            ("study_file", spec.text), ("code", json.dumps(code or {}, sort_keys=True))])
+                    else:
+                        existed = True
+                conn.close()
             except sqlite3.OperationalError as e:
                 raise OptimlabError(f"cannot write the study store {path}: {e}") from None
-        if not existed:
-            store.conn.executescript(schema())
+            except sqlite3.DatabaseError as e:
+                raise OptimlabError(f"{path} is not a study store (SQLite says: {e})") from None
+        store = cls.open(path)
         with store.transaction():
             if existed:
                 store._check_same_study(spec, extend)
                 store._check_same_code(code, code_changed)
-            else:
-                store._set_meta(schema_version=str(SCHEMA_VERSION), name=spec.name,
-                                created=str(time.time()))
             store._set_meta(study_file=spec.text, definition=spec.definition(),
                             environment=json.dumps(environment()),
                             code=json.dumps(code or {}, sort_keys=True))
@@ -260,6 +314,18 @@ class StudyStore:
                     f"VALUES ({', '.join('?' * len(axes.NAMES))}, ?, ?)",
                     (*axes.of_config(config).values(), json.dumps(config.to_dict()), time.time()))
         return store
+
+    @staticmethod
+    def _has_tables(path: Path) -> bool:
+        """Whether the file holds any table (an empty file: a store another process is creating)."""
+        try:
+            conn = sqlite3.connect(path, timeout=60)
+            try:
+                return bool(conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall())
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError:
+            return True  # not SQLite: open() says so
 
     def _check_same_code(self, code: dict | None, code_changed: bool) -> None:
         from optimlab.study.code import changes
@@ -319,32 +385,99 @@ class StudyStore:
         row = self.conn.execute("SELECT data FROM checkpoints WHERE unit=?", (unit,)).fetchone()
         return row[0] if row else None
 
-    def start_unit(self, unit: str, run_ids: list[int], worker: int | None = None,
-                   engine: str | None = None) -> bytes | None:
-        """Begin (or continue) a unit of work: returns its checkpoint (as stored), or None after
-        clearing any rows and checkpoints its runs have from an earlier cut of the study into units.
-        ``engine``: how the unit is trained (recorded with its runs)."""
-        ckpt = self.checkpoint(unit)
+    def claims(self) -> list[dict]:
+        """Every claim: unit, token, runs (ids), host, pid, since, heartbeat, and ``live``."""
+        cur = self.conn.execute("SELECT * FROM claims ORDER BY since")
+        cols = [c[0] for c in cur.description]
+        now = time.time()
+        out = [dict(zip(cols, row, strict=True)) for row in cur]
+        for c in out:
+            c["runs"], c["live"] = json.loads(c["runs"]), claim_is_live(c, now)
+        return out
+
+    def claimed_runs(self) -> set[int]:
+        """The runs in live claims (of any process)."""
+        return {i for c in self.claims() if c["live"] for i in c["runs"]}
+
+    def release_dead_claims(self) -> list[dict]:
+        """Remove the claims whose holders are gone; their runs left 'running' go back to 'pending'
+        (their checkpoints stay: whoever claims them next continues from there). Returns them."""
         with self.transaction():
+            dead = [c for c in self.claims() if not c["live"]]
+            self.conn.executemany("DELETE FROM claims WHERE token=?", [(c["token"],) for c in dead])
+            busy = self.claimed_runs()
+            for (i,) in self.conn.execute("SELECT id FROM runs WHERE status='running'").fetchall():
+                if i not in busy:
+                    self.conn.execute("UPDATE runs SET status='pending' WHERE id=?", (i,))
+        return dead
+
+    def claim_unit(self, unit: str, run_ids: list[int], worker: int | None = None,
+                   engine: str | None = None) -> Claim | None:
+        """Claim a unit of work for this process, in one transaction: None when another live claim
+        holds one of its runs or one is finished already. Else its checkpoint (as stored), or none
+        after clearing any rows and checkpoints its runs have from an earlier cut of the study into
+        units. ``engine``: how the unit is trained (recorded with its runs)."""
+        import uuid
+
+        with self.transaction():
+            claims = self.claims()
+            dead = [c for c in claims if not c["live"] and set(c["runs"]) & set(run_ids)]
+            self.conn.executemany("DELETE FROM claims WHERE token=?", [(c["token"],) for c in dead])
+            if any(c["live"] and set(c["runs"]) & set(run_ids) for c in claims):
+                return None
+            marks = ",".join("?" * len(run_ids))
+            finished = self.conn.execute(
+                f"SELECT COUNT(*) FROM runs WHERE id IN ({marks}) AND status IN ('completed', 'diverged')",
+                run_ids).fetchone()[0]
+            if finished:
+                return None
+            ckpt = self.checkpoint(unit)
             if ckpt is None:
-                marks = ",".join("?" * len(run_ids))
                 for table in ("evals", "train_log"):
                     self.conn.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", run_ids)
                 for (other,) in self.conn.execute("SELECT unit FROM checkpoints").fetchall():
                     if set(unit_runs(other)) & set(run_ids):
                         self.conn.execute("DELETE FROM checkpoints WHERE unit=?", (other,))
+            token, now = uuid.uuid4().hex, time.time()
+            self.conn.execute("INSERT OR REPLACE INTO claims (unit, token, runs, host, pid, since, "
+                              "heartbeat) VALUES (?,?,?,?,?,?,?)",
+                              (unit, token, json.dumps(sorted(run_ids)), HOST, os.getpid(), now, now))
             self.conn.executemany(
                 "UPDATE runs SET status='running', attempts=attempts+1, error=NULL, worker=?, updated=?, "
                 "engine=coalesce(?, engine) WHERE id=?",
-                [(worker or os.getpid(), time.time(), engine, i) for i in run_ids])
-        return ckpt
+                [(worker or os.getpid(), now, engine, i) for i in run_ids])
+        self.held[unit] = token
+        self.claimed_here.update(run_ids)
+        return Claim(ckpt)
+
+    def start_unit(self, unit: str, run_ids: list[int], worker: int | None = None,
+                   engine: str | None = None) -> bytes | None:
+        """:meth:`claim_unit` for a caller that is sure to get it (refused: an error)."""
+        claim = self.claim_unit(unit, run_ids, worker, engine)
+        if claim is None:
+            raise OptimlabError(f"runs {run_ids} are claimed by another process or finished")
+        return claim.checkpoint
+
+    def _check_held(self, unit: str) -> None:
+        """Inside a transaction: the unit's claim must still be this process's."""
+        row = self.conn.execute("SELECT token FROM claims WHERE unit=?", (unit,)).fetchone()
+        if unit not in self.held or row is None or row[0] != self.held[unit]:
+            self.held.pop(unit, None)
+            raise LostClaim(unit)
+
+    def heartbeat(self) -> Heartbeat:
+        """A thread renewing this process's claims every HEARTBEAT_S, on a connection of its own
+        (``with store.heartbeat(): ...``)."""
+        return Heartbeat(self.path, self.held)
 
     def commit(self, unit: str, run_ids: list[int], checkpoint: bytes | None, results: list[dict],
                finished: bool) -> None:
         """Write, in one transaction, the rows and state of the unit's runs and its checkpoint
         (removed when ``finished``). ``results``: per run, ``status``, ``steps``, ``diverged_at``,
-        ``wall_time``, ``evals`` and ``train_log`` (all rows so far; those already stored are kept)."""
+        ``wall_time``, ``evals`` and ``train_log`` (all rows so far; those already stored are kept).
+        Raises :class:`LostClaim`, writing nothing, when the unit's claim is no longer this process's."""
         with self.transaction():
+            self._check_held(unit)
             for run_id, r in zip(run_ids, results, strict=True):
                 status = r["status"] if r["status"] != "running" or not finished else "completed"
                 self.conn.execute(
@@ -357,6 +490,10 @@ class StudyStore:
             else:
                 self.conn.execute("INSERT OR REPLACE INTO checkpoints (unit, data, updated) VALUES (?,?,?)",
                                   (unit, checkpoint, time.time()))
+            if finished:
+                self.conn.execute("DELETE FROM claims WHERE unit=?", (unit,))
+        if finished:
+            self.held.pop(unit, None)
 
     def _insert_rows(self, table: str, columns: tuple[str, ...], run_id: int, rows: list[dict]) -> None:
         last = self.conn.execute(f"SELECT MAX(step) FROM {table} WHERE run_id=?", (run_id,)).fetchone()[0]
@@ -367,17 +504,73 @@ class StudyStore:
                 f"INSERT OR REPLACE INTO {table} (run_id, {', '.join(columns)}, extras) VALUES ({marks})",
                 [(run_id, *(r[c] for c in columns), _extras(r, columns)) for r in new])
 
-    def fail(self, run_ids: list[int], error: str, retry: bool) -> None:
-        """Record that a unit's worker failed: back to pending (``retry``) or failed, with the error."""
+    def fail(self, unit: str, run_ids: list[int], error: str, retry: bool) -> None:
+        """Record that a unit's worker failed: back to pending (``retry``) or failed, with the error;
+        the claim is released (a claim lost meanwhile: the new holder's runs are left alone)."""
         with self.transaction():
+            try:
+                self._check_held(unit)
+            except LostClaim:
+                return
+            self.conn.execute("DELETE FROM claims WHERE unit=?", (unit,))
             self.conn.executemany(
                 "UPDATE runs SET status=?, error=?, updated=? WHERE id=?",
                 [("pending" if retry else "failed", error[-4000:], time.time(), i) for i in run_ids])
+        self.held.pop(unit, None)
 
-    def reset_interrupted(self) -> None:
-        """Runs left 'running' by a process that died go back to 'pending' (their checkpoints stay)."""
+    def release(self, unit: str) -> None:
+        """Give back a unit this process will not train further (its runs: pending, checkpoint kept)."""
         with self.transaction():
-            self.conn.execute("UPDATE runs SET status='pending' WHERE status='running'")
+            try:
+                self._check_held(unit)
+            except LostClaim:
+                return
+            self.conn.execute("DELETE FROM claims WHERE unit=?", (unit,))
+            self.conn.execute(f"UPDATE runs SET status='pending' WHERE status='running' AND id IN "
+                              f"({','.join('?' * len(unit_runs(unit)))})", unit_runs(unit))
+        self.held.pop(unit, None)
+
+
+class Heartbeat:
+    """Renews the claims in ``held`` (unit -> token, shared with the store) every HEARTBEAT_S while
+    in its ``with`` block; a holder that stops renewing (killed, frozen) loses them after LEASE_S."""
+
+    def __init__(self, path: Path, held: dict[str, str]):
+        import threading
+
+        self.path, self.held = path, held
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="optimlab-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            while not self.stop.wait(HEARTBEAT_S):
+                tokens = list(self.held.values())
+                if tokens:
+                    with _Transaction(conn):
+                        conn.executemany("UPDATE claims SET heartbeat=? WHERE token=?",
+                                         [(time.time(), t) for t in tokens])
+        except sqlite3.Error:  # the store went away (deleted, disk gone): the main thread will say so
+            pass
+        finally:
+            conn.close()
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.stop.set()
+        self.thread.join(timeout=HEARTBEAT_S + 60)
+        return False
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A unit claimed by this process: where to continue it from (None: from the start)."""
+
+    checkpoint: bytes | None
 
 
 def _extras(row: dict, columns: tuple[str, ...]) -> str | None:

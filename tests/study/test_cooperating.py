@@ -1,0 +1,104 @@
+"""Several `optimlab study run` processes on one store share its work: each unit is claimed in one
+transaction, under a lease its holder renews; a claim whose process died is taken over from the unit's
+last checkpoint; every run's rows come from one claim; the final store is a single process's."""
+
+import signal
+import sqlite3
+
+import pytest
+from test_runner import STUDY, _run_cli_study, _wait_for, rows
+
+from optimlab.cli import main
+from optimlab.study.results import load_results
+from optimlab.study.runner import run_study
+from optimlab.study.spec import ExecutorSpec, parse_study
+from optimlab.study.store import StudyStore
+
+LONGER = STUDY.replace("epochs = 3", "epochs = 12")  # ~1 s a run: the processes overlap
+
+
+@pytest.fixture(scope="module")
+def study_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("study") / "study.toml"
+    path.write_text(LONGER)
+    return path
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    """The study trained by one process: run by run, and in vectorized groups."""
+    out = {}
+    for kind in ("sequential", "vectorized"):
+        folder = tmp_path_factory.mktemp(kind)
+        outcome = run_study(parse_study(LONGER), out=folder, executor=ExecutorSpec(kind=kind), progress=False)
+        out[kind] = load_results(outcome.store)
+    return out
+
+
+def per_run(results) -> dict:
+    """optimizer, lr, seed -> that run's evaluation and training-log rows (without wall times)."""
+    evals, logs = rows(results, "evals"), rows(results, "train_log")
+    key = ["optimizer", "lr", "seed"]
+    return {k: (e.reset_index(drop=True), logs.set_index(key).loc[k].reset_index(drop=True))
+            for k, e in evals.groupby(key)}
+
+
+def attempts(db) -> list[int]:
+    conn = sqlite3.connect(db)
+    try:
+        return [a for (a,) in conn.execute("SELECT attempts FROM runs ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def test_two_processes_started_together_train_every_run_once(study_file, references, tmp_path):
+    out = tmp_path / "shared"
+    procs = [_run_cli_study(study_file, out, "--executor", "sequential") for _ in range(2)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    final = load_results(out / "study.db")
+    assert set(final.runs.status) == {"completed"} and attempts(out / "study.db") == [1] * 6
+    assert rows(final, "evals").equals(rows(references["sequential"], "evals"))
+    assert rows(final, "train_log").equals(rows(references["sequential"], "train_log"))
+    store = StudyStore.open(out / "study.db")
+    workers = {r["worker"] for r in store.runs()}
+    assert store.claims() == []  # every claim released at the end
+    store.close()
+    assert len(workers) == 2  # both processes trained some of the runs
+
+
+def test_a_sequential_and_a_vectorized_process_never_stitch_a_run(study_file, references, tmp_path):
+    out = tmp_path / "mixed"
+    procs = [_run_cli_study(study_file, out, "--executor", kind) for kind in ("vectorized", "sequential")]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    final = load_results(out / "study.db")
+    assert set(final.runs.status) == {"completed"} and attempts(out / "study.db") == [1] * 6
+    by_kind = {kind: per_run(r) for kind, r in references.items()}
+    whose = []
+    for key, (evals, log) in per_run(final).items():  # each run is all one process's
+        same = [kind for kind, runs in by_kind.items()
+                if runs[key][0].equals(evals) and runs[key][1].equals(log)]
+        assert same, f"run {key} has rows of both processes"
+        whose.append(same[0])
+    assert len(whose) == 6
+
+
+def test_a_killed_process_is_taken_over_from_its_last_checkpoint(study_file, references, tmp_path, capsys):
+    out = tmp_path / "killed"
+    db = out / "study.db"
+    first = _run_cli_study(study_file, out, "--executor", "sequential")
+    # kill it once its first run has a checkpoint mid-way (SIGKILL: its claim is left behind)
+    _wait_for(db, "SELECT COUNT(*) FROM checkpoints", proc=first)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert main(["study", "status", str(db)]) == 0
+    said = capsys.readouterr().out
+    assert "1 interrupted" in said and "dead (its process is gone or silent)" in said
+    second = _run_cli_study(study_file, out, "--executor", "sequential")
+    assert second.wait(timeout=300) == 0, second.stderr.read()
+    final = load_results(db)
+    assert set(final.runs.status) == {"completed"}
+    assert 2 in attempts(db)  # the run in flight: claimed again, continued from its checkpoint
+    assert rows(final, "evals").equals(rows(references["sequential"], "evals"))
+    assert rows(final, "train_log").equals(rows(references["sequential"], "train_log"))
