@@ -97,6 +97,16 @@ class OptimizerEntry:
                 f"optimizer {label!r} has no hyperparameter {', '.join(unknown)}; "
                 f"valid: {', '.join(valid) or 'none'}"
             )
+        defaults = self.hyperparameters()
+        for k, v in options.items():  # of the kind of its default: betas=0.9 is not a pair
+            d = defaults.get(k)
+            if isinstance(d, tuple) and not isinstance(v, list | tuple):
+                raise OptimlabError(f"optimizer {label}: {k} is a tuple like {d!r}; got {v!r}")
+            if isinstance(d, bool) and not isinstance(v, bool):
+                raise OptimlabError(f"optimizer {label}: {k} is True or False; got {v!r}")
+            if isinstance(d, int | float) and not isinstance(d, bool) and (
+                    isinstance(v, bool) or not isinstance(v, int | float)):
+                raise OptimlabError(f"optimizer {label}: {k} is a number like {d!r}; got {v!r}")
 
     def build(self, params, lr: float | None = None, label: str | None = None,
               **options) -> torch.optim.Optimizer:

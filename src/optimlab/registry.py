@@ -314,7 +314,10 @@ def optimizer_record(ref: object) -> object:
     if isinstance(ref, str):
         spec = OptimizerSpec.parse(ref)
         if spec.name not in LOCAL_FLOW:
-            resolve_optimizer(spec)
+            defaults = resolve_optimizer(spec).entry.hyperparameters()
+            # adam(betas=(0.9, 0.999)) is adam: options at their defaults are left out
+            spec = OptimizerSpec(spec.name, {k: v for k, v in spec.options.items()
+                                             if k not in defaults or _as_tuple(defaults[k]) != _as_tuple(v)})
         return str(spec)
     if isinstance(ref, OptimizerSpec):
         return optimizer_record(str(ref))
@@ -339,6 +342,10 @@ def optimizer_record(ref: object) -> object:
         return resolved.entry.name  # torch.optim.Adam -> "adam"
     path = import_path_of(ref)
     return path if path is not None else ref
+
+
+def _as_tuple(value: object) -> object:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
 
 
 def optimizer_label(ref: object) -> str:

@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     except OptimlabError as e:
         print(f"optimlab: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (| head): stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("optimlab: interrupted; `optimlab train ... --resume` with the same --out continues from "
               "the last checkpoint", file=sys.stderr)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from optimlab.cli.arguments import THREADS_HELP
+from optimlab.errors import OptimlabError
 
 
 def add_to(sub) -> None:
@@ -42,11 +43,20 @@ def add_to(sub) -> None:
     lf.set_defaults(func=lambda a: (lf.print_help(), 2)[1])
 
 
+def _at_least(args: argparse.Namespace, minimum: int, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value < minimum:
+            raise OptimlabError(f"--{name.replace('_', '-')} must be an integer >= {minimum}; got {value}")
+
+
 def _localflow_picture(args: argparse.Namespace) -> int:
     from optimlab.engine.localflow_runs import picture_at
     from optimlab.localflow import save_picture
     from optimlab.runfiles import check_writable
 
+    _at_least(args, 0, "steps")
+    _at_least(args, 1, "batch_size")
     check_writable(Path(args.out).resolve().parent)
     pic = picture_at(args.dataset, args.model, args.batch_size, args.steps, args.lr, args.seed,
                      radius=args.radius, spread=args.spread)
@@ -60,6 +70,9 @@ def _localflow_schedule(args: argparse.Namespace) -> int:
     from optimlab.engine.localflow_runs import schedule_run
     from optimlab.runfiles import atomic_write_text, check_writable
 
+    _at_least(args, 1, "epochs", "every", "batch_size")
+    if not 0 <= args.momentum < 1:
+        raise OptimlabError(f"--momentum must be in [0, 1); got {args.momentum}")
     if args.out:
         check_writable(Path(args.out).resolve().parent)
     run = schedule_run(args.dataset, args.model, args.lr, args.epochs, args.batch_size, args.every,

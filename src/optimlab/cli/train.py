@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from optimlab.cli.arguments import THREADS_HELP, options
+from optimlab.errors import OptimlabError
 from optimlab.models import model_names
 from optimlab.optimizers import optimizer_names
 
@@ -71,6 +73,8 @@ def add_to(sub) -> None:
     t.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --out (an interrupted run ends with "
                    "exactly the metrics of an uninterrupted one)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out folder that holds a run already (its files are replaced)")
     t.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no lines")
     t.set_defaults(func=_train)
@@ -107,8 +111,15 @@ def _train(args: argparse.Namespace) -> int:
                         for k, v in row.items() if k.startswith(("violation_", "multiplier_")))
         tqdm.write(f"Iteration: {row['step']}. Loss: {row['batch_loss']:.6g}. Accuracy: {acc_text}{extra}")
 
+    if args.resume and not (out / "checkpoint.pt").exists():
+        raise OptimlabError(f"nothing to resume: {out} holds no checkpoint.pt; run without --resume to start "
+                            "this run")
+    if args.resume and args.overwrite:
+        raise OptimlabError("--resume continues the run in --out, --overwrite replaces it: give one of them")
     result = train(config, out=out, resume=args.resume, data_dir=args.data_dir, on_eval=show,
-                   progress=not args.quiet, keep_model=False)
+                   progress=not args.quiet, keep_model=False, overwrite=args.overwrite)
+    if args.overwrite and not config.constraints:
+        (out / "figure.png").unlink(missing_ok=True)  # a constrained run's figure, not this run's
     final = result.final
     if config.constraints:
         from optimlab.report.figures import constrained_panels
@@ -129,9 +140,18 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _run_name(config) -> str:
+    """``DATA-MODEL-OPTIMIZER-lrLR-seedS-HASH``: HASH (8 hex digits) of every setting but those a
+    resumption may change (budget, device), so that two runs that differ in anything have two folders
+    and ``--resume`` with a larger budget finds its run."""
+    import hashlib
+
+    from optimlab.engine.config import RESUMABLE_CHANGES
+
     def short(text: str) -> str:  # an import path by its last name
         return text.rpartition(":")[2].rpartition(".")[2] if ":" in text and "." in text else text
 
     opt = short(config.optimizer_label.split("(")[0])
-    data = short(config.dataset).replace(":", "_").replace(",", "-").replace("=", "")
-    return f"{data}-{short(config.model)}-{opt}-lr{config.lr:g}-seed{config.seed}"
+    data = short(str(config.dataset)).replace(":", "_").replace(",", "-").replace("=", "")
+    settings = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{data}-{short(str(config.model))}-{opt}-lr{config.lr:g}-seed{config.seed}-{digest}"

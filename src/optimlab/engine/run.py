@@ -58,6 +58,7 @@ def train(
     keep_model: bool = True,
     resume_from: dict | None = None,
     on_checkpoint: Callable[[dict, RunResult], None] | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
     """Train one model as ``config`` says and return what happened.
 
@@ -70,6 +71,9 @@ def train(
     ``batch_loss``, train and test loss and accuracy, ``lr``, ``wall_time`` in seconds since the
     start, evaluations included, summed over resumptions).
 
+    A folder that holds a run already (its checkpoint) is refused unless ``resume`` (continue it) or
+    ``overwrite`` (start afresh over it).
+
     Without a folder: ``on_checkpoint(checkpoint, result_so_far)`` receives the checkpoint (a dict
     of tensors and plain values, a snapshot) at the same moments, and ``resume_from`` continues
     from one.
@@ -81,7 +85,8 @@ def train(
     device = resolve_device(config.device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed + RANDOM_STREAM)
-        run = _Run(config, out, resume, data, data_dir, device, resume_from, on_checkpoint, on_eval)
+        run = _Run(config, out, resume, data, data_dir, device, resume_from, on_checkpoint, on_eval,
+                   overwrite)
         run.bar = bar = progress_bar(run.total, run.step, progress)
         run_loop(run, run.total, run.per_epoch, config.eval_every, config.log_every, bar)
         return run_result(config, run.state, device, run.model if keep_model else None)
@@ -91,10 +96,13 @@ class _Run:
     """One run as the engine's loop drives it (:class:`optimlab.engine.loop.Trainee`)."""
 
     def __init__(self, config: TrainConfig, out, resume: bool, data, data_dir, device, resume_from,
-                 on_checkpoint, on_eval):
+                 on_checkpoint, on_eval, overwrite: bool = False):
         out = Path(out) if out is not None else None
         if resume and out is None:
             raise OptimlabError("resume needs the output folder of the run to continue (out=...)")
+        if out is not None and not resume and not overwrite and (out / CHECKPOINT).exists():
+            raise OptimlabError(f"{out} holds a run already ({CHECKPOINT}): resume it (--resume), replace it "
+                                "(--overwrite) or choose another folder (--out)")
         # every piece first: a refused setting leaves nothing behind, not even the folder
         self.config, self.device, self.on_eval = config, device, on_eval
         self.data = data = load_data(config, data, data_dir, device)

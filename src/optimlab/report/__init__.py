@@ -34,6 +34,8 @@ def make_report(db: str | Path, out: str | Path | None = None, target_fraction: 
 
     if not 0 < target_fraction <= 1:
         raise OptimlabError(f"target fraction must be in (0, 1]; got {target_fraction}")
+    if target_accuracy is not None and not 0 < target_accuracy <= 1:
+        raise OptimlabError(f"target accuracy is a fraction in (0, 1] (0.9 for 90 %); got {target_accuracy}")
     if not (math.isfinite(feasibility_tolerance) and feasibility_tolerance >= 0):
         raise OptimlabError("feasibility tolerance must be a finite number >= 0; "
                             f"got {feasibility_tolerance}")

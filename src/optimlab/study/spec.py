@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,7 @@ from optimlab.registry import (
 from optimlab.study import axes
 
 EXECUTORS = ("sequential", "vectorized", "processes", "ray")
+_NAME = re.compile(r"[A-Za-z0-9._ -]{1,100}")
 UNITS = ("runs", "groups")
 # fields of the study file -> what they are
 FIELDS = {
@@ -161,9 +163,12 @@ def load_study(path: str | Path) -> StudySpec:
     """Read and validate a study file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise OptimlabError(f"cannot read the study file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise OptimlabError(f"{path} is not a study file: not UTF-8 text (byte {e.start}); a study file is "
+                            "TOML") from None
     return parse_study(text, str(path), base=path.resolve().parent)
 
 
@@ -210,8 +215,9 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
         if required not in doc:
             raise fail(f"missing field {required!r} ({FIELDS[required]})")
     name = doc["name"]
-    if not isinstance(name, str) or not name.strip() or "/" in name:
-        raise fail(f"name must be a non-empty string without '/'; got {name!r}")
+    if not isinstance(name, str) or not _NAME.fullmatch(name.strip()) or name.strip() in (".", ".."):
+        raise fail(f"name must be 1 to 100 letters, digits, '.', '_', '-' or spaces (it names the folder "
+                   f"runs/NAME), not '.' or '..'; got {name!r}")
     default_lrs = _learning_rates(doc["learning_rates"], "learning_rates", fail)
     seeds = doc["seeds"]
     if not isinstance(seeds, list) or not seeds or not all(
@@ -350,6 +356,8 @@ def _learning_rates(value, where: str, fail, noun: str = "learning rate") -> lis
         raise fail(f"{where} must be a non-empty list of numbers > 0 or {{from, to, count}}; got {value!r}")
     out = []
     for lr in value:
+        if isinstance(lr, str | bool):  # "0.1" is text in TOML, true a boolean: neither is a number
+            raise fail(f"{where}: {noun} {lr!r} is not a number; write it without quotes, e.g. 0.1")
         try:
             out.append(check_lr(lr))
         except OptimlabError as e:

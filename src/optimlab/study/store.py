@@ -164,7 +164,16 @@ class StudyStore:
     @classmethod
     def _connect(cls, path: Path) -> sqlite3.Connection:
         conn = sqlite3.connect(path, timeout=60, isolation_level=None)  # explicit transactions
-        conn.execute("PRAGMA journal_mode=WAL")
+        deadline = time.time() + 60
+        while True:  # switching to WAL needs the file alone: SQLite says "locked" at once, not after a wait
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.time() > deadline:
+                    conn.close()
+                    raise
+                time.sleep(0.05)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         return conn
@@ -280,25 +289,7 @@ class StudyStore:
             raise OptimlabError(f"cannot create the folder of {path}: {e.strerror or e}") from None
         existed = path.exists() and cls._has_tables(path)
         if not existed:  # made by one process: the first to hold the lock; the others then open it
-            try:
-                conn = cls._connect(path)
-                with _Transaction(conn):
-                    if not conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
-                        for statement in schema().split(";"):
-                            if statement.strip():
-                                conn.execute(statement)
-                        # the whole definition at once: a process that opens it next checks against it
-                        conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
-                            ("schema_version", str(SCHEMA_VERSION)), ("name", spec.name),
-                            ("created", str(time.time())), ("definition", spec.definition()),
-                            ("study_file", spec.text), ("code", json.dumps(code or {}, sort_keys=True))])
-                    else:
-                        existed = True
-                conn.close()
-            except sqlite3.OperationalError as e:
-                raise OptimlabError(f"cannot write the study store {path}: {e}") from None
-            except sqlite3.DatabaseError as e:
-                raise OptimlabError(f"{path} is not a study store (SQLite says: {e})") from None
+            existed = cls._create_tables(path, spec, code)
         store = cls.open(path)
         with store.transaction():
             if existed:
@@ -314,6 +305,38 @@ class StudyStore:
                     f"VALUES ({', '.join('?' * len(axes.NAMES))}, ?, ?)",
                     (*axes.of_config(config).values(), json.dumps(config.to_dict()), time.time()))
         return store
+
+    @classmethod
+    def _create_tables(cls, path: Path, spec: StudySpec, code: dict | None) -> bool:
+        """Create the store's tables and write its definition, unless another process did first
+        (then True). Two processes that start together take turns: a lock SQLite refuses at once
+        (switching a new file to WAL) is tried again for up to a minute."""
+        deadline = time.time() + 60
+        while True:
+            try:
+                conn = cls._connect(path)
+                try:
+                    with _Transaction(conn):
+                        if conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
+                            return True
+                        for statement in schema().split(";"):
+                            if statement.strip():
+                                conn.execute(statement)
+                        # the whole definition at once: a process that opens it next checks against it
+                        conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
+                            ("schema_version", str(SCHEMA_VERSION)), ("name", spec.name),
+                            ("created", str(time.time())), ("definition", spec.definition()),
+                            ("study_file", spec.text), ("code", json.dumps(code or {}, sort_keys=True))])
+                        return False
+                finally:
+                    conn.close()
+            except sqlite3.OperationalError as e:
+                if "locked" in str(e) and time.time() < deadline:
+                    time.sleep(0.05)
+                    continue
+                raise OptimlabError(f"cannot write the study store {path}: {e}") from None
+            except sqlite3.DatabaseError as e:
+                raise OptimlabError(f"{path} is not a study store (SQLite says: {e})") from None
 
     @staticmethod
     def _has_tables(path: Path) -> bool:
