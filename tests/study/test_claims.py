@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 
 from optimlab.study import parse_study
-from optimlab.study.store import LEASE_S, LostClaim, StudyStore
+from optimlab.study.store import LEASE_S, LostClaim, StudyStore, checkpoint_bytes
 
 STUDY = """name = "claims"
 dataset = "mnist-10k:0,1"
@@ -52,14 +52,15 @@ def test_a_unit_is_claimed_once_and_its_runs_are_not_claimable_in_another_cut(tw
 def test_a_silent_holder_loses_its_claim_and_its_late_commit_writes_nothing(two, tmp_path):
     a, b = two
     assert a.claim_unit("run:1", [1]) is not None
-    a.commit("run:1", [1], b"checkpoint-a", [RESULT], finished=False)
+    mine = checkpoint_bytes({"progress": {"step": 2}})
+    a.commit("run:1", [1], mine, [RESULT], finished=False)
     age(tmp_path / "study.db", "run:1", LEASE_S + 1)  # a froze: no heartbeat for longer than the lease
     assert not b.claims()[0]["live"]
     taken = b.claim_unit("run:1", [1])
-    assert taken is not None and taken.checkpoint == b"checkpoint-a"  # continued from a's checkpoint
+    assert taken is not None and taken.checkpoint == mine  # continued from a's checkpoint
     with pytest.raises(LostClaim):
-        a.commit("run:1", [1], b"checkpoint-late", [{**RESULT, "steps": 3}], finished=False)
-    assert b.checkpoint("run:1") == b"checkpoint-a" and b.runs()[0]["steps"] == 2  # nothing written
+        a.commit("run:1", [1], checkpoint_bytes({"late": 1}), [{**RESULT, "steps": 3}], finished=False)
+    assert b.checkpoint("run:1") == mine and b.runs()[0]["steps"] == 2  # nothing written
     b.commit("run:1", [1], None, [{**RESULT, "status": "completed", "steps": 4}], finished=True)
     assert b.runs()[0]["status"] == "completed" and b.claims() == []
 

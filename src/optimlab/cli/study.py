@@ -42,6 +42,11 @@ def add_to(sub) -> None:
                          description="Counts of the runs of a study store by status.")
     st.add_argument("db", help="the study's store (study.db)")
     st.set_defaults(func=_study_status)
+    ck = ssub.add_parser("check", help="check a study store for damage",
+                         description="SQLite's full integrity check of a study store, and whether every "
+                         "row of every table can be read. Exit status 1 when something is damaged.")
+    ck.add_argument("db", help="the study's store (study.db)")
+    ck.set_defaults(func=_study_check)
     e = ssub.add_parser("export", help="write runs, evals and train_log as CSV or Parquet",
                         description="Write the runs, evaluation rows and training-loss rows of a "
                         "study store as files.")
@@ -106,6 +111,21 @@ def _study_status(args: argparse.Namespace) -> int:
             since = time.strftime("%H:%M:%S", time.localtime(c["since"]))
             print(f"  {c['unit']}: process {c['pid']} on {c['host']}, since {since}, heartbeat "
                   f"{now - c['heartbeat']:.0f} s ago, {state}")
+    return 0
+
+
+def _study_check(args: argparse.Namespace) -> int:
+    from optimlab.study.store import check_store
+
+    found = check_store(args.db)
+    for table, rows in found["tables"].items():
+        print(f"  {table:<12} {rows if isinstance(rows, str) else f'{rows} rows, readable'}")
+    if found["problems"]:
+        print(f"{args.db}: damaged:")
+        for problem in found["problems"][:20]:
+            print(f"  {problem}")
+        return 1
+    print(f"{args.db}: intact")
     return 0
 
 

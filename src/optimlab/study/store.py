@@ -151,6 +151,56 @@ def checkpoint_from_bytes(data: bytes) -> dict:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
+def integrity(conn: sqlite3.Connection, full: bool = True) -> list[str]:
+    """What SQLite finds damaged in the database (``quick_check``: the pages and b-trees, in about
+    the time of reading the file; ``full``: ``integrity_check``, indexes too); empty when intact."""
+    try:
+        found = [r[0] for r in conn.execute(f"PRAGMA {'integrity_check' if full else 'quick_check'}")]
+    except sqlite3.DatabaseError as e:
+        return [str(e)]
+    return [] if found == ["ok"] else found
+
+
+def check_store(path: str | Path) -> dict:
+    """The full check of ``optimlab study check``: SQLite's integrity check, and for each table
+    whether every row can be read; ``{"problems": [...], "tables": {name: rows or error}}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise OptimlabError(f"{path}: no such study store")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as e:
+        raise OptimlabError(f"cannot open {path}: {e}") from None
+    try:
+        problems = integrity(conn)
+        tables = {}
+        present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        for table in (t for t in _WIDE if t in present):  # claims: not in stores before schema 4
+            try:
+                tables[table] = conn.execute(f"SELECT COUNT(*), SUM(LENGTH(CAST({_WIDE[table]} AS BLOB))) "
+                                             f"FROM {table}").fetchone()[0]
+            except sqlite3.DatabaseError as e:
+                tables[table] = f"unreadable: {e}"
+                problems.append(f"table {table}: {e}")
+    finally:
+        conn.close()
+    return {"problems": problems, "tables": tables}
+
+
+# a column of each table to read whole (every page of the table is visited)
+_WIDE = {"meta": "value", "runs": "config", "evals": "extras", "train_log": "extras", "checkpoints": "data",
+         "claims": "runs"}
+
+
+def _readable(data: bytes) -> bool:
+    """Whether a stored checkpoint loads (a damaged blob does not)."""
+    try:
+        checkpoint_from_bytes(data)
+    except Exception:
+        return False
+    return True
+
+
 class StudyStore:
     """One study's database. Open with :meth:`create` (a study file) or :meth:`open` (to read)."""
 
@@ -192,6 +242,11 @@ class StudyStore:
         if not {"meta", "runs", "evals"} <= tables:
             conn.close()
             raise OptimlabError(f"{path} is an SQLite database but not an optimlab study store")
+        problems = integrity(conn, full=False)
+        if problems:
+            conn.close()
+            raise OptimlabError(f"{path} is damaged ({problems[0]}{' ...' if len(problems) > 1 else ''}); "
+                                f"`optimlab study check {path}` says what is damaged")
         store = cls(path, conn)
         version = int(store.meta("schema_version") or 0)
         if version > SCHEMA_VERSION:
@@ -455,6 +510,12 @@ class StudyStore:
             if finished:
                 return None
             ckpt = self.checkpoint(unit)
+            unreadable = ckpt is not None and not _readable(ckpt)
+            if unreadable:  # a damaged checkpoint would fail the unit on every rerun: start it afresh
+                ckpt = None
+                self.conn.executemany("UPDATE runs SET error=? WHERE id=?", [
+                    ("its checkpoint could not be read (damaged); trained again from the start", i)
+                    for i in run_ids])
             if ckpt is None:
                 for table in ("evals", "train_log"):
                     self.conn.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", run_ids)
@@ -466,9 +527,9 @@ class StudyStore:
                               "heartbeat) VALUES (?,?,?,?,?,?,?)",
                               (unit, token, json.dumps(sorted(run_ids)), HOST, os.getpid(), now, now))
             self.conn.executemany(
-                "UPDATE runs SET status='running', attempts=attempts+1, error=NULL, worker=?, updated=?, "
-                "engine=coalesce(?, engine) WHERE id=?",
-                [(worker or os.getpid(), now, engine, i) for i in run_ids])
+                "UPDATE runs SET status='running', attempts=attempts+1, error=CASE WHEN ? THEN error END, "
+                "worker=?, updated=?, engine=coalesce(?, engine) WHERE id=?",
+                [(unreadable, worker or os.getpid(), now, engine, i) for i in run_ids])
         self.held[unit] = token
         self.claimed_here.update(run_ids)
         return Claim(ckpt)
