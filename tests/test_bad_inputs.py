@@ -96,3 +96,31 @@ def test_output_to_a_closed_pipe_is_quiet():
     done = subprocess.run(f"{sys.executable} -m optimlab data list | head -1", shell=True,
                           capture_output=True, text=True, timeout=120)
     assert done.stdout.startswith("mnist-10k") and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_device_that_is_not_here_is_refused_before_anything_is_written(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main([*TRAIN, "--device", "cuda", "--out", str(tmp_path / "run")]) == 2
+    study = tmp_path / "study.toml"
+    study.write_text(STUDY + 'device = "cuda"\n')
+    assert main(["study", "run", str(study), "--out", str(tmp_path / "study"), "-q"]) == 2
+    assert capsys.readouterr().err.count("device 'cuda' is not available here") == 2
+    assert not (tmp_path / "run").exists() and not (tmp_path / "study").exists()
+    # the corrected file is then taken on that folder: nothing was left to refuse it
+    study.write_text(STUDY)
+    assert main(["study", "run", str(study), "--out", str(tmp_path / "study"), "-q"]) == 0
+
+
+def test_a_report_of_runs_without_a_training_loss(tmp_path):
+    # no training-set evaluation, and the budget ends before the first logged loss
+    text = STUDY.replace("iterations = 4", "iterations = 4\nlog_every = 10\neval_train = false")
+    text = text.replace("learning_rates = [0.1]", "learning_rates = [0.1, 0.01]")
+    from optimlab.study import run_study
+
+    store = run_study(parse_study(text), out=tmp_path, progress=False).store
+    report = make_report(store)
+    assert report.html.exists()
+    assert report.summary.robustness.best_lr.notna().all()  # chosen on the test accuracy

@@ -44,6 +44,18 @@ def _band(ax, x, mean, std, label: str, **style) -> str:
     return line.get_color()
 
 
+def _log_y(ax, values, x=None) -> None:
+    """A log y axis for a loss; a loss never recorded (no training-set evaluation, no logged batch
+    loss) is said so in the panel instead (``x``: the panel's x values, for its limits)."""
+    if (values > 0).any():
+        ax.set_yscale("log")
+    else:
+        if x is not None and ax.get_xscale() == "log":  # nothing drawn: a log axis needs its limits
+            ax.set_xlim(float(x.min()) / 1.5, float(x.max()) * 1.5)
+        ax.text(0.5, 0.5, "not recorded\n(eval_train = false and no logged loss)", ha="center",
+                va="center", transform=ax.transAxes, color="grey")
+
+
 def sensitivity(summary: Summary, path: Path) -> Path | None:
     """Final test accuracy and final training loss against the learning rate (log axis), one line per
     optimizer, the spread over seeds shaded (mean +- std); diverged cells marked with x."""
@@ -65,7 +77,7 @@ def sensitivity(summary: Summary, path: Path) -> Path | None:
                 ax.scatter(bad.lr, [y] * len(bad), marker="x", color=color)
         ax.set_xscale("log")
         if col == "final_train_loss":
-            ax.set_yscale("log")
+            _log_y(ax, cells[f"{col}_mean"], cells.lr)
         if col == "final_violation":
             ax.axhline(summary.feasibility_tolerance, color="grey", ls="--", lw=1, label="feasible below")
         ax.set_xlabel("learning rate")
@@ -87,7 +99,7 @@ def learning_curves(summary: Summary, path: Path) -> Path | None:
         for (opt, lr), g in curves.groupby(["optimizer", "lr"], sort=False):
             _band(ax, g.epoch, g[f"{col}_mean"], g[f"{col}_std"], f"{opt} (lr {lr:g})")
         if col == "train_loss":
-            ax.set_yscale("log")
+            _log_y(ax, curves[f"{col}_mean"])
         if col == "test_accuracy" and summary.target_accuracy is not None:
             ax.axhline(summary.target_accuracy, color="grey", ls="--", lw=1, label="target")
         ax.set_xlabel("epoch")

@@ -172,9 +172,10 @@ def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
         score = g.final_test_accuracy_mean if has_acc else -g.final_train_loss_mean
         best = int(score.where(usable).idxmax())
         loss = g.final_train_loss_mean
+        has_loss = loss.where(usable).notna().any()  # none: no training loss evaluated or logged
         loss_best = loss.where(usable).min()
         good_loss = (usable & (loss <= loss_best * (1 + loss_tolerance))).tolist()
-        best_loss_i = int(loss.where(usable).idxmin())
+        best_loss_i = int(loss.where(usable).idxmin()) if has_loss else None
         row.update({
             "best_lr": lrs[best],
             "best_final_test_accuracy": g.final_test_accuracy_mean[best],
@@ -190,7 +191,8 @@ def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
                 acc = g.final_test_accuracy_mean
                 good_acc = (usable & (acc >= acc[best] - accuracy_tolerance)).tolist()
                 row["width_accuracy_decades"] = _width(lrs, good_acc, best)
-            row["width_loss_decades"] = _width(lrs, good_loss, best_loss_i)
+            if has_loss:
+                row["width_loss_decades"] = _width(lrs, good_loss, best_loss_i)
         rows.append(row)
     table = pd.DataFrame(rows)
     if len(table):
