@@ -8,7 +8,8 @@ shape than the one-process store's, which sums in another order), and the larges
 recorded number from the nearer one-process store. Every worker computes on one thread, so the
 numbers agree bit for bit. Not part of the test suite (minutes).
 
-Run: python benchmarks/soak_study.py [--workers 3] [--kills 20] [--seconds 600] [--executor mixed]
+Run: python benchmarks/soak_study.py [--workers 3] [--kills 20] [--seconds 600] [--epochs 20]
+                                     [--executor mixed|sequential|vectorized]
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ STUDY = """name = "soak"
 dataset = "mnist-10k"
 model = "logreg"
 batch_size = 250
-epochs = 6
+epochs = EPOCHS
 eval_every = 8
 log_every = 2
 optimizers = ["sgd", "momentum", { name = "adam", learning_rates = [1e-3, 3e-3] }]
@@ -64,6 +65,7 @@ def main() -> None:
     p.add_argument("--kills", type=int, default=20, help="SIGKILLs to deal out, at random moments")
     p.add_argument("--seconds", type=float, default=600, help="give up after this long")
     p.add_argument("--executor", default="mixed", choices=["sequential", "vectorized", "mixed"])
+    p.add_argument("--epochs", type=int, default=20, help="of each run (longer: more kills land)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     rng = random.Random(args.seed)
@@ -76,10 +78,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         study = tmp / "soak.toml"
-        study.write_text(STUDY)
+        text = STUDY.replace("EPOCHS", str(args.epochs))
+        study.write_text(text)
         kinds = ["sequential", "vectorized"] if args.executor == "mixed" else [args.executor]
         t0 = time.perf_counter()
-        refs = {kind: load_results(run_study(parse_study(STUDY), out=tmp / kind, executor=kind,
+        refs = {kind: load_results(run_study(parse_study(text), out=tmp / kind, executor=kind,
                                              progress=False).store) for kind in kinds}
         alone = (time.perf_counter() - t0) / len(kinds)
         out, db = tmp / "soak", tmp / "soak" / "study.db"
