@@ -91,6 +91,8 @@ def run_study(
                                    stack_always=executor.stack == "always")
                 board.explain(units)
                 _execute(units, store, board, executor, data_dir)
+                for unit in list(store.held):  # none should be left; never wait on one's own claim
+                    store.release(unit)
         board.close()
         counts = {s: len(store.runs(s)) for s in ("completed", "diverged", "failed", "pending")}
     finally:
