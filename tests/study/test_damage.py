@@ -85,3 +85,35 @@ def test_a_checkpoint_that_cannot_be_read_is_trained_again_from_the_start(refere
     assert rows(final, "evals").equals(rows(reference, "evals"))
     assert rows(final, "train_log").equals(rows(reference, "train_log"))
     assert final.runs.error.str.contains("checkpoint could not be read").sum() == 1
+
+
+def test_a_damaged_store_is_salvaged_and_its_study_finished_to_the_same_numbers(reference, tmp_path, capsys):
+    db = run_study(parse_study(STUDY), out=tmp_path / "damaged", progress=False).store
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    try:
+        leaves = [n for (n,) in conn.execute("SELECT pageno FROM dbstat WHERE name = 'train_log' AND "
+                                             "pagetype = 'leaf' ORDER BY pageno")]
+    except sqlite3.OperationalError:
+        pytest.skip("this SQLite has no dbstat table to find the table's pages")
+    finally:
+        conn.close()
+    with open(db, "r+b") as f:  # the last page of train_log: the rows of the last run(s)
+        f.seek(page * (leaves[-1] - 1))
+        f.write(bytes(range(256)) * (page // 256))
+    out = tmp_path / "salvaged"
+    assert main(["study", "salvage", str(db), str(out)]) == 0
+    said = capsys.readouterr().out
+    copied, again = (int(w) for w in (said.split(": ")[1].split()[0], said.split(", ")[1].split()[0]))
+    assert copied + again == 4 and again >= 1 and copied >= 1
+    store = StudyStore.open(out / "study.db")  # intact: it passes the check on open
+    pending = [r["id"] for r in store.runs() if r["status"] == "pending"]
+    store.close()
+    assert len(pending) == again
+    outcome = run_study(parse_study(STUDY), out=out, progress=False)  # the same study: it goes on
+    assert (outcome.completed, outcome.pending) == (4, 0)
+    final = load_results(outcome.store)
+    assert rows(final, "evals").equals(rows(reference, "evals"))
+    assert rows(final, "train_log").equals(rows(reference, "train_log"))
+    assert main(["study", "salvage", str(db), str(out)]) == 2  # never over a folder with a store

@@ -47,6 +47,13 @@ def add_to(sub) -> None:
                          "row of every table can be read. Exit status 1 when something is damaged.")
     ck.add_argument("db", help="the study's store (study.db)")
     ck.set_defaults(func=_study_check)
+    sv = ssub.add_parser("salvage", help="copy what is intact of a damaged store into a new one",
+                         description="Copy the study's definition and every finished run whose rows can "
+                         "all be read into OUT/study.db; every other run is pending there, trained again "
+                         "by `optimlab study run FILE --out OUT`.")
+    sv.add_argument("db", help="the damaged store (study.db)")
+    sv.add_argument("out", help="a new, empty folder for the salvaged store")
+    sv.set_defaults(func=_study_salvage)
     e = ssub.add_parser("export", help="write runs, evals and train_log as CSV or Parquet",
                         description="Write the runs, evaluation rows and training-loss rows of a "
                         "study store as files.")
@@ -126,6 +133,15 @@ def _study_check(args: argparse.Namespace) -> int:
             print(f"  {problem}")
         return 1
     print(f"{args.db}: intact")
+    return 0
+
+
+def _study_salvage(args: argparse.Namespace) -> int:
+    from optimlab.study.store import salvage
+
+    done = salvage(args.db, args.out)
+    print(f"{args.out}/study.db: {done['copied']} runs copied whole, {done['again']} to train again "
+          f"(`optimlab study run FILE --out {args.out}` does)")
     return 0
 
 

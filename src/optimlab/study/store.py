@@ -187,6 +187,68 @@ def check_store(path: str | Path) -> dict:
     return {"problems": problems, "tables": tables}
 
 
+def salvage(source: str | Path, out: str | Path) -> dict:
+    """Copy what is intact of a damaged store into a new one, ``out``: the study's definition, and
+    every finished run whose rows can all be read, with its rows; every other run is pending in the
+    new store (trained again by the next ``study run``). Returns ``{"copied": n, "again": n}``.
+
+    Refused when the definition cannot be read (run the study file into a new folder instead)."""
+    source, out = Path(source), Path(out)
+    if not source.is_file():
+        raise OptimlabError(f"{source}: no such study store")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OptimlabError(f"{out} exists and is not empty: salvage writes a new study folder")
+    try:
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        meta = dict(src.execute("SELECT key, value FROM meta").fetchall())
+    except sqlite3.DatabaseError as e:
+        raise OptimlabError(f"the study's definition in {source} cannot be read ({e}); nothing to salvage: "
+                            "run the study file into a new folder") from None
+    if "definition" not in meta:
+        raise OptimlabError(f"{source} holds no study definition: not a study store")
+    try:
+        cols = [c[1] for c in src.execute("PRAGMA table_info(runs)")]
+        runs = [dict(zip(cols, r, strict=True)) for r in src.execute("SELECT * FROM runs ORDER BY id")]
+    except sqlite3.DatabaseError as e:
+        raise OptimlabError(f"the runs of {source} cannot be read ({e}); run the study file into a new "
+                            "folder") from None
+    out.mkdir(parents=True, exist_ok=True)
+    dst = StudyStore._connect(out / "study.db")
+    copied = again = 0
+    try:
+        with _Transaction(dst):
+            for statement in schema().split(";"):
+                if statement.strip():
+                    dst.execute(statement)
+            meta["schema_version"] = str(SCHEMA_VERSION)
+            dst.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
+            keep = [c for c in cols if c in {r[1] for r in dst.execute("PRAGMA table_info(runs)")}]
+            for run in runs:
+                rows = None
+                if run["status"] in ("completed", "diverged"):
+                    try:
+                        rows = {t: src.execute(f"SELECT * FROM {t} WHERE run_id=? ORDER BY step",
+                                               (run["id"],)).fetchall() for t in ("evals", "train_log")}
+                    except sqlite3.DatabaseError:
+                        rows = None  # a damaged page among its rows: trained again
+                if rows is None:
+                    run = {**run, "status": "pending", "steps": 0, "diverged_at": None, "wall_time": None,
+                           "error": "salvaged: its rows were damaged or unfinished; trained again"}
+                    again += 1
+                else:
+                    copied += 1
+                dst.execute(f"INSERT INTO runs ({', '.join(keep)}) VALUES ({', '.join('?' * len(keep))})",
+                            [run[c] for c in keep])
+                for table, found in (rows or {}).items():
+                    if found:
+                        marks = ", ".join("?" * len(found[0]))
+                        dst.executemany(f"INSERT INTO {table} VALUES ({marks})", found)
+    finally:
+        src.close()
+        dst.close()
+    return {"copied": copied, "again": again}
+
+
 # a column of each table to read whole (every page of the table is visited)
 _WIDE = {"meta": "value", "runs": "config", "evals": "extras", "train_log": "extras", "checkpoints": "data",
          "claims": "runs"}
