@@ -30,6 +30,23 @@ def rows(results, table):
     return frame.sort_values(["lr", "seed", "step"]).reset_index(drop=True)
 
 
+def damage(db, table: str, first: bool) -> None:
+    """Garbage over the first (or last) leaf page of ``table`` in the file ``db``."""
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    try:
+        leaves = [n for (n,) in conn.execute("SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' "
+                                             "ORDER BY pageno", (table,))]
+    except sqlite3.OperationalError:
+        pytest.skip("this SQLite has no dbstat table to find the table's pages")
+    finally:
+        conn.close()
+    with open(db, "r+b") as f:
+        f.seek(page * ((leaves[0] if first else leaves[-1]) - 1))
+        f.write(bytes(range(256)) * (page // 256))
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
@@ -39,19 +56,7 @@ def reference(tmp_path_factory):
 @pytest.mark.parametrize("table", ["evals", "train_log", "runs"])
 def test_a_damaged_page_is_named_on_open_and_by_study_check(reference, tmp_path, capsys, table):
     db = run_study(parse_study(STUDY), out=tmp_path, progress=False).store
-    conn = sqlite3.connect(db)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    page = conn.execute("PRAGMA page_size").fetchone()[0]
-    try:
-        [(number,)] = conn.execute("SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' "
-                                   "ORDER BY pageno LIMIT 1", (table,)).fetchall()
-    except sqlite3.OperationalError:
-        pytest.skip("this SQLite has no dbstat table to find the table's pages")
-    finally:
-        conn.close()
-    with open(db, "r+b") as f:  # garbage over one page of the table
-        f.seek(page * (number - 1))
-        f.write(bytes(range(256)) * (page // 256))
+    damage(db, table, first=True)
     with pytest.raises(OptimlabError, match="is damaged .*optimlab study check"):
         StudyStore.open(db)
     assert main(["study", "status", str(db)]) == 2
@@ -89,19 +94,7 @@ def test_a_checkpoint_that_cannot_be_read_is_trained_again_from_the_start(refere
 
 def test_a_damaged_store_is_salvaged_and_its_study_finished_to_the_same_numbers(reference, tmp_path, capsys):
     db = run_study(parse_study(STUDY), out=tmp_path / "damaged", progress=False).store
-    conn = sqlite3.connect(db)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    page = conn.execute("PRAGMA page_size").fetchone()[0]
-    try:
-        leaves = [n for (n,) in conn.execute("SELECT pageno FROM dbstat WHERE name = 'train_log' AND "
-                                             "pagetype = 'leaf' ORDER BY pageno")]
-    except sqlite3.OperationalError:
-        pytest.skip("this SQLite has no dbstat table to find the table's pages")
-    finally:
-        conn.close()
-    with open(db, "r+b") as f:  # the last page of train_log: the rows of the last run(s)
-        f.seek(page * (leaves[-1] - 1))
-        f.write(bytes(range(256)) * (page // 256))
+    damage(db, "train_log", first=False)  # its last page: the rows of the last run(s)
     out = tmp_path / "salvaged"
     assert main(["study", "salvage", str(db), str(out)]) == 0
     said = capsys.readouterr().out
