@@ -102,3 +102,33 @@ def test_a_killed_process_is_taken_over_from_its_last_checkpoint(study_file, ref
     assert 2 in attempts(db)  # the run in flight: claimed again, continued from its checkpoint
     assert rows(final, "evals").equals(rows(references["sequential"], "evals"))
     assert rows(final, "train_log").equals(rows(references["sequential"], "train_log"))
+
+
+def test_three_processes_one_killed_mid_way(study_file, references, tmp_path):
+    out = tmp_path / "three"
+    db = out / "study.db"
+    procs = [_run_cli_study(study_file, out, "--executor", "sequential") for _ in range(3)]
+    _wait_for(db, "SELECT COUNT(*) FROM checkpoints", proc=procs[0])
+    procs[0].send_signal(signal.SIGKILL)  # one of them dies holding a unit
+    procs[0].wait()
+    for p in procs[1:]:  # the other two take its unit over (its process is gone) and finish
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    final = load_results(db)
+    assert set(final.runs.status) == {"completed"}
+    assert rows(final, "evals").equals(rows(references["sequential"], "evals"))
+    assert rows(final, "train_log").equals(rows(references["sequential"], "train_log"))
+
+
+def test_a_vectorized_process_killed_mid_group_resumes_to_the_same_numbers(study_file, references, tmp_path):
+    out = tmp_path / "group"
+    db = out / "study.db"
+    first = _run_cli_study(study_file, out, "--executor", "vectorized")
+    _wait_for(db, "SELECT COUNT(*) FROM checkpoints WHERE unit LIKE 'group:%'", proc=first)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    second = _run_cli_study(study_file, out, "--executor", "vectorized")
+    assert second.wait(timeout=300) == 0, second.stderr.read()
+    final = load_results(db)
+    assert set(final.runs.status) == {"completed"}
+    assert rows(final, "evals").equals(rows(references["vectorized"], "evals"))
+    assert rows(final, "train_log").equals(rows(references["vectorized"], "train_log"))
