@@ -4,14 +4,17 @@ every evaluation row, the logged training losses and the checkpoints of the work
 Rows reach the database only together with the checkpoint they belong to, in one transaction
 (:meth:`StudyStore.commit`). So a process killed at any moment leaves the database as it was at the
 last checkpoint: no partial or duplicate rows, at most one epoch of the runs in flight to redo.
-Only the process that drives the study writes; workers send it their checkpoints.
+Of a study run, only the driving process writes; its workers send it their checkpoints. Several
+study processes share one store through claims (one a unit, with a lease each holder renews): a
+commit under a claim another process took over writes nothing (:class:`LostClaim`).
 
-Schema 3 (older stores are upgraded when opened): a run's ``dual_lr`` (NULL without multipliers)
+Schema 4 (older stores are upgraded when opened): a run's ``dual_lr`` (NULL without multipliers)
 and ``penalty`` (NULL without a penalty coefficient), and an ``extras`` JSON object per evaluation and
 log row for the columns only some studies have
 (``violation_<constraint>``, ``multiplier_<constraint>``, a constrained run's batch ``accuracy``)
 (schema 2); a run's ``engine``, how it was trained ("vectorized: a group of 6 runs", "one by one:
-<why>"), and in ``meta`` the ``code`` the study imports, with a fingerprint of its files (schema 3).
+<why>"), and in ``meta`` the ``code`` the study imports, with a fingerprint of its files (schema 3);
+the ``claims`` table: unit, token, runs, host, pid, since, heartbeat (schema 4).
 """
 
 from __future__ import annotations
