@@ -44,23 +44,22 @@ class OptimizerEntry:
     default_lr: float | None = None  # None: the factory's own default
     source: str = "user"  # torch.optim, a plugin's package, an import path: where it comes from
 
+    def _parameters(self) -> dict[str, inspect.Parameter] | None:
+        """Every parameter of the factory (of ``__init__`` for a class); None when unreadable (C)."""
+        target = self.factory.__init__ if inspect.isclass(self.factory) else self.factory
+        try:
+            return dict(inspect.signature(target).parameters)
+        except (TypeError, ValueError):
+            return None
+
     def signature(self) -> dict[str, inspect.Parameter]:
         """The hyperparameters the factory takes by name (not params, not lr)."""
-        try:
-            target = self.factory.__init__ if inspect.isclass(self.factory) else self.factory
-            params = inspect.signature(target).parameters
-        except (TypeError, ValueError):  # a builtin or C callable: unknown
-            return {}
-        return {k: p for k, p in params.items() if k not in ("self", "params", "lr")
+        return {k: p for k, p in (self._parameters() or {}).items() if k not in ("self", "params", "lr")
                 and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
 
     def takes_any_option(self) -> bool:
-        try:
-            target = self.factory.__init__ if inspect.isclass(self.factory) else self.factory
-            return any(p.kind is inspect.Parameter.VAR_KEYWORD
-                       for p in inspect.signature(target).parameters.values())
-        except (TypeError, ValueError):
-            return True
+        params = self._parameters()
+        return params is None or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
     def hyperparameters(self) -> dict[str, object]:
         """The hyperparameters it accepts (besides ``lr``) with their values for this name."""
@@ -73,17 +72,10 @@ class OptimizerEntry:
         """Its default learning rate: the entry's, else the factory's own default."""
         if self.default_lr is not None:
             return self.default_lr
-        p = self.signature_with_lr().get("lr")
+        p = (self._parameters() or {}).get("lr")
         if p is None or not isinstance(p.default, int | float) or isinstance(p.default, bool):
             raise OptimlabError(f"optimizer {self.name!r} has no default learning rate; give one (lr=...)")
         return float(p.default)
-
-    def signature_with_lr(self) -> dict[str, inspect.Parameter]:
-        try:
-            target = self.factory.__init__ if inspect.isclass(self.factory) else self.factory
-            return dict(inspect.signature(target).parameters)
-        except (TypeError, ValueError):
-            return {}
 
     def check_options(self, options: dict, label: str | None = None) -> None:
         """Refuse ``lr`` among the options and, unless the factory takes ``**kwargs``, names it lacks."""
