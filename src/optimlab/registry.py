@@ -234,7 +234,7 @@ def _probed(entry: OptimizerEntry, options: dict | None = None) -> OptimizerEntr
     """A user's entry that declares lr-linearity, checked by :func:`probe_stacking`."""
     if any(entry is e for e in OPTIMIZERS.values()) or not entry.stackable:
         return entry
-    problem = probe_stacking(entry, options or {})
+    problem = _probe_once(entry, options or {})
     if problem and entry.source.startswith("plugin"):  # not the user's declaration: the plugin's to fix
         raise OptimlabError(
             f"optimizer {entry.name!r} is declared lr_linear by {entry.source}, but {problem}; the "
@@ -244,6 +244,22 @@ def _probed(entry: OptimizerEntry, options: dict | None = None) -> OptimizerEntr
         raise OptimlabError(f"optimizer {entry.name!r} is declared lr_linear, but {problem}; remove "
                             "lr_linear = true (its runs are then trained one by one)")
     return entry
+
+
+_PROBED: dict[tuple, str | None] = {}  # (factory, fixed and options) -> the probe's verdict
+
+
+def _probe_once(entry: OptimizerEntry, options: dict) -> str | None:
+    """:func:`probe_stacking`, once a process for each factory and options (a study resolves the
+    same optimizer for every run, the planner and every build)."""
+    key = (entry.factory, repr(sorted({**entry.fixed, **options}.items())))  # the object: no id reuse
+    try:
+        hash(key)
+    except TypeError:  # an unhashable factory: probed every time
+        return probe_stacking(entry, options)
+    if key not in _PROBED:
+        _PROBED[key] = probe_stacking(entry, options)
+    return _PROBED[key]
 
 
 def probe_stacking(entry: OptimizerEntry, options: dict, steps: int = 2) -> str | None:
