@@ -142,9 +142,9 @@ def _loss_refusal(task: Task, model: nn.Module, data: Dataset) -> str | None:
     return None
 
 
-def check_group(configs: list[TrainConfig], data: Dataset | None = None) -> None:
+def check_group(configs: list[TrainConfig]) -> None:
     """Raise :class:`OptimlabError` naming the first setting, other than lr, seed, dual_lr and
-    penalty, in which the runs differ, or (with ``data``) why they cannot be stacked exactly."""
+    penalty, in which the runs differ."""
     if not configs:
         raise OptimlabError("a group of runs needs at least one run")
     if local_flow_name(configs[0].optimizer):
@@ -162,10 +162,6 @@ def check_group(configs: list[TrainConfig], data: Dataset | None = None) -> None
                     f"runs trained together may differ only in lr, seed, dual_lr and penalty; run {i} has "
                     f"{k}={getattr(config, k)!r} where run 0 has {k}={getattr(configs[0], k)!r}"
                 )
-    if data is not None:
-        why = group_refusal(configs[0], data, always=True)
-        if why:
-            raise OptimlabError(f"these runs cannot be trained together exactly: {why}")
 
 
 def train_group(
@@ -196,7 +192,9 @@ def train_group(
     device = resolve_device(base.device)
     data = load_data(base, data, data_dir, device)
     check_batch_size(base.batch_size, data)
-    check_group(configs, data)
+    why = group_refusal(base, data, always=True)
+    if why:
+        raise OptimlabError(f"these runs cannot be trained together exactly: {why}")
     group = _Group(configs, data, device)
     if resume_from is not None:
         group.restore(resume_from)
