@@ -20,7 +20,7 @@ from optimlab.study import axes
 from optimlab.study.code import fingerprint
 from optimlab.study.spec import ExecutorSpec, StudySpec, check_executor, load_study
 from optimlab.study.store import LostClaim, StudyStore
-from optimlab.study.units import Unit, plan_units, train_unit
+from optimlab.study.units import Unit, plan_units, refuse_objects, train_unit
 
 DB_NAME = "study.db"
 WAIT_S = 2.0  # how often a process with nothing left to claim looks at the others' claims
@@ -63,7 +63,7 @@ def run_study(
     executor = check_executor(executor or spec.executor)
     configs = spec.configs()
     if executor.kind in ("processes", "ray"):
-        _check_portable(configs, executor.kind)
+        refuse_objects(configs, f"the {executor.kind} executor trains in other processes, which")
     _preflight(configs, data_dir, executor.kind)
     out = Path(out) if out is not None else Path("runs") / spec.name
     store = StudyStore.create(out / DB_NAME, spec, extend=extend, code=fingerprint(spec.import_paths()),
@@ -126,17 +126,6 @@ def _preflight(configs, data_dir: str | None, kind: str) -> None:
         check_batch_size(config.batch_size, data)
         task = task_of(config, data)
         make_stepper(config, init_model(config, data), task, "cpu")
-
-
-def _check_portable(configs, kind: str) -> None:
-    """Refuse, before anything is written, runs that another process cannot rebuild."""
-    for config in configs:
-        if not config.portable:
-            raise OptimlabError(
-                f"the {kind} executor trains in other processes, which cannot receive Python objects "
-                f"without an import path ({'; '.join(config.objects())}; a lambda or a closure has none): "
-                "define them at module level in an importable module (python_path) and name them by "
-                "import path, or use the sequential or vectorized executor")
 
 
 def _execute(units: list[Unit], store: StudyStore, board: _Board, executor: ExecutorSpec,

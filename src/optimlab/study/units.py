@@ -41,13 +41,7 @@ class Unit:
 
     def to_message(self) -> dict:
         """Plain values for another process; refuses settings that are Python objects."""
-        for config in self.configs:
-            if not config.portable:
-                raise OptimlabError(
-                    f"runs {self.run_ids} hold Python objects without an import path "
-                    f"({'; '.join(config.objects())}), which another process cannot rebuild: define "
-                    "them at module level in an importable module (python_path) and name them by import "
-                    "path, or use the sequential or vectorized executor")
+        refuse_objects(self.configs, "another process")
         return {"run_ids": self.run_ids, "configs": [c.to_dict() for c in self.configs],
                 "kind": self.kind, "engine": self.engine, "python_path": list(self.python_path)}
 
@@ -58,6 +52,16 @@ class Unit:
         add_to_python_path(msg.get("python_path", []))  # before the configs import the user's code
         return cls(msg["run_ids"], [TrainConfig.from_dict(c) for c in msg["configs"]], msg["kind"],
                    msg.get("engine", ""), tuple(msg.get("python_path", [])))
+
+
+def refuse_objects(configs: list[TrainConfig], where: str) -> None:
+    """Refuse runs holding Python objects without an import path: ``where`` cannot rebuild them."""
+    for config in configs:
+        if not config.portable:
+            raise OptimlabError(
+                f"{where} cannot receive Python objects without an import path ({'; '.join(config.objects())}"
+                "; a lambda or a closure has none): define them at module level in an importable module "
+                "(python_path) and name them by import path, or use the sequential or vectorized executor")
 
 
 def plan_units(runs: list[dict], groups: bool, configs: dict[int, TrainConfig] | None = None,
