@@ -62,8 +62,7 @@ def test_a_store_of_0_1_is_upgraded_read_reported_and_extended(tmp_path):
     outcome = run_study(parse_study(grown, "fixture.toml"), out=tmp_path, extend=True, progress=False)
     assert outcome.completed == 12
     after = load_results(db)
-    old = after.evals[after.evals.run_id.isin(before.runs.run_id if "run_id" in before.runs
-                                              else before.runs.id)]
+    old = after.evals[after.evals.run_id.isin(before.runs.run_id)]
     assert old.reset_index(drop=True).equals(before.evals.reset_index(drop=True))
     report = make_report(db)
     assert report.html.exists()

@@ -269,8 +269,7 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
             raise fail(f"{key} must be a table, e.g. [{key}] hidden = 100; got {shared[key]!r}")
     device = doc.get("device", "auto")
     try:  # every shared setting checked by the one place that knows them, with every optimizer
-        for label in dict.fromkeys(axes.key(p)[0] for p in grid):
-            optimizer = next(p["optimizer"] for p in grid if axes.key(p)[0] == label)
+        for optimizer in {axes.key(p)[0]: p["optimizer"] for p in reversed(grid)}.values():
             TrainConfig(**shared, optimizer=optimizer, lr=grid[0]["lr"], device=device)
     except (OptimlabError, TypeError) as e:
         raise fail(str(e)) from None
