@@ -28,7 +28,7 @@ class MLP(nn.Sequential):
     """One hidden ReLU layer: flatten, Linear(d, hidden), ReLU, Linear(hidden, num_classes)."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: int = 100):
-        if not (isinstance(hidden, int) and hidden >= 1):
+        if isinstance(hidden, bool) or not (isinstance(hidden, int) and hidden >= 1):
             raise OptimlabError(f"mlp: hidden must be a positive integer; got {hidden!r}")
         d = math.prod(input_shape)
         super().__init__(

@@ -239,6 +239,8 @@ class OptimizerSpec:
         for kw in node.keywords:
             if kw.arg is None:
                 raise OptimlabError(f"optimizer {text!r}: '**' is not allowed")
+            if kw.arg in options:
+                raise OptimlabError(f"optimizer {text!r}: {kw.arg} is given twice")
             try:
                 options[kw.arg] = ast.literal_eval(kw.value)
             except ValueError:

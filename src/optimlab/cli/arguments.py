@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import os
+
 from optimlab.errors import OptimlabError
+
+NAME_MAX = 255  # bytes in one component of a path (Linux, macOS, Windows)
+PATH_MAX = 4096
 
 THREADS_HELP = ("CPU threads for torch (default: one per core). On a busy machine use fewer: a small "
                 "model on threads that wait for a core taken by another process runs several times slower")
@@ -22,3 +28,21 @@ def options(pairs: list[str], flag: str) -> dict:
         except (ValueError, SyntaxError):
             out[key.strip()] = value.strip()
     return out
+
+
+def path_arg(text: str) -> str:
+    """An argparse ``type`` for a file or folder argument: refuses what no file system takes (a NUL
+    byte, a component longer than NAME_MAX bytes, a path longer than PATH_MAX) with a plain message."""
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"a path cannot hold a NUL byte; got {text!r}")
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the path is empty")
+    encoded = os.fsencode(text)
+    longest = max(encoded.split(os.fsencode(os.sep)), key=len)
+    if len(longest) > NAME_MAX:
+        start = longest[:40].decode(errors="replace")
+        raise argparse.ArgumentTypeError(f"a name in the path is {len(longest)} bytes long; file systems "
+                                         f"take at most {NAME_MAX}: {start}...")
+    if len(encoded) > PATH_MAX:
+        raise argparse.ArgumentTypeError(f"the path is {len(encoded)} bytes long; at most {PATH_MAX}")
+    return text

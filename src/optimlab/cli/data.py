@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from optimlab.cli.arguments import path_arg
+
 
 def add_to(sub) -> None:
     d = sub.add_parser("data", help="data sets: list, info",
@@ -12,13 +14,14 @@ def add_to(sub) -> None:
     dsub = d.add_subparsers(title="commands", metavar="COMMAND")
     dl = dsub.add_parser("list", help="every data set, whether and where it was found",
                          description="Every data set, whether and where it was found, or how to get it.")
-    dl.add_argument("--data-dir", default=None, help="folder holding data sets as DATA_DIR/NAME/")
+    dl.add_argument("--data-dir", type=path_arg, default=None,
+                    help="folder holding data sets as DATA_DIR/NAME/")
     dl.add_argument("--json", action="store_true", help="machine-readable output")
     dl.set_defaults(func=_data_list)
     di = dsub.add_parser("info", help="load a data set and describe it",
                          description="Load a data set (downloading it if needed) and describe it.")
     di.add_argument("name", help="data set name, e.g. mnist-10k or mnist-10k:0,1")
-    di.add_argument("--data-dir", default=None)
+    di.add_argument("--data-dir", type=path_arg, default=None)
     di.set_defaults(func=_data_info)
     d.set_defaults(func=lambda a: (d.print_help(), 2)[1])
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from optimlab.cli.arguments import THREADS_HELP
+from optimlab.cli.arguments import THREADS_HELP, path_arg
 from optimlab.errors import OptimlabError
 
 
@@ -28,7 +28,7 @@ def add_to(sub) -> None:
     pic.add_argument("--lr", type=float, default=0.1, help="learning rate of those SGD steps")
     pic.add_argument("--radius", type=float, default=1.0, help="sample theta + t q for |t| <= radius")
     pic.add_argument("--spread", type=float, default=0.0, help="noise off the line (the seed's cloud)")
-    pic.add_argument("--out", default="picture.png", help="the PNG to write")
+    pic.add_argument("--out", type=path_arg, default="picture.png", help="the PNG to write")
     pic.set_defaults(func=_localflow_picture)
     sch = lsub.add_parser("schedule", parents=[common], help="the per-epoch learning rates of a run",
                           description="Train with SGD under the curvature scheduler (lr = the flow time "
@@ -38,7 +38,7 @@ def add_to(sub) -> None:
     sch.add_argument("--every", type=int, default=10, help="measure the curvature every k steps")
     sch.add_argument("--method", default="hvp", choices=("hvp", "secant"))
     sch.add_argument("--momentum", type=float, default=0.0)
-    sch.add_argument("--out", default=None, help="also write every step's record as JSON here")
+    sch.add_argument("--out", type=path_arg, default=None, help="also write every step's record as JSON here")
     sch.set_defaults(func=_localflow_schedule)
     lf.set_defaults(func=lambda a: (lf.print_help(), 2)[1])
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from optimlab.cli.arguments import path_arg
+
 
 def add_to(sub) -> None:
     rp = sub.add_parser("report", help="a study's report: tables, figures, report.html",
                         description="Summarize a study store: final metrics, convergence speed, "
                         "robustness to the learning rate, a ranking; figures; report.html and report.md. "
                         "Works on a study that is still running or was interrupted.")
-    rp.add_argument("db", help="the study's store (study.db)")
-    rp.add_argument("--out", default=None, help="folder for the report (default: report/ beside the store)")
+    rp.add_argument("db", type=path_arg, help="the study's store (study.db)")
+    rp.add_argument("--out", type=path_arg, default=None,
+                    help="folder for the report (default: report/ beside the store)")
     rp.add_argument("--target-fraction", type=float, default=0.95,
                     help="convergence target: this fraction of the best mean final test accuracy")
     rp.add_argument("--target-accuracy", type=float, default=None,

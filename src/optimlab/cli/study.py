@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from optimlab.cli.arguments import THREADS_HELP
+from optimlab.cli.arguments import THREADS_HELP, path_arg
 
 
 def add_to(sub) -> None:
@@ -17,8 +17,8 @@ def add_to(sub) -> None:
         "run", help="run (or continue) a study",
         description="Run every run of the study file that is not finished in its store: completed "
         "runs are skipped, interrupted ones continue from their last checkpoint.")
-    r.add_argument("file", help="the study file (TOML)")
-    r.add_argument("--out", default=None, help="the study's folder, holding study.db "
+    r.add_argument("file", type=path_arg, help="the study file (TOML)")
+    r.add_argument("--out", type=path_arg, default=None, help="the study's folder, holding study.db "
                    "(default: runs/NAME)")
     r.add_argument("--executor", default=None,
                    choices=("sequential", "vectorized", "processes", "ray"),
@@ -30,7 +30,8 @@ def add_to(sub) -> None:
     r.add_argument("--code-changed", action="store_true",
                    help="go on although the code the study imports (its python_path packages) changed "
                    "since the store recorded it")
-    r.add_argument("--data-dir", default=None, help="folder holding data sets as DATA_DIR/NAME/")
+    r.add_argument("--data-dir", type=path_arg, default=None,
+                   help="folder holding data sets as DATA_DIR/NAME/")
     r.add_argument("--report", action="store_true",
                    help="then write the study's report (as `optimlab report`) and print where it is")
     r.add_argument("--threads", type=int, default=None,
@@ -40,26 +41,27 @@ def add_to(sub) -> None:
     r.set_defaults(func=_study_run)
     st = ssub.add_parser("status", help="what is done, running, diverged, failed or missing",
                          description="Counts of the runs of a study store by status.")
-    st.add_argument("db", help="the study's store (study.db)")
+    st.add_argument("db", type=path_arg, help="the study's store (study.db)")
     st.set_defaults(func=_study_status)
     ck = ssub.add_parser("check", help="check a study store for damage",
                          description="SQLite's full integrity check of a study store, and whether every "
                          "row of every table can be read. Exit status 1 when something is damaged.")
-    ck.add_argument("db", help="the study's store (study.db)")
+    ck.add_argument("db", type=path_arg, help="the study's store (study.db)")
     ck.set_defaults(func=_study_check)
     sv = ssub.add_parser("salvage", help="copy what is intact of a damaged store into a new one",
                          description="Copy the study's definition and every finished run whose rows can "
                          "all be read into OUT/study.db; every other run is pending there, trained again "
                          "by `optimlab study run FILE --out OUT`.")
-    sv.add_argument("db", help="the damaged store (study.db)")
-    sv.add_argument("out", help="a new, empty folder for the salvaged store")
+    sv.add_argument("db", type=path_arg, help="the damaged store (study.db)")
+    sv.add_argument("out", type=path_arg, help="a new, empty folder for the salvaged store")
     sv.set_defaults(func=_study_salvage)
     e = ssub.add_parser("export", help="write runs, evals and train_log as CSV or Parquet",
                         description="Write the runs, evaluation rows and training-loss rows of a "
                         "study store as files.")
-    e.add_argument("db", help="the study's store (study.db)")
+    e.add_argument("db", type=path_arg, help="the study's store (study.db)")
     e.add_argument("--format", default="csv", choices=("csv", "parquet"))
-    e.add_argument("--out", default=None, help="folder for the files (default: next to the store)")
+    e.add_argument("--out", type=path_arg, default=None,
+                   help="folder for the files (default: next to the store)")
     e.set_defaults(func=_study_export)
     s.set_defaults(func=lambda a: (s.print_help(), 2)[1])
 
@@ -92,7 +94,7 @@ def _study_status(args: argparse.Namespace) -> int:
     from optimlab.study import axes
     from optimlab.study.store import StudyStore
 
-    store = StudyStore.open(args.db)
+    store = StudyStore.open(args.db, readonly=True)
     try:
         runs, claims, name = store.runs(), store.claims(), store.meta("name")
     finally:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from optimlab.cli.arguments import THREADS_HELP, options
+from optimlab.cli.arguments import THREADS_HELP, options, path_arg
 from optimlab.errors import OptimlabError
 from optimlab.models import model_names
 from optimlab.optimizers import optimizer_names
@@ -32,7 +32,7 @@ def add_to(sub) -> None:
     t.add_argument("--loss", default=None,
                    help="classification, regression or an import path package.module:function of a "
                    "loss(output, y) (default: the data set's task)")
-    t.add_argument("--python-path", action="append", default=[], metavar="DIR",
+    t.add_argument("--python-path", type=path_arg, action="append", default=[], metavar="DIR",
                    help="a folder of your own code (for import paths such as mypkg.nets:SmallCNN); "
                    "repeatable")
     t.add_argument("--optimizer", default="sgd",
@@ -66,9 +66,9 @@ def add_to(sub) -> None:
                    help="the penalty coefficient c of augmented_lagrangian and quadratic_penalty "
                    "(None: c = 1)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    t.add_argument("--data-dir", default=None,
+    t.add_argument("--data-dir", type=path_arg, default=None,
                    help="folder holding data sets as DATA_DIR/NAME/ (also: OPTIMLAB_DATA)")
-    t.add_argument("--out", default=None,
+    t.add_argument("--out", type=path_arg, default=None,
                    help="output folder for metrics and checkpoints (default: runs/NAME-OF-RUN)")
     t.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --out (an interrupted run ends with "

@@ -258,9 +258,12 @@ def _info(name: str) -> DatasetInfo:
 
 def parse_dataset_name(text: str) -> tuple[str, str]:
     """Split ``NAME[:OPTIONS]`` into its name and its options text (empty when none)."""
-    name, _, options = text.strip().partition(":")
+    name, colon, options = text.strip().partition(":")
     if name not in CATALOGUE and name not in SYNTHETIC:
         _info(name)
+    if colon and not options.strip():
+        raise OptimlabError(f"{text!r}: nothing after ':'; write the options (e.g. {name}:0,1) or the name "
+                            "alone")
     return name, options.strip()
 
 

@@ -12,6 +12,7 @@ noise of that size (the seed's cloud). For least squares the pairs lie on a line
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -93,9 +94,9 @@ def projection_picture(
 
     ``loss_fn(output, target)`` is the mean batch loss. theta_i = theta + t_i q (+ spread * N(0, I)).
     """
-    if not (points >= 3 and radius > 0 and spread >= 0):
-        raise OptimlabError(f"picture: need points >= 3, radius > 0, spread >= 0; got {points}, {radius}, "
-                            f"{spread}")
+    if not (points >= 3 and 0 < radius < math.inf and 0 <= spread < math.inf):
+        raise OptimlabError(f"picture: need points >= 3, a finite radius > 0 and a finite spread >= 0; got "
+                            f"{points}, {radius}, {spread}")
     if q is None:
         q, s = principal_direction(model, loss_fn, x, y)
     else:

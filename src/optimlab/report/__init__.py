@@ -51,7 +51,8 @@ def make_report(db: str | Path, out: str | Path | None = None, target_fraction: 
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OptimlabError(f"cannot write the report to {out}: {e.strerror or e}") from None
+        raise OptimlabError(f"cannot write the report to {out}: {e.strerror or e}; choose a folder you can "
+                            "write to with --out") from None
     figures = all_figures(summary, out)
     meta = dict(results.meta, runs=len(results.runs))
     page, notes = write_pages(summary, figures, out, f"Study {results.meta.get('name')}", meta)

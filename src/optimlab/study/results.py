@@ -41,7 +41,7 @@ def load_results(path: str | Path) -> StudyResults:
     """Read a study store (it may still be running or have been interrupted)."""
     import pandas as pd
 
-    store = StudyStore.open(path)
+    store = StudyStore.open(path, readonly=True)
     try:
         conn = store.conn
         definition = json.loads(store.meta("definition") or "{}")

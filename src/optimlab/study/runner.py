@@ -19,7 +19,7 @@ from optimlab.errors import OptimlabError
 from optimlab.study import axes
 from optimlab.study.code import fingerprint
 from optimlab.study.spec import ExecutorSpec, StudySpec, check_executor, load_study
-from optimlab.study.store import LostClaim, StudyStore
+from optimlab.study.store import LostClaim, StoreNotWritable, StudyStore
 from optimlab.study.units import Unit, plan_units, refuse_objects, train_unit
 
 DB_NAME = "study.db"
@@ -97,7 +97,10 @@ def run_study(
         counts = {s: len(store.runs(s)) for s in ("completed", "diverged", "failed", "pending")}
     finally:
         for unit in list(store.held):  # interrupted (Ctrl-C, an error): give the units back
-            store.release(unit)
+            try:
+                store.release(unit)
+            except StoreNotWritable:  # the store cannot be written now: the claim dies with this process
+                break
         store.close()
     return StudyOutcome(store=out / DB_NAME, wall_time=time.perf_counter() - started, **counts)
 

@@ -100,6 +100,42 @@ CLAIMS = """CREATE TABLE IF NOT EXISTS claims (
 """
 
 
+class StoreNotWritable(OptimlabError):
+    """The store cannot be written (read-only file or folder, full disk, I/O error). Nothing was half
+    written: the transaction that failed left the store as it was; the run continues once the cause is
+    gone."""
+
+
+def write_error(path: Path | None, e: sqlite3.Error) -> StoreNotWritable | None:
+    """The plain message for an SQLite error that means the store cannot be written, else None."""
+    text, where = str(e), path if path is not None else "the study store"
+    folder = Path(where).parent if path is not None else None
+    if "disk is full" in text:
+        return StoreNotWritable(
+            f"the disk holding {where} is full: the last transaction was not written and the store is as "
+            "it was at its last checkpoint. Free some space and run the same command again to continue")
+    if "readonly" in text or ("unable to open" in text and folder is not None and not _writable(folder)):
+        return StoreNotWritable(
+            f"{where} cannot be written: {_read_only_part(Path(where))} is read-only. Nothing was changed; "
+            "status, report and export read it as it is. Make it writable (or copy the folder "
+            "elsewhere) to continue the study")
+    if "disk I/O error" in text:
+        return StoreNotWritable(f"a disk I/O error while writing {where} ({text}): the last transaction was "
+                                "not written. Check the disk and run the same command again to continue")
+    return None
+
+
+def _writable(path: Path) -> bool:
+    return os.access(path, os.W_OK)
+
+
+def _read_only_part(path: Path) -> str:
+    """Which of the store's file and its folder cannot be written, in words."""
+    if not _writable(path.parent):
+        return f"its folder {path.parent}"
+    return f"the file {path}" if path.exists() and not _writable(path) else f"{path} (or its folder)"
+
+
 class LostClaim(Exception):
     """The unit's claim is no longer this process's: another took it over (this one's lease expired).
     Whatever it trained since its last checkpoint is dropped, never written."""
@@ -170,14 +206,16 @@ def check_store(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise OptimlabError(f"{path}: no such study store")
+    conn = read_connection(path)
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error as e:
-        raise OptimlabError(f"cannot open {path}: {e}") from None
-    try:
+        try:
+            present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as e:  # the first page: the header and the table of tables
+            return {"problems": [f"the file's first page: {e}"], "tables": {}}
+        if not {"meta", "runs", "evals"} <= present:
+            raise OptimlabError(f"{path} is an SQLite database but not an optimlab study store")
         problems = integrity(conn)
         tables = {}
-        present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         for table in (t for t in _WIDE if t in present):  # claims: not in stores before schema 4
             try:
                 tables[table] = conn.execute(f"SELECT COUNT(*), SUM(LENGTH(CAST({_WIDE[table]} AS BLOB))) "
@@ -188,6 +226,22 @@ def check_store(path: str | Path) -> dict:
     finally:
         conn.close()
     return {"problems": problems, "tables": tables}
+
+
+def read_connection(path: Path) -> sqlite3.Connection:
+    """A connection that never writes. Reading a WAL database needs its ``-shm`` file; in a folder
+    that cannot be written (a read-only mount) that file cannot be made, and then the database is read
+    as immutable (``immutable=1``), which is exact there: nobody can change it."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError as e:
+        if "unable to open" not in str(e) or _writable(path.parent):
+            raise OptimlabError(f"cannot open {path}: {e}") from None
+    except sqlite3.DatabaseError as e:
+        raise OptimlabError(f"{path} is not a study store (SQLite says: {e})") from None
+    return sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, isolation_level=None)
 
 
 def salvage(source: str | Path, out: str | Path) -> dict:
@@ -201,8 +255,8 @@ def salvage(source: str | Path, out: str | Path) -> dict:
         raise OptimlabError(f"{source}: no such study store")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OptimlabError(f"{out} exists and is not empty: salvage writes a new study folder")
+    src = read_connection(source)
     try:
-        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
         meta = dict(src.execute("SELECT key, value FROM meta").fetchall())
     except sqlite3.DatabaseError as e:
         raise OptimlabError(f"the study's definition in {source} cannot be read ({e}); nothing to salvage: "
@@ -215,11 +269,14 @@ def salvage(source: str | Path, out: str | Path) -> dict:
     except sqlite3.DatabaseError as e:
         raise OptimlabError(f"the runs of {source} cannot be read ({e}); run the study file into a new "
                             "folder") from None
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OptimlabError(f"cannot create {out}: {e.strerror or e}") from None
     dst = StudyStore._connect(out / "study.db")
     copied = again = 0
     try:
-        with _Transaction(dst):
+        with _Transaction(dst, out / "study.db"):
             for statement in schema().split(";"):
                 if statement.strip():
                     dst.execute(statement)
@@ -269,9 +326,10 @@ def _readable(data: bytes) -> bool:
 class StudyStore:
     """One study's database. Open with :meth:`create` (a study file) or :meth:`open` (to read)."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection):
+    def __init__(self, path: Path, conn: sqlite3.Connection, readonly: bool = False):
         self.path = path
         self.conn = conn
+        self.readonly = readonly  # opened to read only: an upgrade happens in a copy in memory
         self.held: dict[str, str] = {}  # unit -> token of the claims this process holds
         self.claimed_here: set[int] = set()  # every run this process has claimed (not to retry them)
 
@@ -294,15 +352,19 @@ class StudyStore:
         return conn
 
     @classmethod
-    def open(cls, path: str | Path) -> StudyStore:
-        """Open an existing store (to read it or to continue its study)."""
+    def open(cls, path: str | Path, readonly: bool = False) -> StudyStore:
+        """Open an existing store, to continue its study, or (``readonly``) only to read it: that
+        never writes, so it works on a read-only store or folder, and a store of an older schema is
+        upgraded in a copy in memory."""
         path = Path(path)
         if not path.is_file():
             raise OptimlabError(f"{path}: no such study store")
         try:
-            conn = cls._connect(path)
+            conn = read_connection(path) if readonly else cls._connect(path)
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         except sqlite3.DatabaseError as e:
+            if (unwritable := write_error(path, e)) is not None:
+                raise unwritable from None
             raise OptimlabError(f"{path} is not a study store (SQLite says: {e})") from None
         if not {"meta", "runs", "evals"} <= tables:
             conn.close()
@@ -312,7 +374,7 @@ class StudyStore:
             conn.close()
             raise OptimlabError(f"{path} is damaged ({problems[0]}{' ...' if len(problems) > 1 else ''}); "
                                 f"`optimlab study check {path}` says what is damaged")
-        store = cls(path, conn)
+        store = cls(path, conn, readonly)
         version = int(store.meta("schema_version") or 0)
         if version > SCHEMA_VERSION:
             conn.close()
@@ -320,6 +382,10 @@ class StudyStore:
                 f"{path} was written by a newer optimlab (store schema {version}; this one reads up "
                 f"to {SCHEMA_VERSION}); upgrade optimlab to read it"
             )
+        if readonly and (version < SCHEMA_VERSION or store._missing_axes()):
+            store.conn = sqlite3.connect(":memory:", isolation_level=None)
+            conn.backup(store.conn)
+            conn.close()
         if version == 1:
             store._upgrade_from_1()
             version = 2
@@ -334,8 +400,7 @@ class StudyStore:
     def _add_new_axes(self) -> None:
         """An optional axis added to :data:`optimlab.study.axes.AXES` since the store was written gets
         its column (NULL: the runs there do not vary it) and its place in the runs' unique key."""
-        have = {r[1] for r in self.conn.execute("PRAGMA table_info(runs)")}
-        new = [a for a in axes.AXES if a.name not in have]
+        new = self._missing_axes()
         if not new:
             return
         required = [a.name for a in new if not a.optional]
@@ -352,6 +417,10 @@ class StudyStore:
             self.conn.close()
             raise OptimlabError(f"{self.path} needs the new grid axes {', '.join(a.name for a in new)} added "
                                 f"to be opened, which failed: {e}. Open a writable copy of it") from None
+
+    def _missing_axes(self) -> list[axes.Axis]:
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(runs)")}
+        return [a for a in axes.AXES if a.name not in have]
 
     def _upgrade(self, version: int, columns: list[tuple[str, str]], tables: str = "") -> None:
         """Schema ``version`` -> ``version + 1``: new columns (NULL in the rows already there) and
@@ -407,6 +476,10 @@ class StudyStore:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OptimlabError(f"cannot create the folder of {path}: {e.strerror or e}") from None
+        if not _writable(path.parent) or (path.exists() and not _writable(path)):
+            raise StoreNotWritable(
+                f"{path} cannot be written: {_read_only_part(path)} is read-only. Nothing was changed; "
+                "choose another --out, or make it writable to continue the study there")
         existed = path.exists() and cls._has_tables(path)
         if not existed:  # made by one process: the first to hold the lock; the others then open it
             existed = cls._create_tables(path, spec, code)
@@ -436,7 +509,7 @@ class StudyStore:
             try:
                 conn = cls._connect(path)
                 try:
-                    with _Transaction(conn):
+                    with _Transaction(conn, path):
                         if conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
                             return True
                         for statement in schema().split(";"):
@@ -454,7 +527,8 @@ class StudyStore:
                 if "locked" in str(e) and time.time() < deadline:
                     time.sleep(0.05)
                     continue
-                raise OptimlabError(f"cannot write the study store {path}: {e}") from None
+                raise (write_error(path, e) or
+                       OptimlabError(f"cannot write the study store {path}: {e}")) from None
             except sqlite3.DatabaseError as e:
                 raise OptimlabError(f"{path} is not a study store (SQLite says: {e})") from None
 
@@ -506,7 +580,7 @@ class StudyStore:
 
     # ------------------------------------------------------------------ helpers
     def transaction(self):
-        return _Transaction(self.conn)
+        return _Transaction(self.conn, self.path)
 
     def meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -729,15 +803,31 @@ def _extras(row: dict, columns: tuple[str, ...]) -> str | None:
 
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on an exception): one writer at a time."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on an exception): one writer at a time. An
+    SQLite error that means the store cannot be written (read-only, full disk) is raised as
+    :class:`StoreNotWritable`, with the store as it was before the transaction."""
 
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
+    def __init__(self, conn: sqlite3.Connection, path: Path | None = None):
+        self.conn, self.path = conn, path
 
     def __enter__(self):
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            raise write_error(self.path, e) or e from None
         return self.conn
 
     def __exit__(self, exc_type, exc, tb):
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self.conn.execute("COMMIT")
+                return False
+            except sqlite3.OperationalError as e:
+                exc = e
+        if self.conn.in_transaction:  # SQLite rolls back by itself after some errors (a full disk)
+            self.conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError) and (unwritable := write_error(self.path, exc)):
+            raise unwritable from None
+        if exc_type is None:
+            raise exc
         return False
