@@ -14,7 +14,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """
     if isinstance(name, torch.device):
         return name
-    if name in (None, "", "auto"):
+    if name in (None, "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():

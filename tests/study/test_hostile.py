@@ -101,7 +101,8 @@ def reference(tmp_path_factory):
     def of(kind: str = "sequential"):
         if kind not in made:
             out = tmp_path_factory.mktemp(f"reference-{kind}")
-            made[kind] = curves(run_study(parse_study(STUDY.format(kind=kind)), out=out, progress=False).store)
+            outcome = run_study(parse_study(STUDY.format(kind=kind)), out=out, progress=False)
+            made[kind] = curves(outcome.store)
         return made[kind]
 
     return of

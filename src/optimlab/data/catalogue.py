@@ -158,7 +158,11 @@ def search_places(name: str, data_dir: str | Path | None = None) -> list[tuple[s
     explicit = data_dir or os.environ.get("OPTIMLAB_DATA")
     if explicit:
         label = "--data-dir" if data_dir else "OPTIMLAB_DATA"
-        places.append((label, Path(explicit).expanduser() / name))
+        folder = Path(explicit).expanduser()
+        blocked = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        if blocked is not None:  # it can neither hold data sets nor be made into a folder
+            raise OptimlabError(f"{label} {explicit}: {blocked} is a file, not a folder")
+        places.append((label, folder / name))
     places.append(("user cache", user_cache_dir() / name))
     places.append(("system datasets", system_data_dir() / name))
     return places

@@ -340,12 +340,10 @@ def _learning_rates(value, where: str, fail, noun: str = "learning rate") -> lis
     if isinstance(value, dict):
         if set(value) != {"from", "to", "count"}:
             raise fail(f"{where}: a log range is {{from = 1e-5, to = 1e-1, count = 5}}; got {value!r}")
-        lo, hi, count = value["from"], value["to"], value["count"]
-        try:
-            lo, hi = check_lr(lo), check_lr(hi)
-        except OptimlabError as e:
-            raise fail(f"{where}: {str(e).replace('learning rate', noun)}") from None
-        if not (isinstance(count, int) and count >= 1) or (count == 1 and lo != hi) or lo > hi:
+        lo, hi = (_rate(value[k], f"{where}.{k}", fail, noun) for k in ("from", "to"))
+        count = value["count"]
+        if isinstance(count, bool) or not (isinstance(count, int) and count >= 1) or (
+                count == 1 and lo != hi) or lo > hi:
             raise fail(f"{where}: need from <= to and an integer count >= 1 (1 only when from = to)")
         if count == 1:
             return [lo]
@@ -353,15 +351,16 @@ def _learning_rates(value, where: str, fail, noun: str = "learning rate") -> lis
         return [float(f"{10 ** (math.log10(lo) + i * step):.12g}") for i in range(count)]
     if not isinstance(value, list) or not value:
         raise fail(f"{where} must be a non-empty list of numbers > 0 or {{from, to, count}}; got {value!r}")
-    out = []
-    for lr in value:
-        if isinstance(lr, str | bool):  # "0.1" is text in TOML, true a boolean: neither is a number
-            raise fail(f"{where}: {noun} {lr!r} is not a number; write it without quotes, e.g. 0.1")
-        try:
-            out.append(check_lr(lr))
-        except OptimlabError as e:
-            raise fail(f"{where}: {str(e).replace('learning rate', noun)}") from None
-    return out
+    return [_rate(lr, where, fail, noun) for lr in value]
+
+
+def _rate(lr, where: str, fail, noun: str) -> float:
+    if isinstance(lr, str | bool):  # "0.1" is text in TOML, true a boolean: neither is a number
+        raise fail(f"{where}: {noun} {lr!r} is not a number; write it without quotes, e.g. 0.1")
+    try:
+        return check_lr(lr)
+    except OptimlabError as e:
+        raise fail(f"{where}: {str(e).replace('learning rate', noun)}") from None
 
 
 def _executor(table, fail) -> ExecutorSpec:

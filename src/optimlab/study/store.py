@@ -229,19 +229,43 @@ def check_store(path: str | Path) -> dict:
 
 
 def read_connection(path: Path) -> sqlite3.Connection:
-    """A connection that never writes. Reading a WAL database needs its ``-shm`` file; in a folder
-    that cannot be written (a read-only mount) that file cannot be made, and then the database is read
-    as immutable (``immutable=1``), which is exact there: nobody can change it."""
+    """A connection for reading (nothing here writes through it). Reading a WAL database makes its
+    ``-wal`` and ``-shm`` files: in a writable folder the connection may write, so that, the last to
+    close, it removes them again (one opened read-only could not); in a folder that cannot be written
+    (a read-only mount) they cannot be made, and the database is read as immutable (``immutable=1``),
+    which is exact there: nobody can change it."""
+    uri = f"file:{path}" if _writable(path.parent) else f"file:{path}?mode=ro"
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError as e:
+            if "unable to open" not in str(e) or _writable(path.parent):
+                raise OptimlabError(f"cannot open {path}: {e}") from None
+        conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, isolation_level=None)
         conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
         return conn
-    except sqlite3.OperationalError as e:
-        if "unable to open" not in str(e) or _writable(path.parent):
-            raise OptimlabError(f"cannot open {path}: {e}") from None
     except sqlite3.DatabaseError as e:
         raise OptimlabError(f"{path} is not a study store (SQLite says: {e})") from None
-    return sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, isolation_level=None)
+
+
+def _definition_and_runs(src: sqlite3.Connection, source: Path) -> tuple[dict, list[str], list[dict]]:
+    """What salvage needs whole: the meta table (with the definition), the runs' columns and rows."""
+    try:
+        meta = dict(src.execute("SELECT key, value FROM meta").fetchall())
+    except sqlite3.DatabaseError as e:
+        raise OptimlabError(f"the study's definition in {source} cannot be read ({e}); nothing to salvage: "
+                            "run the study file into a new folder") from None
+    if "definition" not in meta:
+        raise OptimlabError(f"{source} holds no study definition: not a study store")
+    try:
+        cols = [c[1] for c in src.execute("PRAGMA table_info(runs)")]
+        runs = [dict(zip(cols, r, strict=True)) for r in src.execute("SELECT * FROM runs ORDER BY id")]
+    except sqlite3.DatabaseError as e:
+        raise OptimlabError(f"the runs of {source} cannot be read ({e}); run the study file into a new "
+                            "folder") from None
+    return meta, cols, runs
 
 
 def salvage(source: str | Path, out: str | Path) -> dict:
@@ -257,22 +281,14 @@ def salvage(source: str | Path, out: str | Path) -> dict:
         raise OptimlabError(f"{out} exists and is not empty: salvage writes a new study folder")
     src = read_connection(source)
     try:
-        meta = dict(src.execute("SELECT key, value FROM meta").fetchall())
-    except sqlite3.DatabaseError as e:
-        raise OptimlabError(f"the study's definition in {source} cannot be read ({e}); nothing to salvage: "
-                            "run the study file into a new folder") from None
-    if "definition" not in meta:
-        raise OptimlabError(f"{source} holds no study definition: not a study store")
-    try:
-        cols = [c[1] for c in src.execute("PRAGMA table_info(runs)")]
-        runs = [dict(zip(cols, r, strict=True)) for r in src.execute("SELECT * FROM runs ORDER BY id")]
-    except sqlite3.DatabaseError as e:
-        raise OptimlabError(f"the runs of {source} cannot be read ({e}); run the study file into a new "
-                            "folder") from None
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OptimlabError(f"cannot create {out}: {e.strerror or e}") from None
+        meta, cols, runs = _definition_and_runs(src, source)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OptimlabError(f"cannot create {out}: {e.strerror or e}") from None
+    except BaseException:
+        src.close()
+        raise
     dst = StudyStore._connect(out / "study.db")
     copied = again = 0
     try:
