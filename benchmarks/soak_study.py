@@ -2,11 +2,12 @@
 replaced, until the study is done; then the store against one uninterrupted process's.
 
 Prints: kills survived, worker processes started, units taken over (runs claimed more than once),
-runs lost (not completed), duplicate rows, runs equal to neither one-process store (sequential or
-vectorized; rows written by two claims would be, and so is a run of a vectorized group of another
-shape than the one-process store's, which sums in another order), and the largest difference of a
-recorded number from the nearer one-process store. Every worker computes on one thread, so the
-numbers agree bit for bit. Not part of the test suite (minutes).
+runs continued from a dead claim's checkpoint, runs lost (not completed), duplicate rows, stitched
+runs (rows of two claims interleaved: each row names the claim that wrote it), and, against the
+one-process store (sequential or vectorized) that trained the run in the same unit, how many runs are
+not bit for bit equal and the largest difference; runs that ended up in a vectorized group of another
+shape (their neighbours taken by other workers) sum in another order, and are counted apart with
+their largest difference. Every worker computes on one thread. Not part of the test suite (minutes).
 
 Run: python benchmarks/soak_study.py [--workers 3] [--kills 20] [--seconds 600] [--epochs 20]
                                      [--executor mixed|sequential|vectorized]
@@ -38,7 +39,6 @@ seeds = [0, 1, 2]
 device = "cpu"
 """
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-KEY = ["optimizer", "lr", "seed", "step"]
 
 
 def start(study: Path, out: Path, executor: str) -> subprocess.Popen:
@@ -74,6 +74,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from optimlab.study import load_results, parse_study, run_study
+    from optimlab.study.store import StudyStore
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -107,6 +108,14 @@ def main() -> None:
             proc.wait(timeout=args.seconds)
         took = time.perf_counter() - t0
         got = load_results(db)
+        store = StudyStore.open(db, readonly=True)
+        writers, history = store.writers(), {c["id"]: c for c in store.claim_history()}
+        store.close()
+        ref_units = {}  # kind -> run id -> the unit that trained it in the one-process store
+        for kind in kinds:
+            ref = StudyStore.open(tmp / kind / "study.db", readonly=True)
+            ref_units[kind] = {i: c["unit"] for c in ref.claim_history() for i in c["runs"]}
+            ref.close()
         conn = sqlite3.connect(db)
         attempts = [a for (a,) in conn.execute("SELECT attempts FROM runs")]
         duplicates = sum(conn.execute(f"SELECT COUNT(*) - COUNT(DISTINCT run_id || ':' || step) FROM {t}")
@@ -115,24 +124,40 @@ def main() -> None:
 
     lost = int((got.runs.status != "completed").sum())
     numbers = ["test_loss", "test_accuracy", "batch_loss"]
-    by_run = ["optimizer", "lr", "seed"]
-    mine = {k: r.reset_index(drop=True) for k, r in got.evals.sort_values(KEY).groupby(by_run)}
-    stitched, worst = 0, 0.0
-    for k, run in mine.items():  # each run must be one process's: equal to one of the references
-        theirs = [r.evals.sort_values(KEY).set_index(by_run).loc[k].reset_index() for r in refs.values()]
-        if not any(t[KEY].equals(run[KEY]) and t[numbers].equals(run[numbers]) for t in theirs):
-            stitched += 1
-        worst = max(worst, min(float((t[numbers] - run[numbers]).abs().max().max()) for t in theirs
-                               if len(t) == len(run)) if any(len(t) == len(run) for t in theirs) else
-                    float("inf"))
+    interleaved = sum(len(set(c)) != len(c) for c in writers.values())  # a claim's rows, another's, its again
+    continued = sum(len(c) > 1 for c in writers.values())  # taken over from a checkpoint mid-run
+    units_per_run = {i: {history[c]["unit"] for c in claims} for i, claims in writers.items()}
+    mixed_units = sum(len(u) > 1 for u in units_per_run.values())
+    same_shape = other_shape = unequal = 0
+    worst_same = worst_other = 0.0
+    for run_id, units in units_per_run.items():  # against the one-process store of the same unit
+        (unit,) = units if len(units) == 1 else (None,)
+        kind = next((k for k in kinds if ref_units[k].get(run_id) == unit), None)
+        mine = got.evals[got.evals.run_id == run_id].sort_values("step")[numbers].reset_index(drop=True)
+        diffs = []
+        for k in ([kind] if kind else kinds):
+            theirs = refs[k].evals[refs[k].evals.run_id == run_id].sort_values("step")[numbers]
+            theirs = theirs.reset_index(drop=True)
+            same_length = len(theirs) == len(mine)
+            diffs.append(float((theirs - mine).abs().max().max()) if same_length else float("inf"))
+        if kind:
+            same_shape += 1
+            unequal += diffs[0] != 0.0
+            worst_same = max(worst_same, diffs[0])
+        else:  # a group the one-process store did not form (other runs were taken by other workers)
+            other_shape += 1
+            worst_other = max(worst_other, min(diffs))
     ref = next(iter(refs.values()))
     print(f"study: {len(ref.runs)} runs; one process alone {alone:.1f} s; soak {took:.1f} s with "
           f"{args.workers} workers ({args.executor})")
     print(f"kills survived {kills}, worker processes started {started}, units taken over "
-          f"{sum(x > 1 for x in attempts)} (claims beyond the first: {sum(attempts) - len(attempts)}), "
-          f"runs lost {lost}, duplicate rows {duplicates}, runs equal to neither one-process store "
-          f"{stitched}, "
-          f"largest difference from one process {worst:.3g}, unexpected worker errors {len(errors)}")
+          f"{sum(x > 1 for x in attempts)} (claims beyond the first: {sum(attempts) - len(attempts)}; "
+          f"runs continued from a dead claim's checkpoint: {continued}), runs lost {lost}, duplicate rows "
+          f"{duplicates}, stitched runs (rows of two claims interleaved) {interleaved}, runs written by "
+          f"units of two shapes {mixed_units}, unexpected worker errors {len(errors)}")
+    print(f"runs trained in the same unit as one process trains them: {same_shape}, of which not bit for "
+          f"bit equal {unequal} (largest difference {worst_same:.3g}); in a group of another shape: "
+          f"{other_shape} (largest difference from one process {worst_other:.3g})")
     for e in errors[:5]:
         print(f"  worker error: {e}")
 

@@ -66,3 +66,15 @@ def test_a_store_of_0_1_is_upgraded_read_reported_and_extended(tmp_path):
     assert old.reset_index(drop=True).equals(before.evals.reset_index(drop=True))
     report = make_report(db)
     assert report.html.exists()
+
+
+def test_reading_a_store_of_0_1_changes_nothing_in_it(tmp_path):
+    db = tmp_path / "study.db"
+    shutil.copy(FIXTURES / "study.db", db)
+    before = db.read_bytes()
+    store = StudyStore.open(db, readonly=True)  # upgraded in a copy in memory
+    assert store.meta("schema_version") == str(SCHEMA_VERSION) and len(store.runs()) == 8
+    assert store.writers() == {r["id"]: [None] for r in store.runs()}  # its rows name no claim
+    store.close()
+    assert len(load_results(db).runs) == 8
+    assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["study.db"]

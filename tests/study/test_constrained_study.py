@@ -128,8 +128,11 @@ def _as_schema_1(db):
     conn = sqlite3.connect(db)
     conn.execute("DROP INDEX runs_configuration")
     for table, column in (("runs", "dual_lr"), ("runs", "penalty"), ("evals", "extras"),
-                          ("train_log", "extras"), ("runs", "engine")):
+                          ("train_log", "extras"), ("runs", "engine"), ("evals", "claim"),
+                          ("train_log", "claim")):
         conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    conn.execute("DROP TABLE claims")
+    conn.execute("DROP TABLE claim_history")
     definition = json.loads(conn.execute("SELECT value FROM meta WHERE key='definition'").fetchone()[0])
     definition["shared"]["dual_lr"] = 1e-3
     del definition["shared"]["formulation"]

@@ -51,6 +51,15 @@ def attempts(db) -> list[int]:
         conn.close()
 
 
+def writers(db) -> tuple[dict[int, list[int]], dict[int, str]]:
+    """Per run, the claims that wrote its rows, in step order; and how each claim ended."""
+    store = StudyStore.open(db)
+    try:
+        return store.writers(), {c["id"]: c["outcome"] for c in store.claim_history()}
+    finally:
+        store.close()
+
+
 def test_two_processes_started_together_train_every_run_once(study_file, references, tmp_path):
     out = tmp_path / "shared"
     procs = [_run_cli_study(study_file, out, "--executor", "sequential") for _ in range(2)]
@@ -65,6 +74,9 @@ def test_two_processes_started_together_train_every_run_once(study_file, referen
     assert store.claims() == []  # every claim released at the end
     store.close()
     assert len(workers) == 2  # both processes trained some of the runs
+    by_run, outcomes = writers(out / "study.db")
+    assert all(len(claims) == 1 for claims in by_run.values())  # each run's rows: one claim's
+    assert set(outcomes.values()) == {"finished"}
 
 
 def test_a_sequential_and_a_vectorized_process_never_stitch_a_run(study_file, references, tmp_path):
@@ -82,6 +94,8 @@ def test_a_sequential_and_a_vectorized_process_never_stitch_a_run(study_file, re
         assert same, f"run {key} has rows of both processes"
         whose.append(same[0])
     assert len(whose) == 6
+    by_run, _ = writers(out / "study.db")
+    assert all(len(claims) == 1 for claims in by_run.values())
 
 
 def test_a_killed_process_is_taken_over_from_its_last_checkpoint(study_file, references, tmp_path, capsys):
@@ -102,6 +116,10 @@ def test_a_killed_process_is_taken_over_from_its_last_checkpoint(study_file, ref
     assert 2 in attempts(db)  # the run in flight: claimed again, continued from its checkpoint
     assert rows(final, "evals").equals(rows(references["sequential"], "evals"))
     assert rows(final, "train_log").equals(rows(references["sequential"], "train_log"))
+    by_run, outcomes = writers(db)  # its rows: the dead claim's up to the checkpoint, then the new one's
+    continued = [claims for claims in by_run.values() if len(claims) > 1]
+    assert len(continued) == 1 and [outcomes[c] for c in continued[0]] == ["died", "finished"]
+    assert all(len(set(claims)) == len(claims) for claims in by_run.values())  # never interleaved
 
 
 def test_three_processes_one_killed_mid_way(study_file, references, tmp_path):

@@ -8,13 +8,15 @@ Of a study run, only the driving process writes; its workers send it their check
 study processes share one store through claims (one a unit, with a lease each holder renews): a
 commit under a claim another process took over writes nothing (:class:`LostClaim`).
 
-Schema 4 (older stores are upgraded when opened): a run's ``dual_lr`` (NULL without multipliers)
+Schema 5 (older stores are upgraded when opened): a run's ``dual_lr`` (NULL without multipliers)
 and ``penalty`` (NULL without a penalty coefficient), and an ``extras`` JSON object per evaluation and
 log row for the columns only some studies have
 (``violation_<constraint>``, ``multiplier_<constraint>``, a constrained run's batch ``accuracy``)
 (schema 2); a run's ``engine``, how it was trained ("vectorized: a group of 6 runs", "one by one:
 <why>"), and in ``meta`` the ``code`` the study imports, with a fingerprint of its files (schema 3);
-the ``claims`` table: unit, token, runs, host, pid, since, heartbeat (schema 4).
+the ``claims`` table: unit, token, runs, host, pid, since, heartbeat (schema 4); the
+``claim_history`` table, every claim ever made (id, token, unit, runs, host, pid, since, ended,
+outcome), and each evaluation and log row's ``claim``, the id of the claim that wrote it (schema 5).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from optimlab.errors import OptimlabError
 from optimlab.study import axes
 from optimlab.study.spec import StudySpec
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 HOST = platform.node()
 # a claim whose holder has not renewed it for this long is dead (its holder renews every HEARTBEAT_S)
 LEASE_S = 60.0
@@ -79,25 +81,32 @@ CREATE TABLE IF NOT EXISTS evals (
     run_id INTEGER NOT NULL REFERENCES runs (id),
     step INTEGER NOT NULL, epoch REAL NOT NULL, batch_loss REAL, train_loss REAL,
     train_accuracy REAL, test_loss REAL, test_accuracy REAL, lr REAL, wall_time REAL, extras TEXT,
+    claim INTEGER,
     PRIMARY KEY (run_id, step)
 );
 CREATE TABLE IF NOT EXISTS train_log (
     run_id INTEGER NOT NULL REFERENCES runs (id),
-    step INTEGER NOT NULL, epoch REAL NOT NULL, loss REAL, lr REAL, extras TEXT,
+    step INTEGER NOT NULL, epoch REAL NOT NULL, loss REAL, lr REAL, extras TEXT, claim INTEGER,
     PRIMARY KEY (run_id, step)
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     unit TEXT PRIMARY KEY, data BLOB NOT NULL, updated REAL
 );
-{CLAIMS}"""
+{CLAIMS};
+{CLAIM_HISTORY}"""
 
 
 # who trains which unit: one claim a unit, a lease its holder renews (schema 4)
 CLAIMS = """CREATE TABLE IF NOT EXISTS claims (
     unit TEXT PRIMARY KEY, token TEXT NOT NULL UNIQUE, runs TEXT NOT NULL, host TEXT NOT NULL,
     pid INTEGER NOT NULL, since REAL NOT NULL, heartbeat REAL NOT NULL
-);
-"""
+)"""
+# every claim ever made, and how it ended: finished, failed, released, died (its holder gone), or NULL
+# while it is held (schema 5); rows name the claim that wrote them
+CLAIM_HISTORY = """CREATE TABLE IF NOT EXISTS claim_history (
+    id INTEGER PRIMARY KEY, token TEXT NOT NULL UNIQUE, unit TEXT NOT NULL, runs TEXT NOT NULL,
+    host TEXT NOT NULL, pid INTEGER NOT NULL, since REAL NOT NULL, ended REAL, outcome TEXT
+)"""
 
 
 class StoreNotWritable(OptimlabError):
@@ -298,13 +307,16 @@ def salvage(source: str | Path, out: str | Path) -> dict:
                     dst.execute(statement)
             meta["schema_version"] = str(SCHEMA_VERSION)
             dst.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
-            keep = [c for c in cols if c in {r[1] for r in dst.execute("PRAGMA table_info(runs)")}]
+            keep = [c for c in cols if c in _columns(dst, "runs")]
+            # the rows' columns both stores have (an older store lacks some: NULL in the new one)
+            shared = {t: [c for c in _columns(src, t) if c in _columns(dst, t)]
+                      for t in ("evals", "train_log")}
             for run in runs:
                 rows = None
                 if run["status"] in ("completed", "diverged"):
                     try:
-                        rows = {t: src.execute(f"SELECT * FROM {t} WHERE run_id=? ORDER BY step",
-                                               (run["id"],)).fetchall() for t in ("evals", "train_log")}
+                        rows = {t: src.execute(f"SELECT {', '.join(shared[t])} FROM {t} WHERE run_id=? "
+                                               "ORDER BY step", (run["id"],)).fetchall() for t in shared}
                     except sqlite3.DatabaseError:
                         rows = None  # a damaged page among its rows: trained again
                 if rows is None:
@@ -317,17 +329,38 @@ def salvage(source: str | Path, out: str | Path) -> dict:
                             [run[c] for c in keep])
                 for table, found in (rows or {}).items():
                     if found:
-                        marks = ", ".join("?" * len(found[0]))
-                        dst.executemany(f"INSERT INTO {table} VALUES ({marks})", found)
+                        dst.executemany(f"INSERT INTO {table} ({', '.join(shared[table])}) VALUES "
+                                        f"({', '.join('?' * len(shared[table]))})", found)
+            _copy_claim_history(src, dst)
     finally:
         src.close()
         dst.close()
     return {"copied": copied, "again": again}
 
 
+def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    return [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def _copy_claim_history(src: sqlite3.Connection, dst: sqlite3.Connection) -> None:
+    """Salvage: the claims that wrote the copied rows; where that table is damaged (or the store
+    older than it), the rows no longer name a claim."""
+    try:
+        history = src.execute("SELECT * FROM claim_history").fetchall() if "claim" in _columns(src, "evals") \
+            else None
+    except sqlite3.DatabaseError:
+        history = None
+    if history is None:
+        for table in ("evals", "train_log"):
+            dst.execute(f"UPDATE {table} SET claim = NULL")
+        return
+    if history:
+        dst.executemany(f"INSERT INTO claim_history VALUES ({', '.join('?' * len(history[0]))})", history)
+
+
 # a column of each table to read whole (every page of the table is visited)
 _WIDE = {"meta": "value", "runs": "config", "evals": "extras", "train_log": "extras", "checkpoints": "data",
-         "claims": "runs"}
+         "claims": "runs", "claim_history": "runs"}
 
 
 def _readable(data: bytes) -> bool:
@@ -347,6 +380,7 @@ class StudyStore:
         self.conn = conn
         self.readonly = readonly  # opened to read only: an upgrade happens in a copy in memory
         self.held: dict[str, str] = {}  # unit -> token of the claims this process holds
+        self.claim_ids: dict[str, int] = {}  # unit -> its claim's id in claim_history (rows name it)
         self.claimed_here: set[int] = set()  # every run this process has claimed (not to retry them)
 
     # ------------------------------------------------------------------ opening
@@ -406,10 +440,13 @@ class StudyStore:
             store._upgrade_from_1()
             version = 2
         if version == 2:
-            store._upgrade(2, [("runs", "engine TEXT")])
+            store._upgrade(2, [("runs", "engine TEXT")], [])
             version = 3
         if version == 3:
-            store._upgrade(3, [], CLAIMS)
+            store._upgrade(3, [], [CLAIMS])
+            version = 4
+        if version == 4:
+            store._upgrade(4, [("evals", "claim INTEGER"), ("train_log", "claim INTEGER")], [CLAIM_HISTORY])
         store._add_new_axes()
         return store
 
@@ -438,15 +475,15 @@ class StudyStore:
         have = {r[1] for r in self.conn.execute("PRAGMA table_info(runs)")}
         return [a for a in axes.AXES if a.name not in have]
 
-    def _upgrade(self, version: int, columns: list[tuple[str, str]], tables: str = "") -> None:
+    def _upgrade(self, version: int, columns: list[tuple[str, str]], tables: list[str]) -> None:
         """Schema ``version`` -> ``version + 1``: new columns (NULL in the rows already there) and
         tables."""
         try:
             with self.transaction():
                 for table, column in columns:
                     self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
-                if tables:
-                    self.conn.execute(tables)
+                for table in tables:
+                    self.conn.execute(table)
                 self._set_meta(schema_version=str(version + 1))
         except sqlite3.OperationalError as e:
             self.conn.close()
@@ -628,6 +665,29 @@ class StudyStore:
             c["runs"], c["live"] = json.loads(c["runs"]), claim_is_live(c, now)
         return out
 
+    def writers(self) -> dict[int, list[int]]:
+        """Per run, the claims (ids in ``claim_history``) that wrote its evaluation and log rows, in
+        the order of the rows' steps, each stretch once: ``[7]`` for a run trained by one claim,
+        ``[7, 12]`` for one continued by another after its holder died. A claim appearing twice would be
+        rows of two claims interleaved, which the store never writes. Rows of stores before schema 5
+        name no claim (None)."""
+        out: dict[int, list[int]] = {}
+        for run_id, claim in self.conn.execute(
+                "SELECT run_id, claim FROM (SELECT run_id, step, claim FROM evals UNION ALL "
+                "SELECT run_id, step, claim FROM train_log) ORDER BY run_id, step"):
+            stretch = out.setdefault(run_id, [])
+            if not stretch or stretch[-1] != claim:
+                stretch.append(claim)
+        return out
+
+    def claim_history(self) -> list[dict]:
+        """Every claim made on the store: id, token, unit, runs, host, pid, since, ended, outcome
+        (finished, failed, released, died; None while held)."""
+        cur = self.conn.execute("SELECT * FROM claim_history ORDER BY id")
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row, strict=True)) | {"runs": json.loads(row[cols.index("runs")])}
+                for row in cur]
+
     def claimed_runs(self) -> set[int]:
         """The runs in live claims (of any process)."""
         return {i for c in self.claims() if c["live"] for i in c["runs"]}
@@ -637,7 +697,7 @@ class StudyStore:
         (their checkpoints stay: whoever claims them next continues from there). Returns them."""
         with self.transaction():
             dead = [c for c in self.claims() if not c["live"]]
-            self.conn.executemany("DELETE FROM claims WHERE token=?", [(c["token"],) for c in dead])
+            self._end_claims([c["token"] for c in dead], "died")
             busy = self.claimed_runs()
             for (i,) in self.conn.execute("SELECT id FROM runs WHERE status='running'").fetchall():
                 if i not in busy:
@@ -655,7 +715,7 @@ class StudyStore:
         with self.transaction():
             claims = self.claims()
             dead = [c for c in claims if not c["live"] and set(c["runs"]) & set(run_ids)]
-            self.conn.executemany("DELETE FROM claims WHERE token=?", [(c["token"],) for c in dead])
+            self._end_claims([c["token"] for c in dead], "died")
             if any(c["live"] and set(c["runs"]) & set(run_ids) for c in claims):
                 return None
             marks = ",".join("?" * len(run_ids))
@@ -677,15 +737,19 @@ class StudyStore:
                 for (other,) in self.conn.execute("SELECT unit FROM checkpoints").fetchall():
                     if set(unit_runs(other)) & set(run_ids):
                         self.conn.execute("DELETE FROM checkpoints WHERE unit=?", (other,))
-            token, now = uuid.uuid4().hex, time.time()
+            token, now, runs = uuid.uuid4().hex, time.time(), json.dumps(sorted(run_ids))
             self.conn.execute("INSERT OR REPLACE INTO claims (unit, token, runs, host, pid, since, "
                               "heartbeat) VALUES (?,?,?,?,?,?,?)",
-                              (unit, token, json.dumps(sorted(run_ids)), HOST, os.getpid(), now, now))
+                              (unit, token, runs, HOST, os.getpid(), now, now))
+            claim_id = self.conn.execute(
+                "INSERT INTO claim_history (token, unit, runs, host, pid, since) VALUES (?,?,?,?,?,?)",
+                (token, unit, runs, HOST, os.getpid(), now)).lastrowid
             self.conn.executemany(
                 "UPDATE runs SET status='running', attempts=attempts+1, error=CASE WHEN ? THEN error END, "
                 "worker=?, updated=?, engine=coalesce(?, engine) WHERE id=?",
                 [(unreadable, worker or os.getpid(), now, engine, i) for i in run_ids])
         self.held[unit] = token
+        self.claim_ids[unit] = claim_id
         self.claimed_here.update(run_ids)
         return Claim(ckpt)
 
@@ -701,7 +765,7 @@ class StudyStore:
         """Inside a transaction: the unit's claim must still be this process's."""
         row = self.conn.execute("SELECT token FROM claims WHERE unit=?", (unit,)).fetchone()
         if unit not in self.held or row is None or row[0] != self.held[unit]:
-            self.held.pop(unit, None)
+            self._forget(unit)
             raise LostClaim(unit)
 
     def heartbeat(self) -> Heartbeat:
@@ -722,26 +786,39 @@ class StudyStore:
                 self.conn.execute(
                     "UPDATE runs SET status=?, steps=?, diverged_at=?, wall_time=?, updated=? WHERE id=?",
                     (status, r["steps"], r["diverged_at"], r["wall_time"], time.time(), run_id))
-                self._insert_rows("evals", EVAL_COLUMNS, run_id, r["evals"])
-                self._insert_rows("train_log", LOG_COLUMNS, run_id, r["train_log"])
+                self._insert_rows("evals", EVAL_COLUMNS, run_id, r["evals"], self.claim_ids[unit])
+                self._insert_rows("train_log", LOG_COLUMNS, run_id, r["train_log"], self.claim_ids[unit])
             if finished or checkpoint is None:
                 self.conn.execute("DELETE FROM checkpoints WHERE unit=?", (unit,))
             else:
                 self.conn.execute("INSERT OR REPLACE INTO checkpoints (unit, data, updated) VALUES (?,?,?)",
                                   (unit, checkpoint, time.time()))
             if finished:
-                self.conn.execute("DELETE FROM claims WHERE unit=?", (unit,))
+                self._end_claims([self.held[unit]], "finished")
         if finished:
-            self.held.pop(unit, None)
+            self._forget(unit)
 
-    def _insert_rows(self, table: str, columns: tuple[str, ...], run_id: int, rows: list[dict]) -> None:
+    def _insert_rows(self, table: str, columns: tuple[str, ...], run_id: int, rows: list[dict],
+                     claim: int) -> None:
         last = self.conn.execute(f"SELECT MAX(step) FROM {table} WHERE run_id=?", (run_id,)).fetchone()[0]
         new = [r for r in rows if last is None or r["step"] > last]
         if new:
-            marks = ",".join("?" * (len(columns) + 2))
+            marks = ",".join("?" * (len(columns) + 3))
             self.conn.executemany(
-                f"INSERT OR REPLACE INTO {table} (run_id, {', '.join(columns)}, extras) VALUES ({marks})",
-                [(run_id, *(r[c] for c in columns), _extras(r, columns)) for r in new])
+                f"INSERT OR REPLACE INTO {table} (run_id, {', '.join(columns)}, extras, claim) "
+                f"VALUES ({marks})",
+                [(run_id, *(r[c] for c in columns), _extras(r, columns), claim) for r in new])
+
+    def _end_claims(self, tokens: list[str], outcome: str) -> None:
+        """Inside a transaction: remove the claims ``tokens`` and record how they ended."""
+        now = time.time()
+        self.conn.executemany("DELETE FROM claims WHERE token=?", [(t,) for t in tokens])
+        self.conn.executemany("UPDATE claim_history SET ended=?, outcome=? WHERE token=? AND ended IS NULL",
+                              [(now, outcome, t) for t in tokens])
+
+    def _forget(self, unit: str) -> None:
+        self.held.pop(unit, None)
+        self.claim_ids.pop(unit, None)
 
     def fail(self, unit: str, run_ids: list[int], error: str, retry: bool) -> None:
         """Record that a unit's worker failed: back to pending (``retry``) or failed, with the error;
@@ -751,11 +828,11 @@ class StudyStore:
                 self._check_held(unit)
             except LostClaim:
                 return
-            self.conn.execute("DELETE FROM claims WHERE unit=?", (unit,))
+            self._end_claims([self.held[unit]], "failed")
             self.conn.executemany(
                 "UPDATE runs SET status=?, error=?, updated=? WHERE id=?",
                 [("pending" if retry else "failed", error[-4000:], time.time(), i) for i in run_ids])
-        self.held.pop(unit, None)
+        self._forget(unit)
 
     def release(self, unit: str) -> None:
         """Give back a unit this process will not train further (its runs: pending, checkpoint kept)."""
@@ -764,10 +841,10 @@ class StudyStore:
                 self._check_held(unit)
             except LostClaim:
                 return
-            self.conn.execute("DELETE FROM claims WHERE unit=?", (unit,))
+            self._end_claims([self.held[unit]], "released")
             self.conn.execute(f"UPDATE runs SET status='pending' WHERE status='running' AND id IN "
                               f"({','.join('?' * len(unit_runs(unit)))})", unit_runs(unit))
-        self.held.pop(unit, None)
+        self._forget(unit)
 
 
 class Heartbeat:
