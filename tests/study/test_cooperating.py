@@ -2,8 +2,10 @@
 transaction, under a lease its holder renews; a claim whose process died is taken over from the unit's
 last checkpoint; every run's rows come from one claim; the final store is a single process's."""
 
+import random
 import signal
 import sqlite3
+import time
 
 import pytest
 from test_runner import STUDY, _run_cli_study, _wait_for, rows
@@ -150,3 +152,33 @@ def test_a_vectorized_process_killed_mid_group_resumes_to_the_same_numbers(study
     assert set(final.runs.status) == {"completed"}
     assert rows(final, "evals").equals(rows(references["vectorized"], "evals"))
     assert rows(final, "train_log").equals(rows(references["vectorized"], "train_log"))
+
+
+@pytest.mark.parametrize("kind", ["sequential", "vectorized"])
+def test_killed_at_random_moments_the_study_resumes_to_the_same_numbers(study_file, references, tmp_path,
+                                                                        kind):
+    rng = random.Random(f"kills-{kind}")  # moments drawn at random, the same at every test run
+    out = tmp_path / kind
+    db = out / "study.db"
+    kills = 0
+    for _ in range(3):
+        proc = _run_cli_study(study_file, out, "--executor", kind)
+        try:  # once it trains (the store has runs), at a random moment: mid-epoch, mid-write, ...
+            _wait_for(db, "SELECT COUNT(*) FROM runs WHERE status = 'running'", proc=proc)
+        except AssertionError:
+            break  # it finished first
+        time.sleep(rng.uniform(0.0, 0.8))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    last = _run_cli_study(study_file, out, "--executor", kind)
+    assert last.wait(timeout=300) == 0, last.stderr.read()
+    assert kills >= 2
+    final = load_results(db)
+    assert set(final.runs.status) == {"completed"}
+    assert rows(final, "evals").equals(rows(references[kind], "evals"))
+    assert rows(final, "train_log").equals(rows(references[kind], "train_log"))
+    by_run, _ = writers(db)
+    assert all(len(set(claims)) == len(claims) for claims in by_run.values())
