@@ -49,10 +49,10 @@ EXTRA = {
     ("train", "--dual-lr"): ["--constraint", "l2norm<=1"],
     ("train", "--penalty"): ["--constraint", "l2norm<=1", "--formulation", "augmented_lagrangian"],
 }
-NUMERIC_TEXT = {"--lr", "--dual-lr"}  # taken as text, read as numbers (a list of rates is possible)
+NUMERIC_TEXT = {"--lr", "--dual-lr", "--validation"}  # numbers read by a function of their own
 VALID = {
     ("train", "--seed"): {"0"}, ("train", "--lr"): {"1.5"}, ("train", "--dual-lr"): {"1.5"},
-    ("train", "--penalty"): {"1.5"},
+    ("train", "--penalty"): {"1.5"}, ("train", "--validation"): {"0"},
     ("report", "--feasibility-tolerance"): {"0", "1.5"},
     ("localflow picture", "--seed"): {"0"}, ("localflow picture", "--steps"): {"0"},
     ("localflow picture", "--lr"): {"1.5"}, ("localflow picture", "--radius"): {"1.5"},
@@ -137,12 +137,12 @@ TOML_NUMBERS = ['"1"', "true", "nan", "inf", "-inf", "-1", "0", "1.5", "[]", "{}
 STUDY_NUMBERS = {
     "batch_size": "{}", "iterations": "{}", "epochs": "{}", "eval_every": "{}", "log_every": "{}",
     "learning_rates": "[{}]", "seeds": "[{}]", "dual_learning_rates": "[{}]", "penalty_coefficients": "[{}]",
-    "model_options.hidden": "{}", "executor.workers": "{}", "executor.max_attempts": "{}",
+    "model_options.hidden": "{}", "executor.workers": "{}", "executor.max_attempts": "{}", "validation": "{}",
 }
 for key in ("from", "to", "count"):
     STUDY_NUMBERS[f"learning_rates:{key}"] = key
 STUDY_VALID = {("learning_rates", "1.5"), ("seeds", "0"), ("dual_learning_rates", "1.5"),
-               ("penalty_coefficients", "1.5"), ("learning_rates:to", "1.5")}
+               ("penalty_coefficients", "1.5"), ("learning_rates:to", "1.5"), ("validation", "0")}
 
 
 def _range(key: str, value: str) -> str:

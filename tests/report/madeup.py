@@ -19,12 +19,16 @@ seeds = {seeds!r}
 {extra}""".replace("'", '"'))
 
 
-def evals(accs, losses=None, per_epoch=10):
-    """Rows at steps 0, 10, 20, ... with the given test accuracies (and train losses)."""
+def evals(accs, losses=None, per_epoch=10, val=None):
+    """Rows at steps 0, 10, 20, ... with the given test accuracies (and train losses, and
+    validation accuracies: then the rows have validation columns)."""
     losses = losses or [1.0 - a for a in accs]
-    return [{"step": i * per_epoch, "epoch": float(i), "batch_loss": None, "train_loss": loss,
+    rows = [{"step": i * per_epoch, "epoch": float(i), "batch_loss": None, "train_loss": loss,
              "train_accuracy": None, "test_loss": loss, "test_accuracy": acc, "lr": 0.1,
              "wall_time": 2.0 * i} for i, (acc, loss) in enumerate(zip(accs, losses, strict=True))]
+    for row, v in zip(rows, val or [], strict=False):
+        row.update(val_loss=1.0 - v, val_accuracy=v)
+    return rows
 
 
 def fill(path, spec, outcome):

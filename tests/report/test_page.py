@@ -94,3 +94,19 @@ def test_a_regression_study_ranks_by_training_loss(make_store, tmp_path):
     assert "| rank | optimizer | best lr | final training loss |" in md
     assert "| 1 | sgd | 0.1 | 0.015 |" in md or "| 1 | adam | 0.1 | 0.015 |" in md
     assert "no convergence target" in md
+
+
+def test_the_page_says_what_the_settings_were_chosen_on(make_store, tmp_path):
+    def outcome(opt, lr, seed):
+        return evals([0.1, 0.8 + lr], val=[0.1, 0.9 - lr])  # validation and test disagree on the best
+
+    db = make_store(["sgd"], [1e-3, 1e-2], [0, 1], outcome)
+    page = make_report(db, tmp_path / "r").html.read_text()
+    assert "Best settings are chosen on the validation set" in page
+    assert "final validation accuracy (chosen on)" in page and "final test accuracy (at it)" in page
+    assert "Convergence target: validation accuracy" in page
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| 1 | sgd | 0.001 | 0.899 |" in md  # chosen on validation; the test set favours 0.01
+    plain = make_report(make_store(["sgd"], [1e-3, 1e-2], [0], lambda o, lr, s: evals([0.1, 0.8]),
+                                   name="t.db"), tmp_path / "t").html.read_text()
+    assert "chosen on the test set (no validation set)" in plain

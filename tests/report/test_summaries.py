@@ -56,7 +56,7 @@ def test_learning_curves_are_at_the_best_learning_rate(made_up_store):
     s = summarize(load_results(made_up_store))
     sgd = s.curves[s.curves.optimizer == "sgd"]
     assert set(sgd.lr) == {1e-2} and sgd.epoch.tolist() == [0.0, 1.0, 2.0, 3.0]
-    assert sgd.test_accuracy_mean.iloc[-1] == pytest.approx(np.mean(SGD_FINAL[1e-2]))
+    assert sgd.accuracy_mean.iloc[-1] == pytest.approx(np.mean(SGD_FINAL[1e-2]))
 
 
 def test_a_single_learning_rate_has_no_width_and_says_so(make_store):
@@ -82,3 +82,29 @@ def test_an_optimizer_that_always_diverged_is_ranked_last(make_store):
     assert s.robustness.optimizer.tolist() == ["sgd", "adam"]
     adam = s.robustness.set_index("optimizer").loc["adam"]
     assert math.isnan(adam.best_lr) and adam.diverged_runs == 2
+
+
+def test_settings_are_chosen_on_the_validation_set_and_test_numbers_reported_at_them(make_store):
+    # sgd: lr 1e-2 is best on test, 1e-3 on validation (as a test set can flatter a setting);
+    # adam: 1e-3 best on both, but behind sgd on validation
+    final = {("sgd", 1e-3): (0.90, 0.88), ("sgd", 1e-2): (0.86, 0.91), ("adam", 1e-3): (0.85, 0.95),
+             ("adam", 1e-2): (0.80, 0.80)}
+
+    def outcome(opt, lr, seed):
+        v, t = final[(opt, lr)]
+        return evals([0.1, t / 2, t], val=[0.1, v / 2, v])
+
+    db = make_store(["sgd", "adam"], [1e-3, 1e-2], [0, 1], outcome)
+    s = summarize(load_results(db))
+    assert s.split == "val" and s.split_label == "validation"
+    rob = s.robustness.set_index("optimizer")
+    assert rob.loc["sgd", "best_lr"] == 1e-3 and rob.loc["adam", "best_lr"] == 1e-3
+    assert rob.loc["sgd", "best_final_val_accuracy"] == pytest.approx(0.90)
+    assert rob.loc["sgd", "best_final_test_accuracy"] == pytest.approx(0.88)  # reported at the choice
+    assert s.robustness.optimizer.tolist() == ["sgd", "adam"]  # ranked on validation (test: adam first)
+    assert s.target_accuracy == pytest.approx(0.95 * 0.90)  # of the best validation accuracy
+    assert not any("no validation set" in n for n in s.notes)
+    on_test = summarize(load_results(make_store(["sgd"], [1e-3, 1e-2], [0], lambda o, lr, seed: evals(
+        [0.1, final[(o, lr)][1]]), name="t.db")))
+    assert on_test.split == "test" and on_test.robustness.best_lr.tolist() == [1e-2]
+    assert any("no validation set" in n for n in on_test.notes)

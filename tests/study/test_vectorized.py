@@ -47,7 +47,7 @@ def assert_same_run(got, want) -> float:
     for a, b in zip(got.evals, want.evals, strict=True):
         assert a.keys() == b.keys()
         assert (a["step"], a["epoch"], a["lr"]) == (b["step"], b["epoch"], b["lr"])
-        for k in METRICS:
+        for k in (*METRICS, *(m for m in ("val_loss", "val_accuracy") if m in b)):
             assert (a[k] is None) == (b[k] is None), k
             if b[k] is not None:
                 assert a[k] == pytest.approx(b[k], rel=RTOL), (k, a["step"])
@@ -99,6 +99,12 @@ def test_every_slice_equals_its_independent_run(digits, optimizer):
 ])
 def test_hyperparameters_that_touch_the_parameters(digits, optimizer, lrs):
     check_group(grid(lrs=lrs, optimizer=optimizer), digits)
+
+
+def test_a_validation_set_is_evaluated_for_every_slice_as_for_its_run(digits):
+    group = check_group(grid(lrs=LRS["adam"], optimizer="adam", validation=0.25), digits)
+    assert all(r.steps == 16 for r in group)  # 450 training examples left: 8 batches of 64 an epoch
+    assert all(row["val_accuracy"] is not None for r in group for row in r.evals)
 
 
 def test_logreg_in_any_order_and_an_uneven_grid(digits):

@@ -46,3 +46,16 @@ def path_arg(text: str) -> str:
     if len(encoded) > PATH_MAX:
         raise argparse.ArgumentTypeError(f"the path is {len(encoded)} bytes long; at most {PATH_MAX}")
     return text
+
+
+def count_or_fraction(text: str) -> int | float:
+    """An argparse ``type``: an integer (a count) or else a number (a fraction); the range is the
+    setting's to check."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or a fraction; got {text!r}") from None

@@ -16,9 +16,11 @@ def add_to(sub) -> None:
     rp.add_argument("--out", type=path_arg, default=None,
                     help="folder for the report (default: report/ beside the store)")
     rp.add_argument("--target-fraction", type=float, default=0.95,
-                    help="convergence target: this fraction of the best mean final test accuracy")
+                    help="convergence target: this fraction of the best mean final validation accuracy "
+                    "(test accuracy in a study without a validation set)")
     rp.add_argument("--target-accuracy", type=float, default=None,
-                    help="convergence target as an absolute test accuracy (overrides the fraction)")
+                    help="convergence target as an absolute accuracy on the same split (overrides the "
+                    "fraction)")
     rp.add_argument("--feasibility-tolerance", type=float, default=None,
                     help="constrained studies: a run ends feasible when its largest final violation is "
                     "at most this (default 1e-3)")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from optimlab.cli.arguments import THREADS_HELP, options, path_arg
+from optimlab.cli.arguments import THREADS_HELP, count_or_fraction, options, path_arg
 from optimlab.errors import OptimlabError
 from optimlab.models import model_names
 from optimlab.optimizers import optimizer_names
@@ -48,6 +48,9 @@ def add_to(sub) -> None:
                    help="evaluate every N iterations (default: at the end of every epoch)")
     t.add_argument("--log-every", type=int, default=10,
                    help="record the training batch loss every K iterations")
+    t.add_argument("--validation", type=count_or_fraction, default=None, metavar="SIZE",
+                   help="hold out a validation set from the training set, evaluated beside the test set: "
+                   "a fraction in (0, 1) or a count (default: none)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--drop-last", action="store_true", help="drop the last, smaller batch")
     t.add_argument("--no-normalize", action="store_true",
@@ -96,7 +99,7 @@ def _train(args: argparse.Namespace) -> int:
         eval_train=not args.no_eval_train, device=args.device,
         model_options=model_options, dataset_options=options(args.dataset_option, "--dataset-option"),
         loss=args.loss, constraints=args.constraint, dual_optimizer=args.dual_optimizer, dual_lr=args.dual_lr,
-        formulation=args.formulation, penalty=args.penalty,
+        formulation=args.formulation, penalty=args.penalty, validation=args.validation,
     )
     out = Path(args.out) if args.out else Path("runs") / _run_name(config)
 

@@ -12,11 +12,12 @@ from optimlab.data.catalogue import (
 from optimlab.data.cifar import read_cifar10_binary, write_cifar10_binary
 from optimlab.data.idx import read_idx, read_idx_pair, write_idx
 from optimlab.data.synthetic import make_lls
-from optimlab.data.tensors import Dataset, epoch_batches, steps_per_epoch
+from optimlab.data.tensors import Dataset, check_validation, epoch_batches, steps_per_epoch
 
 __all__ = [
     "CATALOGUE",
     "Dataset",
+    "check_validation",
     "dataset_names",
     "dataset_status",
     "epoch_batches",

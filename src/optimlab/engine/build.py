@@ -33,11 +33,14 @@ def total_steps(config: TrainConfig, per_epoch: int) -> int:
 
 def load_data(config: TrainConfig, data: object, data_dir, device) -> Dataset:
     """The run's data on ``device``: ``data`` (a Dataset or the four tensors) when given, else
-    ``config.dataset`` (a name, a loader's import path, a loader or the data themselves)."""
+    ``config.dataset`` (a name, a loader's import path, a loader or the data themselves), with the
+    validation set ``config.validation`` held out of its training set (unless it has one)."""
     if data is None:
-        return registry.load_data(config.dataset, config.dataset_options, device=device,
+        data = registry.load_data(config.dataset, config.dataset_options, device=device,
                                   normalize=config.normalize, data_dir=data_dir)
-    return registry.as_dataset(data, "tensors").to(device)
+    else:
+        data = registry.as_dataset(data, "tensors").to(device)
+    return data.with_validation(config.validation) if config.validation and data.x_val is None else data
 
 
 def init_model(config: TrainConfig, data: Dataset) -> nn.Module:

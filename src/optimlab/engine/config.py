@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from optimlab import registry
+from optimlab.data import check_validation
 from optimlab.errors import OptimlabError
 from optimlab.optimizers import LOCAL_FLOW, OptimizerSpec, check_lr, default_lr
 
@@ -32,6 +33,9 @@ class TrainConfig:
     Budget: ``epochs`` or ``iterations`` (one of them; one epoch when neither is given).
     ``eval_every``: evaluate every so many iterations; None evaluates at the end of every epoch.
     ``log_every``: record the training batch loss every so many iterations.
+    ``validation``: hold out a validation set from the training set (a fraction in (0, 1) or a
+    count; the same examples for every run, :meth:`optimlab.data.Dataset.with_validation`),
+    evaluated at every evaluation beside the test set; None (or 0): none.
     ``constraints``: e.g. ``["l2norm<=1"]`` (see :mod:`optimlab.constrained.named`): the run is then
     a constrained problem in ``formulation`` (``lagrangian``, ``augmented_lagrangian`` or
     ``quadratic_penalty``, the last two with the penalty coefficient ``penalty``, default 1), stepped
@@ -61,6 +65,7 @@ class TrainConfig:
     formulation: str = "lagrangian"
     penalty: float | None = None
     device: str = "auto"
+    validation: float | int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.constraints, list | tuple):
@@ -86,6 +91,7 @@ class TrainConfig:
             raise OptimlabError(f"constraints need a torch.optim optimizer; {local} is not one")
         for name in ("batch_size", "log_every", "seed"):
             _check_int(name, getattr(self, name), minimum=0 if name == "seed" else 1)
+        self.validation = check_validation(self.validation)
         if self.epochs is not None and self.iterations is not None:
             raise OptimlabError("give the budget as epochs or as iterations, not both")
         if self.epochs is None and self.iterations is None:

@@ -546,13 +546,14 @@ class _Group:
         d = self.data
         train = self.stack.evaluate(d.x_train, d.y_train) if self.base.eval_train else None
         test = self.stack.evaluate(d.x_test, d.y_test)
+        val = self.stack.evaluate(d.x_val, d.y_val) if d.x_val is not None else None
         wall_time = time.perf_counter() - self.started
         extras = self.stepper.now()
         for k in live:
             s, j = self.layout.cells[k]
             of = (lambda m, s=s, j=j: (m[0][s][j], m[1][s][j] if m[1] else None))  # noqa: E731
             row = eval_row(self.step, self.per_epoch, batch_losses[k], of(train) if train else None,
-                           of(test), self.configs[k].lr, wall_time)
+                           of(test), self.configs[k].lr, wall_time, of(val) if val else None)
             if extras is not None:
                 row.update(extras[s][j])
             self.runs[k].evals.append(row)

@@ -2,8 +2,9 @@
 rows, its evaluation rows, and the result handed back.
 
 An evaluation row holds ``step``, ``epoch`` (fractional), ``batch_loss``, ``train_loss``,
-``train_accuracy``, ``test_loss``, ``test_accuracy`` (fractions; None for a task without accuracy
-or when the training set is not evaluated), ``lr`` and ``wall_time``, then the columns a stepper adds
+``train_accuracy``, with a validation set ``val_loss`` and ``val_accuracy``, ``test_loss``,
+``test_accuracy`` (fractions; None for a task without accuracy or when the training set is not
+evaluated), ``lr`` and ``wall_time``, then the columns a stepper adds
 (``violation_<key>``, ``multiplier_<key>``). A train_log row holds ``step``, ``epoch``, ``loss``,
 ``lr``, then the stepper's columns.
 """
@@ -99,12 +100,15 @@ class RunProgress:
 
 
 def eval_row(step: int, per_epoch: int, batch_loss: float | None, train: tuple | None, test: tuple,
-             lr: float, wall_time: float) -> dict:
-    """An evaluation row (module docstring); ``train`` / ``test``: (loss, accuracy), train None when
-    the training set is not evaluated."""
-    return {"step": step, "epoch": round(step / per_epoch, 6), "batch_loss": batch_loss,
-            "train_loss": train[0] if train else None, "train_accuracy": train[1] if train else None,
-            "test_loss": test[0], "test_accuracy": test[1], "lr": lr, "wall_time": wall_time}
+             lr: float, wall_time: float, val: tuple | None = None) -> dict:
+    """An evaluation row (module docstring); ``train`` / ``val`` / ``test``: (loss, accuracy), train
+    None when the training set is not evaluated, val None without a validation set (the row then has
+    no ``val_*`` columns)."""
+    row = {"step": step, "epoch": round(step / per_epoch, 6), "batch_loss": batch_loss,
+           "train_loss": train[0] if train else None, "train_accuracy": train[1] if train else None}
+    if val is not None:
+        row.update(val_loss=val[0], val_accuracy=val[1])
+    return {**row, "test_loss": test[0], "test_accuracy": test[1], "lr": lr, "wall_time": wall_time}
 
 
 def evaluated_at(state: RunProgress, step: int) -> bool:

@@ -179,8 +179,9 @@ class _Run:
         d, task = self.data, self.task
         train_metrics = evaluate(self.model, d.x_train, d.y_train, task) if self.config.eval_train else None
         test_metrics = evaluate(self.model, d.x_test, d.y_test, task)
+        val_metrics = evaluate(self.model, d.x_val, d.y_val, task) if d.x_val is not None else None
         row = eval_row(self.state.step, self.per_epoch, batch_loss, train_metrics, test_metrics, self.lr(),
-                       time.perf_counter() - self.started)
+                       time.perf_counter() - self.started, val_metrics)
         row.update(self.stepper.now())
         self.state.evals.append(row)
         if self.on_eval is not None:

@@ -57,14 +57,16 @@ def _log_y(ax, values, x=None) -> None:
 
 
 def sensitivity(summary: Summary, path: Path) -> Path | None:
-    """Final test accuracy and final training loss against the learning rate (log axis), one line per
-    optimizer, the spread over seeds shaded (mean +- std); diverged cells marked with x."""
+    """Final accuracy on the selection split and final training loss against the learning rate (log
+    axis), one line per optimizer, the spread over seeds shaded (mean +- std); diverged cells marked
+    with x."""
     cells = summary.cells
     if cells.empty:
         return None
     violation = [("final_violation", "final violation (largest)")] if summary.constraints else []
-    fig, panels = _metric_panels(cells.final_test_accuracy_mean.notna().any(),
-                                 ("final_test_accuracy", "final test accuracy"),
+    chosen = f"final_{summary.split}_accuracy"
+    fig, panels = _metric_panels(cells[f"{chosen}_mean"].notna().any(),
+                                 (chosen, f"final {summary.split_label} accuracy"),
                                  ("final_train_loss", "final training loss"), *violation)
     for ax, (col, label) in panels:
         for opt, g in cells.groupby("optimizer", sort=False):
@@ -89,18 +91,20 @@ def sensitivity(summary: Summary, path: Path) -> Path | None:
 
 
 def learning_curves(summary: Summary, path: Path) -> Path | None:
-    """Test accuracy and training loss against the epoch at each optimizer's best learning rate."""
+    """Accuracy on the selection split and training loss against the epoch at each optimizer's best
+    learning rate."""
     curves = summary.curves
     if curves.empty:
         return None
-    fig, panels = _metric_panels(curves.test_accuracy_mean.notna().any(),
-                                 ("test_accuracy", "test accuracy"), ("train_loss", "training loss"))
+    fig, panels = _metric_panels(curves.accuracy_mean.notna().any(),
+                                 ("accuracy", f"{summary.split_label} accuracy"),
+                                 ("train_loss", "training loss"))
     for ax, (col, label) in panels:
         for (opt, lr), g in curves.groupby(["optimizer", "lr"], sort=False):
             _band(ax, g.epoch, g[f"{col}_mean"], g[f"{col}_std"], f"{opt} (lr {lr:g})")
         if col == "train_loss":
             _log_y(ax, curves[f"{col}_mean"])
-        if col == "test_accuracy" and summary.target_accuracy is not None:
+        if col == "accuracy" and summary.target_accuracy is not None:
             ax.axhline(summary.target_accuracy, color="grey", ls="--", lw=1, label="target")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
@@ -132,7 +136,7 @@ def convergence(summary: Summary, path: Path) -> Path | None:
     bars = ax.barh(names[::-1], values[::-1], color="tab:blue")
     for bar, text in zip(bars, labels[::-1], strict=True):
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {text}", va="center", fontsize=8)
-    ax.set_xlabel(f"epochs to reach test accuracy {summary.target_accuracy:.3f}\n"
+    ax.set_xlabel(f"epochs to reach {summary.split_label} accuracy {summary.target_accuracy:.3f}\n"
                   "(mean over the seeds that did)")
     ax.margins(x=0.2)  # room for the seed counts right of the bars
     fig.suptitle("Convergence speed at each optimizer's best learning rate")
@@ -145,8 +149,9 @@ def heatmap(summary: Summary, path: Path) -> Path | None:
     if cells.empty:
         return None
     plt = _plt()
-    has_acc = cells.final_test_accuracy_mean.notna().any()
-    col = "final_test_accuracy_mean" if has_acc else "final_train_loss_mean"
+    chosen = f"final_{summary.split}_accuracy_mean"
+    has_acc = cells[chosen].notna().any()
+    col = chosen if has_acc else "final_train_loss_mean"
     grid = cells.pivot(index="optimizer", columns="lr", values=col)
     order = [o for o in summary.robustness.optimizer if o in grid.index]
     grid = grid.loc[order + [o for o in grid.index if o not in order]]

@@ -31,16 +31,21 @@ def ranking_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     rob = summary.robustness
     accuracy = "best_final_test_accuracy" in rob and rob.best_final_test_accuracy.notna().any()
     constrained = bool(summary.constraints)
-    head = ["rank", "optimizer", "best lr", "final test accuracy" if accuracy else "final training loss",
-            "epochs to target", "width (accuracy), decades", "width (loss), decades", "diverged runs"]
+    on_val = summary.split == "val" and accuracy
+    head = ["rank", "optimizer", "best lr"]
+    head += ["final validation accuracy (chosen on)", "final test accuracy (at it)"] if on_val else [
+        "final test accuracy" if accuracy else "final training loss"]
+    head += ["epochs to target", "width (accuracy), decades", "width (loss), decades", "diverged runs"]
     head += ["final violation"] if constrained else []
     rows = []
     for r in rob.itertuples():
         if accuracy:
-            best = _pm(r.best_final_test_accuracy, getattr(r, "best_final_test_accuracy_std", None))
+            best = [_pm(r.best_final_test_accuracy, getattr(r, "best_final_test_accuracy_std", None))]
+            if on_val:
+                best.insert(0, _num(r.best_final_val_accuracy))
         else:
-            best = _num(getattr(r, "best_final_train_loss", None))
-        row = [str(r.rank), r.optimizer, _num(r.best_lr), best,
+            best = [_num(getattr(r, "best_final_train_loss", None))]
+        row = [str(r.rank), r.optimizer, _num(r.best_lr), *best,
                _num(getattr(r, "epochs_to_target", None), 3),
                _num(r.width_accuracy_decades, 3), _num(r.width_loss_decades, 3), str(r.diverged_runs)]
         rows.append(row + ([_num(getattr(r, "final_violation", None))] if constrained else []))
@@ -48,7 +53,9 @@ def ranking_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
 
 
 def cell_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
-    head = ["optimizer", "lr", "seeds", "diverged", "final train loss", "final test accuracy",
+    on_val = summary.split == "val"
+    head = ["optimizer", "lr", "seeds", "diverged", "final train loss",
+            *(["final validation accuracy"] if on_val else []), "final test accuracy",
             "best test accuracy", "reached target", "epochs to target", "seconds to target"]
     keys = list(summary.constraints)
     if keys:
@@ -57,6 +64,7 @@ def cell_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     for c in summary.cells.itertuples():
         row = [c.optimizer, _num(c.lr), str(c.seeds), str(c.diverged),
                _pm(c.final_train_loss_mean, c.final_train_loss_std),
+               *([_pm(c.final_val_accuracy_mean, c.final_val_accuracy_std)] if on_val else []),
                _pm(c.final_test_accuracy_mean, c.final_test_accuracy_std),
                _pm(c.best_test_accuracy_mean, c.best_test_accuracy_std),
                f"{c.reached_target}/{c.seeds}", _num(c.epochs_to_target_mean, 3),
@@ -77,13 +85,20 @@ def missing_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
 
 
 CAPTIONS = {
-    "sensitivity": "Final test accuracy and training loss against the learning rate.",
+    "sensitivity": "Final accuracy (on the split the settings are chosen on) and training loss against "
+                   "the learning rate.",
     "learning_curves": "Learning curves at each optimizer's best learning rate.",
     "convergence": "Epochs to the target accuracy at each optimizer's best learning rate.",
     "heatmap": "Mean final metric of every optimizer and learning rate.",
     "constrained": "Training loss, batch accuracy, multipliers and violations against the step: the lowest "
                    "seed of each optimizer and dual learning rate, at its best learning rate.",
 }
+
+
+def _held_out(validation) -> str:
+    if isinstance(validation, float):
+        return f"{validation:.0%}"
+    return f"{validation} examples" if validation else "a part"
 
 
 def _html_table(head, rows) -> str:
@@ -115,12 +130,16 @@ def write_pages(summary: Summary, figures: dict[str, Path], out: Path, title: st
     sections = [("Ranking", ranking_rows(summary)), ("Every optimizer and learning rate", cell_rows(summary))]
     if len(summary.missing):
         sections.append(("Runs not finished", missing_rows(summary)))
-    target = (f"Convergence target: test accuracy {summary.target_accuracy:.4f}."
+    target = (f"Convergence target: {summary.split_label} accuracy {summary.target_accuracy:.4f}."
               if summary.target_accuracy is not None else "")
+    validation = meta.get("definition", {}).get("shared", {}).get("validation")
+    chosen = (f"Best settings are chosen on the validation set ({_held_out(validation)} of the training "
+              "set, the same examples for every run); test numbers are reported at them."
+              if summary.split == "val" else "Best settings are chosen on the test set (no validation set).")
     env = meta.get("environment", {})
     about = (f"{meta.get('runs', 0)} runs; optimlab {env.get('optimlab', '?')}, "
              f"torch {env.get('torch', '?')}, on {env.get('cuda') or 'CPU'} ({env.get('host', '?')}). "
-             f"{target}")
+             f"{chosen} {target}")
 
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}"
              f"</title><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",

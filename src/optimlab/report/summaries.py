@@ -2,13 +2,15 @@
 
 Terms. A run's *final* metrics are those of its last evaluation; a diverged run has none (NaN) and
 is counted apart. A *cell* is one (optimizer, learning rate): its numbers are the mean and standard
-deviation over the seeds whose runs finished without diverging. *Convergence speed*: the first
-evaluation at which a run's test accuracy reaches the target (a fraction of the best mean final
-accuracy in the study); runs that never reach it are counted as not reaching it, never as zero.
-*Robustness*: the width, in decades, of the contiguous range of learning rates around an optimizer's
-best one whose mean final test accuracy is within ``accuracy_tolerance`` (1 point) of the best, and
-the same for the final training loss within ``loss_tolerance`` (1 %); a learning rate at which any
-seed diverged breaks the range.
+deviation over the seeds whose runs finished without diverging. The *selection split* is the
+validation set where the study has one (else the test set, and the page says so): best learning
+rates, ranks, widths and targets are chosen on it; test numbers are reported at the chosen settings.
+*Convergence speed*: the first evaluation at which a run's accuracy on the selection split reaches the
+target (a fraction of the best mean final accuracy there); runs that never reach it are counted as not
+reaching it, never as zero. *Robustness*: the width, in decades, of the contiguous range of learning
+rates around an optimizer's best one whose mean final accuracy on the selection split is within
+``accuracy_tolerance`` (1 point) of the best, and the same for the final training loss within
+``loss_tolerance`` (1 %); a learning rate at which any seed diverged breaks the range.
 
 Constrained studies. Each (optimizer, penalty coefficient, dual learning rate) is a *series* of its
 own, named like ``adam, dual lr 0.01`` in the ``optimizer`` column of every table. A run's *final
@@ -30,6 +32,7 @@ from optimlab.study.results import StudyResults
 
 CELL = ["optimizer", "lr"]
 FEASIBILITY_TOLERANCE = 1e-3
+SPLITS = {"val": "validation", "test": "test"}  # a selection split's name in the columns -> in words
 
 
 @dataclass
@@ -46,14 +49,22 @@ class Summary:
     constraints: dict[str, str] = field(default_factory=dict)  # key -> kind; empty: unconstrained
     feasibility_tolerance: float = FEASIBILITY_TOLERANCE
     panels: dict[str, pd.DataFrame] = field(default_factory=dict)  # series -> train_log of one run
+    split: str = "test"  # the selection split: "val" (the validation set) or "test"
+
+    @property
+    def split_label(self) -> str:
+        """The selection split in words: "validation" or "test"."""
+        return SPLITS[self.split]
 
 
 def final_metrics(results: StudyResults, target: float | None = None,
-                  feasibility_tolerance: float = FEASIBILITY_TOLERANCE) -> pd.DataFrame:
-    """One row per finished run: final train/test loss and accuracy, best test accuracy, and the
-    epoch and wall time at which test accuracy first reached ``target`` (NaN when it never did, or
-    without a target). A constrained study's rows also have ``final_violation`` (the largest),
-    ``feasible``, and ``final_violation_<key>`` and ``final_multiplier_<key>`` per constraint."""
+                  feasibility_tolerance: float = FEASIBILITY_TOLERANCE,
+                  split: str = "test") -> pd.DataFrame:
+    """One row per finished run: final training loss, final validation and test loss and accuracy,
+    best validation and test accuracy, and the epoch and wall time at which the accuracy on ``split``
+    first reached ``target`` (NaN when it never did, or without a target). A constrained study's
+    rows also have ``final_violation`` (the largest), ``feasible``, and ``final_violation_<key>``
+    and ``final_multiplier_<key>`` per constraint."""
     runs = results.runs[results.runs.status.isin(["completed", "diverged"])]
     evals = results.evals
     log = results.train_log
@@ -72,17 +83,18 @@ def final_metrics(results: StudyResults, target: float | None = None,
             "run_id": run.run_id, "optimizer": run.optimizer, "lr": run.lr, "seed": run.seed,
             "status": run.status, "diverged_at": run.diverged_at,
             "final_train_loss": np.nan if diverged else train_loss,
-            "final_test_loss": np.nan if diverged or last is None else last.test_loss,
-            "final_test_accuracy": np.nan if diverged or last is None else last.test_accuracy,
-            "best_test_accuracy": ev.test_accuracy.max() if len(ev) else np.nan,
+            **{f"final_{s}_{m}": np.nan if diverged or last is None else last[f"{s}_{m}"]
+               for s in SPLITS for m in ("loss", "accuracy")},
+            **{f"best_{s}_accuracy": ev[f"{s}_accuracy"].max() if len(ev) else np.nan for s in SPLITS},
             "wall_time": run.wall_time,
             **_final_constraints(results.constraints, None if diverged else last, feasibility_tolerance),
         })
     final = pd.DataFrame(rows, columns=[
         "run_id", "optimizer", "lr", "seed", "status", "diverged_at", "final_train_loss",
-        "final_test_loss", "final_test_accuracy", "best_test_accuracy", "wall_time",
+        "final_val_loss", "final_val_accuracy", "final_test_loss", "final_test_accuracy",
+        "best_val_accuracy", "best_test_accuracy", "wall_time",
         *_final_constraints(results.constraints, None, feasibility_tolerance)])
-    return with_convergence(final, results.evals, target)
+    return with_convergence(final, results.evals, target, split)
 
 
 def _final_constraints(constraints: dict[str, str], last, tolerance: float) -> dict:
@@ -100,10 +112,11 @@ def _final_constraints(constraints: dict[str, str], last, tolerance: float) -> d
     return {"final_violation": largest, "feasible": bool(largest <= tolerance), **row}
 
 
-def with_convergence(final: pd.DataFrame, evals: pd.DataFrame, target: float | None) -> pd.DataFrame:
+def with_convergence(final: pd.DataFrame, evals: pd.DataFrame, target: float | None,
+                     split: str = "test") -> pd.DataFrame:
     """``final`` with ``epochs_to_target`` and ``seconds_to_target``: the epoch and wall time of each
-    run's first evaluation whose test accuracy reached ``target`` (NaN when none did)."""
-    hits = (evals[evals.test_accuracy >= target].sort_values("step").groupby("run_id").first()
+    run's first evaluation whose accuracy on ``split`` reached ``target`` (NaN when none did)."""
+    hits = (evals[evals[f"{split}_accuracy"] >= target].sort_values("step").groupby("run_id").first()
             if target is not None else evals.iloc[:0].set_index("run_id"))
     final = final.copy()
     final["epochs_to_target"] = final.run_id.map(hits.epoch).astype(float)
@@ -116,7 +129,8 @@ def cell_table(final: pd.DataFrame) -> pd.DataFrame:
     that did not diverge, and how many seeds reached the target with their mean epochs to it; in a
     constrained study also how many seeds ended ``feasible``, the final violation's mean and std and
     each multiplier's mean."""
-    metrics = ["final_train_loss", "final_test_loss", "final_test_accuracy", "best_test_accuracy"]
+    metrics = ["final_train_loss", "final_val_loss", "final_val_accuracy", "final_test_loss",
+               "final_test_accuracy", "best_val_accuracy", "best_test_accuracy"]
     out = []
     for (opt, lr), g in final.groupby(CELL, sort=True):
         ok = g[g.status != "diverged"]
@@ -149,27 +163,31 @@ def _width(lrs: list[float], good: list[bool], best: int) -> float:
 
 
 def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
-                     loss_tolerance: float = 0.01) -> pd.DataFrame:
-    """Per optimizer: its best learning rate (highest mean final test accuracy among the learning
-    rates where no seed diverged -- and, in a constrained study, every seed ended feasible; lowest final
-    training loss for regression), the widths in decades of the accuracy and loss ranges, diverged
-    runs, and a rank (best accuracy first, then width)."""
+                     loss_tolerance: float = 0.01, split: str = "test") -> pd.DataFrame:
+    """Per optimizer: its best learning rate (highest mean final accuracy on ``split`` among the
+    learning rates where no seed diverged -- and, in a constrained study, every seed ended feasible;
+    lowest final training loss for regression), the mean final accuracy there on ``split``
+    (``best_final_<split>_accuracy``) and on the test set (``best_final_test_accuracy``, with its
+    std), the widths in decades of the accuracy and loss ranges, diverged runs, and a rank (best
+    accuracy on ``split`` first, then width)."""
     rows = []
+    chosen = f"final_{split}_accuracy"
     for opt, g in cells.groupby("optimizer", sort=False):
         g = g.sort_values("lr").reset_index(drop=True)
-        usable = (g.diverged == 0) & (g.final_test_accuracy_mean.notna() | g.final_train_loss_mean.notna())
+        usable = (g.diverged == 0) & (g[f"{chosen}_mean"].notna() | g.final_train_loss_mean.notna())
         if "feasible" in g:  # a constrained study: only where every seed ended feasible
             usable &= g.feasible == g.seeds
         lrs = g.lr.tolist()
         row = {"optimizer": opt, "learning_rates": len(g), "diverged_runs": int(g.diverged.sum())}
         if not usable.any():
-            rows.append({**row, "best_lr": np.nan, "best_final_test_accuracy": np.nan,
-                         "best_final_test_accuracy_std": np.nan, "best_final_train_loss": np.nan,
+            rows.append({**row, "best_lr": np.nan, f"best_{chosen}": np.nan,
+                         "best_final_test_accuracy": np.nan, "best_final_test_accuracy_std": np.nan,
+                         "best_final_train_loss": np.nan,
                          "epochs_to_target": np.nan, "width_accuracy_decades": np.nan,
                          "width_loss_decades": np.nan})
             continue
-        has_acc = g.final_test_accuracy_mean[usable].notna().any()
-        score = g.final_test_accuracy_mean if has_acc else -g.final_train_loss_mean
+        has_acc = g[f"{chosen}_mean"][usable].notna().any()
+        score = g[f"{chosen}_mean"] if has_acc else -g.final_train_loss_mean
         best = int(score.where(usable).idxmax())
         loss = g.final_train_loss_mean
         has_loss = loss.where(usable).notna().any()  # none: no training loss evaluated or logged
@@ -178,6 +196,7 @@ def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
         best_loss_i = int(loss.where(usable).idxmin()) if has_loss else None
         row.update({
             "best_lr": lrs[best],
+            f"best_{chosen}": g[f"{chosen}_mean"][best],
             "best_final_test_accuracy": g.final_test_accuracy_mean[best],
             "best_final_test_accuracy_std": g.final_test_accuracy_std[best],
             "best_final_train_loss": loss[best],
@@ -188,7 +207,7 @@ def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
             row["final_violation"] = g.final_violation_mean[best]
         if len(g) > 1:
             if has_acc:
-                acc = g.final_test_accuracy_mean
+                acc = g[f"{chosen}_mean"]
                 good_acc = (usable & (acc >= acc[best] - accuracy_tolerance)).tolist()
                 row["width_accuracy_decades"] = _width(lrs, good_acc, best)
             if has_loss:
@@ -196,8 +215,8 @@ def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
         rows.append(row)
     table = pd.DataFrame(rows)
     if len(table):
-        if table.best_final_test_accuracy.notna().any():
-            by, ascending = ["best_final_test_accuracy", "width_accuracy_decades"], [False, False]
+        if table[f"best_{chosen}"].notna().any():
+            by, ascending = [f"best_{chosen}", "width_accuracy_decades"], [False, False]
         else:
             by, ascending = ["best_final_train_loss", "width_loss_decades"], [True, False]
         table = table.sort_values(by, ascending=ascending, na_position="last").reset_index(drop=True)
@@ -205,8 +224,10 @@ def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
     return table
 
 
-def learning_curves(results: StudyResults, final: pd.DataFrame, best_lr: dict) -> pd.DataFrame:
-    """Mean and std over seeds, by step, of test accuracy and train loss at each optimizer's best lr."""
+def learning_curves(results: StudyResults, final: pd.DataFrame, best_lr: dict,
+                    split: str = "test") -> pd.DataFrame:
+    """Mean and std over seeds, by step, of the accuracy on ``split`` (as ``accuracy_*``) and the
+    training loss at each optimizer's best lr."""
     parts = []
     for opt, lr in best_lr.items():
         ids = final[(final.optimizer == opt) & (final.lr == lr) & (final.status != "diverged")].run_id
@@ -217,7 +238,8 @@ def learning_curves(results: StudyResults, final: pd.DataFrame, best_lr: dict) -
         g = ev.groupby("step")
         parts.append(pd.DataFrame({
             "optimizer": opt, "lr": lr, "step": g.step.first(), "epoch": g.epoch.first(),
-            "test_accuracy_mean": g.test_accuracy.mean(), "test_accuracy_std": g.test_accuracy.std(ddof=0),
+            "accuracy_mean": g[f"{split}_accuracy"].mean(),
+            "accuracy_std": g[f"{split}_accuracy"].std(ddof=0),
             "train_loss_mean": g[loss_col].mean(), "train_loss_std": g[loss_col].std(ddof=0),
             "wall_time_mean": g.wall_time.mean(),
         }).reset_index(drop=True))
@@ -248,26 +270,32 @@ def by_series(results: StudyResults) -> StudyResults:
 def summarize(results: StudyResults, target_fraction: float = 0.95, target_accuracy: float | None = None,
               accuracy_tolerance: float = 0.01, loss_tolerance: float = 0.01,
               feasibility_tolerance: float = FEASIBILITY_TOLERANCE) -> Summary:
-    """All the tables of a report. The convergence target is ``target_accuracy`` when given, else
-    ``target_fraction`` of the best mean final test accuracy of any cell."""
+    """All the tables of a report, chosen on the validation set where the study has one (else on the
+    test set). The convergence target is ``target_accuracy`` when given, else ``target_fraction`` of
+    the best mean final accuracy of any cell on that split."""
     notes = []
     results = by_series(results)
+    split = "val" if results.has_validation else "test"
+    if split == "test":
+        notes.append("This study has no validation set: best learning rates, ranks and targets are chosen "
+                     "on the test set, which flatters the chosen settings. A study holds one out by default "
+                     "(validation = 0.1).")
     missing = results.runs[~results.runs.status.isin(["completed", "diverged"])]
     if len(missing):
         notes.append(f"{len(missing)} of {len(results.runs)} runs are not finished "
                      f"({', '.join(f'{n} {s}' for s, n in missing.status.value_counts().items())}); "
                      "the tables use the finished ones only.")
-    final = final_metrics(results, feasibility_tolerance=feasibility_tolerance)
-    if target_accuracy is None and final.final_test_accuracy.notna().any():
+    final = final_metrics(results, feasibility_tolerance=feasibility_tolerance, split=split)
+    if target_accuracy is None and final[f"final_{split}_accuracy"].notna().any():
         # the best mean final accuracy of a cell (over the seeds that did not diverge)
-        best = final.groupby(CELL).final_test_accuracy.mean().max()
+        best = final.groupby(CELL)[f"final_{split}_accuracy"].mean().max()
         target_accuracy = target_fraction * float(best)
     if target_accuracy is not None:
-        final = with_convergence(final, results.evals, target_accuracy)
+        final = with_convergence(final, results.evals, target_accuracy, split)
     cells = cell_table(final)
     if target_accuracy is None:
-        notes.append("No test accuracy in this study (a regression task?): no convergence target.")
-    robust = robustness_table(cells, accuracy_tolerance, loss_tolerance)
+        notes.append("No accuracy in this study (a regression task?): no convergence target.")
+    robust = robustness_table(cells, accuracy_tolerance, loss_tolerance, split)
     counts = cells.groupby("optimizer").lr.nunique() if len(cells) else pd.Series(dtype=int)
     single = sorted(counts[counts < 2].index)
     if single:
@@ -278,7 +306,7 @@ def summarize(results: StudyResults, target_fraction: float = 0.95, target_accur
         notes.append(f"{n} runs diverged (non-finite training loss); they have no final metrics and the "
                      "learning rates where they happened do not count as usable.")
     best_lr = {r.optimizer: r.best_lr for r in robust.itertuples() if pd.notna(r.best_lr)}
-    curves = learning_curves(results, final, best_lr)
+    curves = learning_curves(results, final, best_lr, split)
     panels = {}
     if results.constrained:
         notes.append(f"A run ends feasible when its largest final violation is <= {feasibility_tolerance:g} "
@@ -291,7 +319,7 @@ def summarize(results: StudyResults, target_fraction: float = 0.95, target_accur
         panels = constrained_runs(results, final, cells, best_lr)
     return Summary(final, cells, robust, curves, target_accuracy,
                    missing[["run_id", "optimizer", "lr", "seed", "status", "error"]], notes,
-                   dict(results.constraints), feasibility_tolerance, panels)
+                   dict(results.constraints), feasibility_tolerance, panels, split)
 
 
 def constrained_runs(results: StudyResults, final: pd.DataFrame, cells: pd.DataFrame,

@@ -17,7 +17,8 @@ RUN_KEYS = ["run_id", "optimizer", "lr", "seed"]
 class StudyResults:
     """``runs``: one row per run (id, optimizer, lr, seed, status, steps, diverged_at, wall_time,
     attempts, error); ``evals`` and ``train_log``: one row per record, with the run's optimizer, lr
-    and seed beside ``run_id``; ``meta``: the study's name, file, and environment.
+    and seed beside ``run_id``; ``meta``: the study's name, file, definition and environment. The
+    evaluation rows' ``val_loss`` and ``val_accuracy`` are NaN in a study without a validation set.
 
     A constrained study also has ``dual_lr`` and ``penalty`` (after ``lr``; NaN where the
     ``formulation`` has no multipliers or no coefficient) in all three, and its records have a
@@ -35,6 +36,11 @@ class StudyResults:
     @property
     def constrained(self) -> bool:
         return bool(self.constraints)
+
+    @property
+    def has_validation(self) -> bool:
+        """Whether the study's runs evaluated a validation set."""
+        return bool(len(self.evals)) and bool(self.evals.val_loss.notna().any())
 
 
 def load_results(path: str | Path) -> StudyResults:
@@ -54,15 +60,19 @@ def load_results(path: str | Path) -> StudyResults:
             "attempts, error FROM runs ORDER BY id", conn)
         evals = _with_extras(pd.read_sql_query(
             f"SELECT r.id AS run_id, r.optimizer, r.lr, {run_dual}r.seed, e.step, "
-            "e.epoch, e.batch_loss, e.train_loss, e.train_accuracy, e.test_loss, e.test_accuracy, "
+            "e.epoch, e.batch_loss, e.train_loss, e.train_accuracy, e.val_loss, e.val_accuracy, "
+            "e.test_loss, e.test_accuracy, "
             "e.wall_time, e.extras FROM evals e JOIN runs r ON r.id = e.run_id ORDER BY r.id, e.step",
             conn))
+        for column in ("val_loss", "val_accuracy"):  # NULL in every row without a validation set
+            evals[column] = evals[column].astype(float)
         log = _with_extras(pd.read_sql_query(
             f"SELECT r.id AS run_id, r.optimizer, r.lr, {run_dual}r.seed, t.step, "
             "t.epoch, t.loss, t.extras FROM train_log t JOIN runs r ON r.id = t.run_id "
             "ORDER BY r.id, t.step", conn))
         meta = {k: store.meta(k) for k in ("name", "study_file", "schema_version")}
         meta["environment"] = json.loads(store.meta("environment") or "{}")
+        meta["definition"] = definition
     finally:
         store.close()
     return StudyResults(runs, evals, log, meta, constraints, formulation)

@@ -9,6 +9,7 @@ the executor, only this process writes the store, one transaction per checkpoint
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import traceback
 from dataclasses import dataclass
@@ -61,11 +62,12 @@ def run_study(
     if isinstance(executor, str):
         executor = dataclasses.replace(spec.executor, kind=executor, units=None)
     executor = check_executor(executor or spec.executor)
+    out = Path(out) if out is not None else Path("runs") / spec.name
+    spec = _as_in_store(spec, out / DB_NAME, progress or verbose)
     configs = spec.configs()
     if executor.kind in ("processes", "ray"):
         refuse_objects(configs, f"the {executor.kind} executor trains in other processes, which")
     _preflight(configs, data_dir, executor.kind)
-    out = Path(out) if out is not None else Path("runs") / spec.name
     store = StudyStore.create(out / DB_NAME, spec, extend=extend, code=fingerprint(spec.import_paths()),
                               code_changed=code_changed)
     started = time.perf_counter()
@@ -103,6 +105,27 @@ def run_study(
                 break
         store.close()
     return StudyOutcome(store=out / DB_NAME, wall_time=time.perf_counter() - started, **counts)
+
+
+def _as_in_store(spec: StudySpec, db: Path, say: bool) -> StudySpec:
+    """The study as the store at ``db`` (if any) holds it: a store written before a setting the file
+    leaves to its default (the validation set) goes on as it was, and says so."""
+    if not db.is_file():
+        return spec
+    try:
+        store = StudyStore.open(db, readonly=True)
+        try:
+            old = json.loads(store.meta("definition") or "{}").get("shared", {})
+        finally:
+            store.close()
+    except OptimlabError:
+        return spec  # damaged, not a store: creating it says so
+    spec, kept = spec.as_written_before(old)
+    if kept and say:
+        print(f"note: {db} was written before the setting {', '.join(kept)}; its study goes on without "
+              f"(the file leaves {'it' if len(kept) == 1 else 'them'} to the default). For a study with "
+              "a validation set, use another --out")
+    return spec
 
 
 def _preflight(configs, data_dir: str | None, kind: str) -> None:

@@ -77,6 +77,8 @@ FIELDS = {
     "drop_last": "true or false",
     "normalize": "true or false",
     "eval_train": "true or false",
+    "validation": "the validation set held out of the training set: a fraction in (0, 1) or a count "
+                  "(default 0.1; 0 for none); best settings are chosen on it, test numbers reported",
     "device": "auto, cpu, cuda, cuda:N",
     "optimizers": "a list of names, name(hyperparameters), import paths or {name, class, learning_rates, "
                   "options, lr_linear, default_lr} tables",
@@ -92,7 +94,9 @@ FIELDS = {
     "executor": "a table: kind, workers, units, address, max_attempts, stack",
 }
 # shared settings that stores written before them lack, with the value that means "not used"
-LATER_SETTINGS = {"dataset_options": {}, "loss": None}
+LATER_SETTINGS = {"dataset_options": {}, "loss": None, "validation": None}
+# what a study takes where its file says nothing (a run of `optimlab train` takes the TrainConfig default)
+STUDY_DEFAULTS = {"validation": 0.1}
 # the fields that are the user's own code, by import path
 CODE_FIELDS = ("model", "dataset", "loss")
 EXECUTOR_FIELDS = ("kind", "workers", "units", "address", "max_attempts", "stack")
@@ -100,7 +104,7 @@ STACK = ("auto", "always")
 # settings shared by every run of the study (the rest of a run is optimizer, lr, seed, dual lr)
 SHARED = ("dataset", "dataset_options", "model", "model_options", "loss", "batch_size", "epochs",
           "iterations", "eval_every", "log_every", "drop_last", "normalize", "eval_train", "constraints",
-          "dual_optimizer", "formulation")
+          "dual_optimizer", "formulation", "validation")
 DEFAULT_DUAL_LR = TrainConfig.dual_lr
 
 
@@ -125,6 +129,17 @@ class StudySpec:
     is None without multipliers (no constraints, or the quadratic penalty), ``penalty`` None without
     a penalty formulation or coefficients. ``python_path``: absolute folders of the user's code."""
 
+    def as_written_before(self, old_shared: dict) -> tuple[StudySpec, list[str]]:
+        """This study as a store written before some of its defaulted settings existed holds it:
+        each setting the file leaves to its default and the store's definition lacks takes the value
+        that means "not used" (the store's runs had none). Returns the spec and the settings so
+        kept."""
+        kept = [k for k in self.defaulted if k not in old_shared and self.shared[k] != LATER_SETTINGS[k]]
+        if not kept:
+            return self, []
+        shared = {**self.shared, **{k: LATER_SETTINGS[k] for k in kept}}
+        return dataclasses.replace(self, shared=shared), kept
+
     name: str
     shared: dict
     grid: tuple[axes.Point, ...]
@@ -132,6 +147,7 @@ class StudySpec:
     device: str = "auto"
     text: str = ""
     python_path: tuple[str, ...] = ()
+    defaulted: tuple[str, ...] = ()  # the STUDY_DEFAULTS the file did not set
 
     def configs(self) -> list[TrainConfig]:
         """One :class:`TrainConfig` per run of the grid."""
@@ -263,6 +279,8 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
                    "rate, dual learning rate, penalty coefficient and seed may appear once")
 
     shared = {k: doc[k] for k in SHARED if k in doc}
+    defaulted = tuple(k for k in STUDY_DEFAULTS if k not in doc)
+    shared.update({k: STUDY_DEFAULTS[k] for k in defaulted})
     for key in ("model_options", "dataset_options"):
         shared.setdefault(key, {})
         if not isinstance(shared[key], dict):
@@ -279,7 +297,7 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
         shared.pop(k)
     return StudySpec(name=name.strip(), shared=shared, grid=tuple(grid),
                      executor=_executor(doc.get("executor", {}), fail), device=device, text=text,
-                     python_path=tuple(python_path))
+                     python_path=tuple(python_path), defaulted=defaulted)
 
 
 def _is_local_flow(text: str) -> bool:

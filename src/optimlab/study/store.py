@@ -16,7 +16,8 @@ log row for the columns only some studies have
 <why>"), and in ``meta`` the ``code`` the study imports, with a fingerprint of its files (schema 3);
 the ``claims`` table: unit, token, runs, host, pid, since, heartbeat (schema 4); the
 ``claim_history`` table, every claim ever made (id, token, unit, runs, host, pid, since, ended,
-outcome), and each evaluation and log row's ``claim``, the id of the claim that wrote it (schema 5).
+outcome), each evaluation and log row's ``claim``, the id of the claim that wrote it, and the
+evaluation rows' ``val_loss`` and ``val_accuracy`` (NULL without a validation set) (schema 5).
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ HOST = platform.node()
 # a claim whose holder has not renewed it for this long is dead (its holder renews every HEARTBEAT_S)
 LEASE_S = 60.0
 HEARTBEAT_S = 5.0
-EVAL_COLUMNS = ("step", "epoch", "batch_loss", "train_loss", "train_accuracy", "test_loss",
-                "test_accuracy", "lr", "wall_time")
+EVAL_COLUMNS = ("step", "epoch", "batch_loss", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                "test_loss", "test_accuracy", "lr", "wall_time")
 LOG_COLUMNS = ("step", "epoch", "loss", "lr")
 STATUSES = ("pending", "running", "completed", "diverged", "failed")
 
@@ -81,7 +82,7 @@ CREATE TABLE IF NOT EXISTS evals (
     run_id INTEGER NOT NULL REFERENCES runs (id),
     step INTEGER NOT NULL, epoch REAL NOT NULL, batch_loss REAL, train_loss REAL,
     train_accuracy REAL, test_loss REAL, test_accuracy REAL, lr REAL, wall_time REAL, extras TEXT,
-    claim INTEGER,
+    claim INTEGER, val_loss REAL, val_accuracy REAL,
     PRIMARY KEY (run_id, step)
 );
 CREATE TABLE IF NOT EXISTS train_log (
@@ -446,7 +447,8 @@ class StudyStore:
             store._upgrade(3, [], [CLAIMS])
             version = 4
         if version == 4:
-            store._upgrade(4, [("evals", "claim INTEGER"), ("train_log", "claim INTEGER")], [CLAIM_HISTORY])
+            store._upgrade(4, [("evals", "claim INTEGER"), ("train_log", "claim INTEGER"),
+                               ("evals", "val_loss REAL"), ("evals", "val_accuracy REAL")], [CLAIM_HISTORY])
         store._add_new_axes()
         return store
 
@@ -807,7 +809,7 @@ class StudyStore:
             self.conn.executemany(
                 f"INSERT OR REPLACE INTO {table} (run_id, {', '.join(columns)}, extras, claim) "
                 f"VALUES ({marks})",
-                [(run_id, *(r[c] for c in columns), _extras(r, columns), claim) for r in new])
+                [(run_id, *(r.get(c) for c in columns), _extras(r, columns), claim) for r in new])
 
     def _end_claims(self, tokens: list[str], outcome: str) -> None:
         """Inside a transaction: remove the claims ``tokens`` and record how they ended."""

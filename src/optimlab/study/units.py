@@ -113,7 +113,7 @@ def unit_data(config: TrainConfig, data_dir: str | None = None) -> Dataset:
     ref = config.dataset
     key = (ref if isinstance(ref, str) else id(ref), json.dumps(config.dataset_options, sort_keys=True,
                                                                  default=str),
-           config.normalize, data_dir, device)
+           config.normalize, config.validation, data_dir, device)
     if key not in _DATA:
         if len(_DATA) >= 2:
             _DATA.pop(next(iter(_DATA)))
