@@ -8,7 +8,8 @@ from madeup import evals
 
 from optimlab.cli import main
 from optimlab.errors import OptimlabError
-from optimlab.report import make_report
+from optimlab.report import make_report, summarize
+from optimlab.study.results import load_results
 from optimlab.study.store import SCHEMA_VERSION
 
 
@@ -23,7 +24,7 @@ def test_the_report_is_self_contained_and_complete(made_up_store, tmp_path):
     md = report.markdown.read_text()
     for png in re.findall(r"\]\(([^)]+\.png)\)", md):
         assert (tmp_path / "r" / png).stat().st_size > 1000
-    assert "| 1 | sgd | 0.01 |" in md
+    assert "| 1 | sgd |  | 0.01 |" in md
 
 
 def test_the_command_line_prints_where_the_page_is(made_up_store, tmp_path, capsys):
@@ -91,8 +92,8 @@ def test_a_regression_study_ranks_by_training_loss(make_store, tmp_path):
     db = make_store(["sgd", "adam"], [0.1, 1.0], [0, 1], no_accuracy, name="regression.db")
     report = make_report(db, tmp_path / "r")
     md = report.markdown.read_text()
-    assert "| rank | optimizer | best lr | final training loss |" in md
-    assert "| 1 | sgd | 0.1 | 0.015 |" in md or "| 1 | adam | 0.1 | 0.015 |" in md
+    assert "| rank | optimizer | tied with the best | best lr | final training loss |" in md
+    assert any(f"| 1 | {o} |  | 0.1 (grid edge) | 0.015 |" in md for o in ("sgd", "adam"))
     assert "no convergence target" in md
 
 
@@ -106,7 +107,18 @@ def test_the_page_says_what_the_settings_were_chosen_on(make_store, tmp_path):
     assert "final validation accuracy (chosen on)" in page and "final test accuracy (at it)" in page
     assert "Convergence target: validation accuracy" in page
     md = (tmp_path / "r" / "report.md").read_text()
-    assert "| 1 | sgd | 0.001 | 0.899 |" in md  # chosen on validation; the test set favours 0.01
+    # chosen on validation (the test set favours 0.01), at an end of the grid, the seeds alike
+    assert "| 1 | sgd |  | 0.001 (grid edge) | 0.8990 [0.8990, 0.8990] |" in md
     plain = make_report(make_store(["sgd"], [1e-3, 1e-2], [0], lambda o, lr, s: evals([0.1, 0.8]),
                                    name="t.db"), tmp_path / "t").html.read_text()
     assert "chosen on the test set (no validation set)" in plain
+
+
+def test_one_colour_per_optimizer_and_no_empty_sensitivity_figure_for_one_learning_rate(make_store, tmp_path):
+    db = make_store(["sgd", "adam", "rmsprop"], [0.1], [0], lambda o, lr, s: evals([0.1, 0.8]), name="one.db")
+    report = make_report(db, tmp_path / "one")
+    assert "sensitivity" not in report.figures and "learning_curves" in report.figures
+    summary = summarize(load_results(db))
+    assert list(summary.colours) == ["sgd", "adam", "rmsprop"]  # the study's order, in every figure
+    assert len(set(summary.colours.values())) == 3
+    assert summary.loss_label == "training loss"

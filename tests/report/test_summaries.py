@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from madeup import SGD_FINAL, evals
 
-from optimlab.report.summaries import summarize
+from optimlab.report.summaries import bootstrap_interval, summarize
 from optimlab.study.results import load_results
 
 
@@ -13,7 +13,7 @@ def test_cells_are_means_and_stds_over_the_seeds(made_up_store):
     cell = s.cells.set_index(["optimizer", "lr"])
     for lr, finals in SGD_FINAL.items():
         assert cell.loc[("sgd", lr), "final_test_accuracy_mean"] == pytest.approx(np.mean(finals))
-        assert cell.loc[("sgd", lr), "final_test_accuracy_std"] == pytest.approx(np.std(finals))
+        assert cell.loc[("sgd", lr), "final_test_accuracy_std"] == pytest.approx(np.std(finals, ddof=1))
         assert cell.loc[("sgd", lr), "final_train_loss_mean"] == pytest.approx(1 - np.mean(finals))
     diverged = cell.loc[("sgd", 1.0)]
     assert diverged.diverged == 3 and math.isnan(diverged.final_test_accuracy_mean)
@@ -108,3 +108,28 @@ def test_settings_are_chosen_on_the_validation_set_and_test_numbers_reported_at_
         [0.1, final[(o, lr)][1]]), name="t.db")))
     assert on_test.split == "test" and on_test.robustness.best_lr.tolist() == [1e-2]
     assert any("no validation set" in n for n in on_test.notes)
+
+
+def test_the_bootstrap_interval_of_a_mean_over_seeds():
+    assert bootstrap_interval([0.0, 1.0]) == (0.0, 1.0)  # means 0, 0.5, 1 with 1/4, 1/2, 1/4
+    assert bootstrap_interval([0.7, 0.7, 0.7]) == pytest.approx((0.7, 0.7), abs=1e-15)
+    assert all(math.isnan(v) for v in bootstrap_interval([0.9])) and bootstrap_interval([]) != (0, 0)
+    lo, hi = bootstrap_interval([0.88, 0.90, 0.91, 0.95])
+    assert 0.88 < lo < np.mean([0.88, 0.90, 0.91, 0.95]) < hi < 0.95
+    assert bootstrap_interval([0.88, 0.90, 0.91, 0.95]) == (lo, hi)  # a fixed seed: the same every time
+
+
+def test_ties_and_a_best_learning_rate_at_the_edge_of_its_grid_are_said(make_store):
+    finals = {"sgd": [0.90, 0.92, 0.91], "adam": [0.905, 0.915, 0.925], "rmsprop": [0.70, 0.71, 0.72]}
+
+    def outcome(opt, lr, seed):
+        return evals([0.1, finals[opt][seed] - (0.1 if lr == 1e-3 else 0)])
+
+    s = summarize(load_results(make_store(["sgd", "adam", "rmsprop"], [1e-3, 1e-2], [0, 1, 2], outcome)))
+    rob = s.robustness.set_index("optimizer")
+    assert rob.tied_with_best.to_dict() == {"adam": True, "sgd": True, "rmsprop": False}
+    assert rob.loc["adam", "rank"] == 1 and rob.best_at_edge.all()  # 1e-2, the largest lr of each grid
+    assert any("Tied with the best" in n and "adam, sgd" in n for n in s.notes)
+    assert any("sgd: its best learning rate 0.01 is the largest of its grid" in n for n in s.notes)
+    cell = s.cells.set_index(["optimizer", "lr"]).loc[("sgd", 1e-2)]
+    assert (cell.final_test_accuracy_low, cell.final_test_accuracy_high) == bootstrap_interval(finals["sgd"])

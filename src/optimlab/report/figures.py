@@ -61,18 +61,18 @@ def sensitivity(summary: Summary, path: Path) -> Path | None:
     axis), one line per optimizer, the spread over seeds shaded (mean +- std); diverged cells marked
     with x."""
     cells = summary.cells
-    if cells.empty:
-        return None
+    if cells.empty or cells.groupby("optimizer").lr.nunique().max() < 2:
+        return None  # one learning rate each: no curve to draw
     violation = [("final_violation", "final violation (largest)")] if summary.constraints else []
     chosen = f"final_{summary.split}_accuracy"
     fig, panels = _metric_panels(cells[f"{chosen}_mean"].notna().any(),
                                  (chosen, f"final {summary.split_label} accuracy"),
-                                 ("final_train_loss", "final training loss"), *violation)
+                                 ("final_train_loss", f"final {summary.loss_label}"), *violation)
     for ax, (col, label) in panels:
         for opt, g in cells.groupby("optimizer", sort=False):
             g = g.sort_values("lr")
             mean = g[f"{col}_mean"]
-            color = _band(ax, g.lr, mean, g[f"{col}_std"], opt, marker="o")
+            color = _band(ax, g.lr, mean, g[f"{col}_std"], opt, marker="o", color=summary.colours.get(opt))
             bad = g[g.diverged > 0]
             if len(bad):
                 y = np.nanmin(mean) if col.endswith("accuracy") else np.nanmax(mean)
@@ -98,10 +98,11 @@ def learning_curves(summary: Summary, path: Path) -> Path | None:
         return None
     fig, panels = _metric_panels(curves.accuracy_mean.notna().any(),
                                  ("accuracy", f"{summary.split_label} accuracy"),
-                                 ("train_loss", "training loss"))
+                                 ("train_loss", summary.loss_label))
     for ax, (col, label) in panels:
         for (opt, lr), g in curves.groupby(["optimizer", "lr"], sort=False):
-            _band(ax, g.epoch, g[f"{col}_mean"], g[f"{col}_std"], f"{opt} (lr {lr:g})")
+            _band(ax, g.epoch, g[f"{col}_mean"], g[f"{col}_std"], f"{opt} (lr {lr:g})",
+                  color=summary.colours.get(opt))
         if col == "train_loss":
             _log_y(ax, curves[f"{col}_mean"])
         if col == "accuracy" and summary.target_accuracy is not None:
@@ -115,29 +116,32 @@ def learning_curves(summary: Summary, path: Path) -> Path | None:
 
 
 def convergence(summary: Summary, path: Path) -> Path | None:
-    """Epochs to reach the target accuracy at each optimizer's best learning rate (bars), with how
-    many seeds reached it."""
+    """Steps to reach the target accuracy at each optimizer's best learning rate (bars), with how
+    many seeds reached it; the axis says the evaluation cadence (the resolution of these numbers)."""
     rob = summary.robustness
-    if summary.target_accuracy is None or rob.empty or "epochs_to_target" not in rob:
+    if summary.target_accuracy is None or rob.empty or "steps_to_target" not in rob:
         return None
     plt = _plt()
     cells = summary.cells.set_index(["optimizer", "lr"])
     longest = max((len(f"{r.optimizer} (lr {r.best_lr:g})") for r in rob.itertuples()), default=0)
     fig, ax = plt.subplots(figsize=(max(7.0, 4.0 + 0.075 * longest), 0.45 * len(rob) + 1.5))
-    names, values, labels = [], [], []
+    names, values, labels, colors = [], [], [], []
     for r in rob.itertuples():
         if pd.isna(r.best_lr):
             continue
         cell = cells.loc[(r.optimizer, r.best_lr)]
+        colors.append(summary.colours.get(r.optimizer, "tab:blue"))
         names.append(f"{r.optimizer} (lr {r.best_lr:g})")
-        values.append(r.epochs_to_target if pd.notna(r.epochs_to_target) else 0.0)
+        values.append(r.steps_to_target if pd.notna(r.steps_to_target) else 0.0)
         labels.append(f"{int(cell.reached_target)}/{int(cell.seeds)} seeds"
                       if cell.reached_target else "never")
-    bars = ax.barh(names[::-1], values[::-1], color="tab:blue")
+    bars = ax.barh(names[::-1], values[::-1], color=colors[::-1])
     for bar, text in zip(bars, labels[::-1], strict=True):
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {text}", va="center", fontsize=8)
-    ax.set_xlabel(f"epochs to reach {summary.split_label} accuracy {summary.target_accuracy:.3f}\n"
-                  "(mean over the seeds that did)")
+    steps = np.unique(summary.curves.step) if len(summary.curves) else np.array([])
+    cadence = f", evaluated every {int(np.diff(steps).min())} steps" if len(steps) > 1 else ""
+    ax.set_xlabel(f"steps to reach {summary.split_label} accuracy {summary.target_accuracy:.3f}\n"
+                  f"(mean over the seeds that did{cadence})")
     ax.margins(x=0.2)  # room for the seed counts right of the bars
     fig.suptitle("Convergence speed at each optimizer's best learning rate")
     return _save(fig, path)
@@ -161,15 +165,22 @@ def heatmap(summary: Summary, path: Path) -> Path | None:
     ax.set_xticks(range(grid.shape[1]), [f"{lr:g}" for lr in grid.columns])
     ax.set_yticks(range(grid.shape[0]), grid.index)
     diverged = cells.pivot(index="optimizer", columns="lr", values="diverged").reindex_like(grid)
+    infeasible = (cells.assign(bad=cells.feasible < cells.seeds).pivot(index="optimizer", columns="lr",
+                                                                       values="bad").reindex_like(grid)
+                  if "feasible" in cells else None)
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
             v, d = grid.values[i, j], diverged.values[i, j]
             text = "div." if pd.notna(d) and d > 0 and pd.isna(v) else ("" if pd.isna(v) else f"{v:.3g}")
+            bad = infeasible.values[i, j] if infeasible is not None else None
+            if bad is not None and pd.notna(bad) and bool(bad) and text:
+                text += "\ninfeasible"  # a seed ended with a violation above the tolerance
             shade = image.norm(v) if has_acc else 1 - image.norm(v)  # where v sits in the colour map
             light = pd.notna(v) and shade > 0.6  # viridis is light at its top
             ax.text(j, i, text, ha="center", va="center", fontsize=7, color="black" if light else "white")
     ax.set_xlabel("learning rate")
-    fig.colorbar(image, ax=ax, label="mean final test accuracy" if has_acc else "mean final training loss")
+    fig.colorbar(image, ax=ax, label=f"mean final {summary.split_label} accuracy" if has_acc
+                 else f"mean final {summary.loss_label}")
     ax.set_title("Optimizer x learning rate")
     return _save(fig, path)
 

@@ -21,10 +21,22 @@ def _num(v, digits: int = 4) -> str:
     return str(v)
 
 
+def _fixed(v: float) -> str:
+    """Four decimals, or four significant digits in scientific notation for small numbers."""
+    return f"{v:.4f}" if v == 0 or abs(v) >= 1e-3 else f"{v:.3e}"
+
+
 def _pm(mean, std) -> str:
     if mean is None or pd.isna(mean):
         return "-"
-    return f"{mean:.4f} ± {std:.4f}" if pd.notna(std) else f"{mean:.4f}"
+    return f"{_fixed(mean)} ± {_fixed(std)}" if pd.notna(std) else _fixed(mean)
+
+
+def _interval(mean, low, high) -> str:
+    """A mean with its 95 % interval, e.g. ``0.9012 [0.8990, 0.9031]``."""
+    if mean is None or pd.isna(mean):
+        return "-"
+    return f"{_fixed(mean)} [{_fixed(low)}, {_fixed(high)}]" if pd.notna(low) else _fixed(mean)
 
 
 def ranking_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
@@ -32,20 +44,24 @@ def ranking_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     accuracy = "best_final_test_accuracy" in rob and rob.best_final_test_accuracy.notna().any()
     constrained = bool(summary.constraints)
     on_val = summary.split == "val" and accuracy
-    head = ["rank", "optimizer", "best lr"]
-    head += ["final validation accuracy (chosen on)", "final test accuracy (at it)"] if on_val else [
-        "final test accuracy" if accuracy else "final training loss"]
+    head = ["rank", "optimizer", "tied with the best", "best lr"]
+    head += ["final validation accuracy (chosen on) [95 % interval]", "final test accuracy (at it)"] \
+        if on_val else ["final test accuracy [95 % interval]" if accuracy else "final training loss"]
     head += ["epochs to target", "width (accuracy), decades", "width (loss), decades", "diverged runs"]
     head += ["final violation"] if constrained else []
     rows = []
     for r in rob.itertuples():
+        chosen = f"best_final_{summary.split}_accuracy"
         if accuracy:
-            best = [_pm(r.best_final_test_accuracy, getattr(r, "best_final_test_accuracy_std", None))]
-            if on_val:
-                best.insert(0, _num(r.best_final_val_accuracy))
+            picked = _interval(getattr(r, chosen), getattr(r, f"{chosen}_low", None),
+                               getattr(r, f"{chosen}_high", None))
+            best = [picked, _pm(r.best_final_test_accuracy, r.best_final_test_accuracy_std)] if on_val \
+                else [picked]
         else:
             best = [_num(getattr(r, "best_final_train_loss", None))]
-        row = [str(r.rank), r.optimizer, _num(r.best_lr), *best,
+        tie = "yes" if getattr(r, "tied_with_best", False) and r.rank > 1 else ""
+        edge = " (grid edge)" if getattr(r, "best_at_edge", False) is True else ""
+        row = [str(r.rank), r.optimizer, tie, _num(r.best_lr) + edge, *best,
                _num(getattr(r, "epochs_to_target", None), 3),
                _num(r.width_accuracy_decades, 3), _num(r.width_loss_decades, 3), str(r.diverged_runs)]
         rows.append(row + ([_num(getattr(r, "final_violation", None))] if constrained else []))
@@ -88,7 +104,7 @@ CAPTIONS = {
     "sensitivity": "Final accuracy (on the split the settings are chosen on) and training loss against "
                    "the learning rate.",
     "learning_curves": "Learning curves at each optimizer's best learning rate.",
-    "convergence": "Epochs to the target accuracy at each optimizer's best learning rate.",
+    "convergence": "Steps to the target accuracy at each optimizer's best learning rate.",
     "heatmap": "Mean final metric of every optimizer and learning rate.",
     "constrained": "Training loss, batch accuracy, multipliers and violations against the step: the lowest "
                    "seed of each optimizer and dual learning rate, at its best learning rate.",

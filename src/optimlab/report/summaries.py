@@ -12,6 +12,13 @@ rates around an optimizer's best one whose mean final accuracy on the selection 
 ``accuracy_tolerance`` (1 point) of the best, and the same for the final training loss within
 ``loss_tolerance`` (1 %); a learning rate at which any seed diverged breaks the range.
 
+Statistics. Standard deviations are over seeds with ddof = 1 (NaN for one seed). Each cell's mean
+final accuracy on the selection split has a 95 % bootstrap interval (the percentile interval of the
+mean over 2,000 resamplings of its seeds, drawn from a fixed seed; NaN for one seed). An optimizer
+whose best cell's interval overlaps the top-ranked one's is *tied* with it: ranks 1, 2, 3 inside a tie
+are not findings. A best learning rate at an end of its grid is a warning: the grid did not bracket
+the optimum.
+
 Constrained studies. Each (optimizer, penalty coefficient, dual learning rate) is a *series* of its
 own, named like ``adam, dual lr 0.01`` in the ``optimizer`` column of every table. A run's *final
 violation* is the largest over its constraints of g (|h| for an equality) at its last evaluation; it
@@ -33,6 +40,19 @@ from optimlab.study.results import StudyResults
 CELL = ["optimizer", "lr"]
 FEASIBILITY_TOLERANCE = 1e-3
 SPLITS = {"val": "validation", "test": "test"}  # a selection split's name in the columns -> in words
+BOOTSTRAP = 2000  # resamplings of a cell's seeds for its interval
+LEVEL = 0.95
+
+
+def bootstrap_interval(values, resamples: int = BOOTSTRAP, level: float = LEVEL,
+                       seed: int = 0) -> tuple[float, float]:
+    """The percentile bootstrap interval of the mean of ``values`` (NaN, NaN for fewer than two)."""
+    v = np.asarray([x for x in values if pd.notna(x)], dtype=float)
+    if len(v) < 2:
+        return np.nan, np.nan
+    means = v[np.random.default_rng(seed).integers(0, len(v), size=(resamples, len(v)))].mean(axis=1)
+    lo, hi = np.percentile(means, [50 * (1 - level), 100 - 50 * (1 - level)])
+    return float(lo), float(hi)
 
 
 @dataclass
@@ -50,6 +70,8 @@ class Summary:
     feasibility_tolerance: float = FEASIBILITY_TOLERANCE
     panels: dict[str, pd.DataFrame] = field(default_factory=dict)  # series -> train_log of one run
     split: str = "test"  # the selection split: "val" (the validation set) or "test"
+    colours: dict[str, str] = field(default_factory=dict)  # optimizer (series) -> its colour in every figure
+    loss_label: str = "training loss"  # or "batch loss" when the training set was not evaluated
 
     @property
     def split_label(self) -> str:
@@ -114,19 +136,22 @@ def _final_constraints(constraints: dict[str, str], last, tolerance: float) -> d
 
 def with_convergence(final: pd.DataFrame, evals: pd.DataFrame, target: float | None,
                      split: str = "test") -> pd.DataFrame:
-    """``final`` with ``epochs_to_target`` and ``seconds_to_target``: the epoch and wall time of each
+    """``final`` with ``steps_to_target``, ``epochs_to_target`` and ``seconds_to_target``: the step,
+    epoch and wall time of each
     run's first evaluation whose accuracy on ``split`` reached ``target`` (NaN when none did)."""
     hits = (evals[evals[f"{split}_accuracy"] >= target].sort_values("step").groupby("run_id").first()
             if target is not None else evals.iloc[:0].set_index("run_id"))
     final = final.copy()
+    final["steps_to_target"] = final.run_id.map(hits.step).astype(float)
     final["epochs_to_target"] = final.run_id.map(hits.epoch).astype(float)
     final["seconds_to_target"] = final.run_id.map(hits.wall_time).astype(float)
     return final
 
 
-def cell_table(final: pd.DataFrame) -> pd.DataFrame:
+def cell_table(final: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     """Per (optimizer, lr): seeds, diverged count, mean and std of the final metrics over the seeds
-    that did not diverge, and how many seeds reached the target with their mean epochs to it; in a
+    that did not diverge, the 95 % bootstrap interval (``_low``, ``_high``) of the mean final accuracy
+    on ``split``, and how many seeds reached the target with their mean epochs to it; in a
     constrained study also how many seeds ended ``feasible``, the final violation's mean and std and
     each multiplier's mean."""
     metrics = ["final_train_loss", "final_val_loss", "final_val_accuracy", "final_test_loss",
@@ -137,16 +162,19 @@ def cell_table(final: pd.DataFrame) -> pd.DataFrame:
         row = {"optimizer": opt, "lr": lr, "seeds": len(g), "diverged": int((g.status == "diverged").sum())}
         for m in metrics:
             row[f"{m}_mean"] = ok[m].mean() if len(ok) else np.nan
-            row[f"{m}_std"] = ok[m].std(ddof=0) if len(ok) else np.nan
+            row[f"{m}_std"] = ok[m].std(ddof=1) if len(ok) else np.nan
+        chosen = f"final_{split}_accuracy"
+        row[f"{chosen}_low"], row[f"{chosen}_high"] = bootstrap_interval(ok[chosen])
         if "feasible" in g:
             row["feasible"] = int(g.feasible.sum())
             row["final_violation_mean"] = ok.final_violation.mean() if len(ok) else np.nan
-            row["final_violation_std"] = ok.final_violation.std(ddof=0) if len(ok) else np.nan
+            row["final_violation_std"] = ok.final_violation.std(ddof=1) if len(ok) else np.nan
             for col in (c for c in g if c.startswith("final_multiplier_")):
                 row[f"{col}_mean"] = ok[col].mean() if len(ok) else np.nan
         reached = g.epochs_to_target.notna()
         row["reached_target"] = int(reached.sum())
         row["epochs_to_target_mean"] = g.epochs_to_target[reached].mean() if reached.any() else np.nan
+        row["steps_to_target_mean"] = g.steps_to_target[reached].mean() if reached.any() else np.nan
         row["seconds_to_target_mean"] = g.seconds_to_target[reached].mean() if reached.any() else np.nan
         out.append(row)
     return pd.DataFrame(out)
@@ -183,7 +211,8 @@ def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
             rows.append({**row, "best_lr": np.nan, f"best_{chosen}": np.nan,
                          "best_final_test_accuracy": np.nan, "best_final_test_accuracy_std": np.nan,
                          "best_final_train_loss": np.nan,
-                         "epochs_to_target": np.nan, "width_accuracy_decades": np.nan,
+                         "epochs_to_target": np.nan, "steps_to_target": np.nan,
+                         "width_accuracy_decades": np.nan,
                          "width_loss_decades": np.nan})
             continue
         has_acc = g[f"{chosen}_mean"][usable].notna().any()
@@ -196,11 +225,14 @@ def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
         best_loss_i = int(loss.where(usable).idxmin()) if has_loss else None
         row.update({
             "best_lr": lrs[best],
+            "best_at_edge": len(g) > 1 and best in (0, len(g) - 1),
             f"best_{chosen}": g[f"{chosen}_mean"][best],
+            f"best_{chosen}_low": g[f"{chosen}_low"][best], f"best_{chosen}_high": g[f"{chosen}_high"][best],
             "best_final_test_accuracy": g.final_test_accuracy_mean[best],
             "best_final_test_accuracy_std": g.final_test_accuracy_std[best],
             "best_final_train_loss": loss[best],
             "epochs_to_target": g.epochs_to_target_mean[best],
+            "steps_to_target": g.steps_to_target_mean[best],
             "width_accuracy_decades": np.nan, "width_loss_decades": np.nan,
         })
         if "feasible" in g:
@@ -221,7 +253,20 @@ def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
             by, ascending = ["best_final_train_loss", "width_loss_decades"], [True, False]
         table = table.sort_values(by, ascending=ascending, na_position="last").reset_index(drop=True)
         table.insert(0, "rank", range(1, len(table) + 1))
+        table["tied_with_best"] = _ties(table, f"best_{chosen}")
     return table
+
+
+def _ties(table: pd.DataFrame, column: str) -> list[bool]:
+    """Whether each row's interval of ``column`` overlaps the first row's (the first: True)."""
+    if f"{column}_low" not in table or table[column].isna().all():
+        return [i == 0 for i in range(len(table))]
+    top_low = table[f"{column}_low"].iloc[0]
+    out = []
+    for i, r in enumerate(table.itertuples()):
+        high = getattr(r, f"{column}_high")
+        out.append(i == 0 or (pd.notna(high) and pd.notna(top_low) and high >= top_low))
+    return out
 
 
 def learning_curves(results: StudyResults, final: pd.DataFrame, best_lr: dict,
@@ -239,8 +284,8 @@ def learning_curves(results: StudyResults, final: pd.DataFrame, best_lr: dict,
         parts.append(pd.DataFrame({
             "optimizer": opt, "lr": lr, "step": g.step.first(), "epoch": g.epoch.first(),
             "accuracy_mean": g[f"{split}_accuracy"].mean(),
-            "accuracy_std": g[f"{split}_accuracy"].std(ddof=0),
-            "train_loss_mean": g[loss_col].mean(), "train_loss_std": g[loss_col].std(ddof=0),
+            "accuracy_std": g[f"{split}_accuracy"].std(ddof=1),
+            "train_loss_mean": g[loss_col].mean(), "train_loss_std": g[loss_col].std(ddof=1),
             "wall_time_mean": g.wall_time.mean(),
         }).reset_index(drop=True))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
@@ -292,7 +337,7 @@ def summarize(results: StudyResults, target_fraction: float = 0.95, target_accur
         target_accuracy = target_fraction * float(best)
     if target_accuracy is not None:
         final = with_convergence(final, results.evals, target_accuracy, split)
-    cells = cell_table(final)
+    cells = cell_table(final, split)
     if target_accuracy is None:
         notes.append("No accuracy in this study (a regression task?): no convergence target.")
     robust = robustness_table(cells, accuracy_tolerance, loss_tolerance, split)
@@ -306,6 +351,16 @@ def summarize(results: StudyResults, target_fraction: float = 0.95, target_accur
         notes.append(f"{n} runs diverged (non-finite training loss); they have no final metrics and the "
                      "learning rates where they happened do not count as usable.")
     best_lr = {r.optimizer: r.best_lr for r in robust.itertuples() if pd.notna(r.best_lr)}
+    for r in robust.itertuples():
+        if getattr(r, "best_at_edge", False) is True:
+            lrs = cells[cells.optimizer == r.optimizer].lr
+            end = "largest" if r.best_lr == lrs.max() else "smallest"
+            notes.append(f"{r.optimizer}: its best learning rate {r.best_lr:g} is the {end} of its grid: the "
+                         "grid did not bracket the optimum, and a better one may lie beyond it.")
+    tied = robust[robust.tied_with_best].optimizer.tolist() if "tied_with_best" in robust else []
+    if len(tied) > 1:
+        notes.append(f"Tied with the best (their 95 % intervals over seeds overlap the top one's): "
+                     f"{', '.join(tied)}. Their order among themselves is noise, not a finding.")
     curves = learning_curves(results, final, best_lr, split)
     panels = {}
     if results.constrained:
@@ -317,9 +372,21 @@ def summarize(results: StudyResults, target_fraction: float = 0.95, target_accur
             notes.append(f"No learning rate of {'; '.join(never)} ended feasible on every seed: no best "
                          "learning rate; its panels show the learning rate of the smallest final violation.")
         panels = constrained_runs(results, final, cells, best_lr)
+    loss_label = "training loss" if results.evals.train_loss.notna().any() else "batch loss"
     return Summary(final, cells, robust, curves, target_accuracy,
                    missing[["run_id", "optimizer", "lr", "seed", "status", "error"]], notes,
-                   dict(results.constraints), feasibility_tolerance, panels, split)
+                   dict(results.constraints), feasibility_tolerance, panels, split,
+                   colours(list(dict.fromkeys(results.runs.optimizer))), loss_label)
+
+
+def colours(optimizers: list[str]) -> dict[str, str]:
+    """One colour per optimizer, in the study's order (tab10, then tab20's other shades, then repeats)."""
+    from matplotlib import colormaps
+
+    palette = [colormaps["tab10"](i) for i in range(10)] + [colormaps["tab20"](2 * i + 1) for i in range(10)]
+    from matplotlib.colors import to_hex
+
+    return {o: to_hex(palette[i % len(palette)]) for i, o in enumerate(optimizers)}
 
 
 def constrained_runs(results: StudyResults, final: pd.DataFrame, cells: pd.DataFrame,
