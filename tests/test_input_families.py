@@ -175,10 +175,10 @@ def _try_study(text: str, tmp_path: Path) -> str:
 
 @pytest.mark.parametrize("value", NAMES)
 @pytest.mark.parametrize("field", ["name", "dataset", "model", "loss", "optimizers", "dual_optimizer",
-                                   "constraints", "device", "formulation"])
+                                   "constraints", "device", "formulation", "schedules"])
 def test_names_in_a_study_file(field, value, tmp_path):
     toml = '"' + value.replace("\0", "\\u0000") + '"'
-    if field in ("optimizers", "constraints"):
+    if field in ("optimizers", "constraints", "schedules"):
         toml = f"[{toml}]"
     text = _study(field, toml)
     if field in ("dual_optimizer", "formulation"):
@@ -187,7 +187,7 @@ def test_names_in_a_study_file(field, value, tmp_path):
 
 
 STRING_OPTIONS = ["--dataset", "--model", "--optimizer", "--loss", "--dual-optimizer", "--formulation",
-                  "--constraint", "--device", "--model-option", "--dataset-option"]
+                  "--constraint", "--device", "--model-option", "--dataset-option", "--schedule"]
 
 
 @pytest.mark.parametrize("value", NAMES)

@@ -6,15 +6,14 @@ A name may carry hyperparameters, Python-literal style: ``adam``, ``adam(betas=(
 
 from __future__ import annotations
 
-import ast
 import inspect
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+from optimlab.calls import format_call, parse_call
 from optimlab.errors import OptimlabError
 from optimlab.muon import MuonWithAdamW
 
@@ -195,7 +194,6 @@ def _check_name(name: str) -> None:
 
 
 # a name (letters, digits, _ and -) or an import path (dotted.module:attribute.path), then (options)
-_SPEC = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]*(?::[A-Za-z_][A-Za-z0-9_.]*)?)\s*(?:\((.*)\))?", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -213,43 +211,9 @@ class OptimizerSpec:
     @classmethod
     def parse(cls, text: str) -> OptimizerSpec:
         """Parse ``name`` or ``name(key=literal, ...)``; errors name what is wrong and what is valid."""
-        if not isinstance(text, str):
-            raise OptimlabError(f"an optimizer is written as a string like 'adam'; got {text!r}")
-        text = text.strip()
-        match = _SPEC.fullmatch(text)
-        if match is None:
-            raise OptimlabError(
-                f"cannot read optimizer {text!r}; write a name or name(key=value, ...), "
-                "e.g. adam(betas=(0.9, 0.99))"
-            )
-        name, inner = match.group(1), match.group(2)
-        try:
-            node = ast.parse(f"f({inner or ''})", mode="eval").body
-        except SyntaxError:
-            raise OptimlabError(
-                f"cannot read optimizer {text!r}; write a name or name(key=value, ...), "
-                "e.g. adam(betas=(0.9, 0.99))"
-            ) from None
-        if not isinstance(node, ast.Call) or node.args:
-            raise OptimlabError(
-                f"cannot read optimizer {text!r}; write a name or name(key=value, ...) with "
-                "keyword arguments only"
-            )
-        options = {}
-        for kw in node.keywords:
-            if kw.arg is None:
-                raise OptimlabError(f"optimizer {text!r}: '**' is not allowed")
-            if kw.arg in options:
-                raise OptimlabError(f"optimizer {text!r}: {kw.arg} is given twice")
-            try:
-                options[kw.arg] = ast.literal_eval(kw.value)
-            except ValueError:
-                raise OptimlabError(
-                    f"optimizer {text!r}: the value of {kw.arg} must be a literal "
-                    "(number, True/False, tuple)"
-                ) from None
+        name, options = parse_call(text, "optimizer", "adam(betas=(0.9, 0.99))")
         if "lr" in options:
-            raise OptimlabError(f"optimizer {text}: give the learning rate apart (--lr), not inside")
+            raise OptimlabError(f"optimizer {text.strip()}: give the learning rate apart (--lr), not inside")
         return cls(name, options)
 
     @property
@@ -257,10 +221,7 @@ class OptimizerSpec:
         return ":" in self.name
 
     def __str__(self) -> str:
-        if not self.options:
-            return self.name
-        inner = ", ".join(f"{k}={v!r}" for k, v in sorted(self.options.items()))
-        return f"{self.name}({inner})"
+        return format_call(self.name, self.options)
 
 
 def check_lr(lr: object) -> float:

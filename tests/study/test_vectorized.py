@@ -167,6 +167,16 @@ def test_resume_from_the_first_epoch_ends_as_the_uninterrupted_group(digits):
     assert_identical(resumed, whole)
 
 
+@pytest.mark.parametrize("schedule", ["cosine(warmup=0.1)", "step(milestones=[0.5], gamma=0.1)"])
+def test_a_schedule_multiplies_every_slices_lr_by_one_factor_and_each_slice_is_its_run(digits, schedule):
+    configs = grid(lrs=LRS["adam"], optimizer="adam", schedule=schedule)
+    group = check_group(configs, digits)
+    lrs = [row["lr"] for row in group[1].train_log]
+    assert len(set(lrs)) >= 2 and max(lrs) == pytest.approx(3e-3)  # scheduled, the base lr its peak
+    whole, saved = checkpoints_of(configs, digits)
+    assert_identical(train_group(configs, data=digits, resume_from=saved[0][0]), whole)  # mid-schedule
+
+
 def test_resume_with_a_diverged_slice_and_a_longer_budget_mid_epoch(lls):
     settings = dict(lrs=(0.05, 60.0), optimizer="momentum", dataset="lls", model="linear",
                     model_options={}, batch_size=30, eval_every=None, log_every=2)

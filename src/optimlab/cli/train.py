@@ -48,6 +48,10 @@ def add_to(sub) -> None:
                    help="evaluate every N iterations (default: at the end of every epoch)")
     t.add_argument("--log-every", type=int, default=10,
                    help="record the training batch loss every K iterations")
+    t.add_argument("--schedule", default="constant", metavar="SCHEDULE",
+                   help="the learning rate's schedule over the budget: constant (default), "
+                   "cosine(warmup=0.05), linear(warmup=100, final=0.0), "
+                   "step(milestones=[0.5, 0.75], gamma=0.1)")
     t.add_argument("--validation", type=count_or_fraction, default=None, metavar="SIZE",
                    help="hold out a validation set from the training set, evaluated beside the test set: "
                    "a fraction in (0, 1) or a count (default: none)")
@@ -100,6 +104,7 @@ def _train(args: argparse.Namespace) -> int:
         model_options=model_options, dataset_options=options(args.dataset_option, "--dataset-option"),
         loss=args.loss, constraints=args.constraint, dual_optimizer=args.dual_optimizer, dual_lr=args.dual_lr,
         formulation=args.formulation, penalty=args.penalty, validation=args.validation,
+        schedule=args.schedule,
     )
     out = Path(args.out) if args.out else Path("runs") / _run_name(config)
 

@@ -13,6 +13,7 @@ from optimlab import registry
 from optimlab.data import check_validation
 from optimlab.errors import OptimlabError
 from optimlab.optimizers import LOCAL_FLOW, OptimizerSpec, check_lr, default_lr
+from optimlab.schedules import schedule_text
 
 FORMULATIONS = ("lagrangian", "augmented_lagrangian", "quadratic_penalty")
 # fields of TrainConfig that may change between a run and its resumption
@@ -36,6 +37,8 @@ class TrainConfig:
     ``validation``: hold out a validation set from the training set (a fraction in (0, 1) or a
     count; the same examples for every run, :meth:`optimlab.data.Dataset.with_validation`),
     evaluated at every evaluation beside the test set; None (or 0): none.
+    ``schedule``: the learning rate's schedule over the budget (:mod:`optimlab.schedules`:
+    ``constant``, ``cosine(warmup=0.05)``, ``linear(...)``, ``step(...)``), as factors of ``lr``.
     ``constraints``: e.g. ``["l2norm<=1"]`` (see :mod:`optimlab.constrained.named`): the run is then
     a constrained problem in ``formulation`` (``lagrangian``, ``augmented_lagrangian`` or
     ``quadratic_penalty``, the last two with the penalty coefficient ``penalty``, default 1), stepped
@@ -66,6 +69,7 @@ class TrainConfig:
     penalty: float | None = None
     device: str = "auto"
     validation: float | int | None = None
+    schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if not isinstance(self.constraints, list | tuple):
@@ -89,6 +93,10 @@ class TrainConfig:
         self.lr = check_lr(self.lr)
         if self.constraints and local:
             raise OptimlabError(f"constraints need a torch.optim optimizer; {local} is not one")
+        self.schedule = schedule_text(self.schedule)
+        if local and self.schedule != "constant":
+            raise OptimlabError(f"{local} sets its own learning rate; an lr schedule ({self.schedule}) is "
+                                "for torch.optim optimizers")
         for name in ("batch_size", "log_every", "seed"):
             _check_int(name, getattr(self, name), minimum=0 if name == "seed" else 1)
         self.validation = check_validation(self.validation)
@@ -195,3 +203,16 @@ def config_differences(saved: dict, config: TrainConfig) -> str:
     differ = [k for k in mine if k not in RESUMABLE_CHANGES and theirs[k] != mine[k]]
     return "; ".join(f"{k}: checkpoint {theirs[k]!r}, now {mine[k]!r}" for k in differ)
 
+
+
+def check_schedule_budget(saved: dict, config: TrainConfig) -> None:
+    """A run with an lr schedule resumes only with its budget: the schedule spans it, and another
+    budget would make it another run."""
+    if config.schedule == "constant":
+        return
+    then = (saved.get("epochs"), saved.get("iterations"))
+    if then != (config.epochs, config.iterations):
+        raise OptimlabError(
+            f"this run's lr schedule ({config.schedule}) spans its budget (epochs {then[0]}, iterations "
+            f"{then[1]}); resumed with another (epochs {config.epochs}, iterations {config.iterations}) it "
+            "would be another run. Resume with the same budget, or train the longer run into another folder")

@@ -43,7 +43,7 @@ from optimlab.constrained.optimizer import set_maximize
 from optimlab.data import Dataset, epoch_batches, steps_per_epoch
 from optimlab.devices import resolve_device
 from optimlab.engine.build import check_batch_size, init_model, load_data, task_of, total_steps
-from optimlab.engine.config import TrainConfig, config_differences, local_flow_name
+from optimlab.engine.config import TrainConfig, check_schedule_budget, config_differences, local_flow_name
 from optimlab.engine.loop import run_loop
 from optimlab.engine.records import (
     RunProgress,
@@ -57,6 +57,7 @@ from optimlab.engine.records import (
 from optimlab.engine.stacking import ScaledOptimizer, Stack, stacking_refusal
 from optimlab.errors import OptimlabError
 from optimlab.optimizers import OptimizerSpec
+from optimlab.schedules import Schedule
 from optimlab.tasks import TASKS, Task
 
 __all__ = ["GROUP_FORMAT", "check_group", "group_refusal", "train_group", "vectorizable_key"]
@@ -458,6 +459,8 @@ class _Group:
         for config, (s, j) in zip(configs, self.layout.cells, strict=True):
             lrs[s, j] = config.lr
         self.update = ScaledOptimizer(self.base.optimizer, list(self.stack.params.values()), lrs)
+        self.schedule = Schedule.parse(self.base.schedule)  # one for the group: the same factor for all
+        self.schedule.check(self.total)
         self.stepper = (_Constraints(configs, self.layout, device, self.stack, self.update) if constrained
                         else _StackedPlain(self.stack, self.update))
         self.orders = [torch.Generator().manual_seed(s) for s in self.layout.seeds]
@@ -506,8 +509,16 @@ class _Group:
         for k in self.live():
             self.runs[k].status, self.runs[k].step = "completed", self.step
 
+    def _lr_of(self, config: TrainConfig):
+        """``step -> the learning rate of that update`` of one of the group's runs."""
+        if self.schedule.constant:
+            return lambda step: config.lr
+        return lambda step: config.lr * self.schedule.factor(max(step - 1, 0), self.total)
+
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:
         """One optimizer step of every slice on its seed's batch; idx (S * B,) -> losses (S, L)."""
+        if not self.schedule.constant:  # every slice's lr times the same factor: each its own run
+            self.update.set_factor(self.schedule.factor(self.step, self.total))
         seeds = len(self.layout.seeds)
         x = self.data.x_train.index_select(0, idx)
         x = x.view(seeds, -1, *x.shape[1:])
@@ -526,7 +537,7 @@ class _Group:
             run.step = self.step
             logged = len(run.train_log)
             last[k] = record_losses([v[s][j] for v in values], run, config.log_every,
-                                    self.per_epoch, config.lr)
+                                    self.per_epoch, self._lr_of(config))
             self.stepper.annotate(run.train_log[logged:], extras, self.step, (s, j))
             if run.status == "diverged":
                 self.seen_diverged[k] = self.stack.state_of(s, j)
@@ -553,7 +564,8 @@ class _Group:
             s, j = self.layout.cells[k]
             of = (lambda m, s=s, j=j: (m[0][s][j], m[1][s][j] if m[1] else None))  # noqa: E731
             row = eval_row(self.step, self.per_epoch, batch_losses[k], of(train) if train else None,
-                           of(test), self.configs[k].lr, wall_time, of(val) if val else None)
+                           of(test), self._lr_of(self.configs[k])(self.step), wall_time,
+                           of(val) if val else None)
             if extras is not None:
                 row.update(extras[s][j])
             self.runs[k].evals.append(row)
@@ -618,7 +630,7 @@ class _Group:
             if run.status == "completed":
                 run.status = "running"  # a larger budget continues it; an equal one ends at once
             if run.status != "running":
-                self.update.lrs[self.layout.cells[k]] = 0.0
+                self.update.stop(*self.layout.cells[k])
                 self.stepper.stop(*self.layout.cells[k])
         self.seen_diverged = [None if p is None else {k: v.to(self.device) for k, v in p.items()}
                               for p in ckpt["seen_diverged"]]
@@ -644,3 +656,4 @@ def _check_checkpoint(ckpt: dict, configs: list[TrainConfig]) -> None:
                 f"the checkpoint belongs to a different group (run {i}: {details}); resume with "
                 "the same runs in the same order (only the budget and the device may change)"
             )
+        check_schedule_budget(theirs, config)

@@ -117,7 +117,7 @@ def evaluated_at(state: RunProgress, step: int) -> bool:
 
 
 def flush_losses(pending: list[torch.Tensor], state: RunProgress, log_every: int, per_epoch: int,
-           lr: float) -> float:
+                 lr: float | Callable[[int], float]) -> float:
     """Look at the batch losses since the last look (one device sync): log, detect divergence.
 
     Returns the last batch loss. On a non-finite loss, marks the run diverged at its step.
@@ -128,10 +128,11 @@ def flush_losses(pending: list[torch.Tensor], state: RunProgress, log_every: int
 
 
 def record_losses(values: list[float], state: RunProgress, log_every: int, per_epoch: int,
-                  lr: float) -> float:
+                  lr: float | Callable[[int], float]) -> float:
     """Record the batch losses of the last ``len(values)`` steps (up to ``state.step``) as
-    :func:`train` does: a train_log row every ``log_every`` steps; at the first non-finite loss the
-    run is marked diverged at its step. Returns the last loss looked at."""
+    :func:`train` does: a train_log row every ``log_every`` steps, with ``lr`` (or ``lr(step)``, the
+    learning rate of that step's update); at the first non-finite loss the run is marked diverged at
+    its step. Returns the last loss looked at."""
     first = state.step - len(values) + 1
     for offset, value in enumerate(values):
         s = first + offset
@@ -140,7 +141,7 @@ def record_losses(values: list[float], state: RunProgress, log_every: int, per_e
             return value
         if s % log_every == 0:
             state.train_log.append({"step": s, "epoch": round(s / per_epoch, 6), "loss": value,
-                                    "lr": lr})
+                                    "lr": lr(s) if callable(lr) else lr})
     return values[-1]
 
 

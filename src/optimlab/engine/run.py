@@ -18,7 +18,7 @@ import torch
 from optimlab.data import Dataset, epoch_batches, steps_per_epoch
 from optimlab.devices import resolve_device
 from optimlab.engine.build import check_batch_size, init_model, load_data, task_of, total_steps
-from optimlab.engine.config import TrainConfig, config_differences
+from optimlab.engine.config import TrainConfig, check_schedule_budget, config_differences
 from optimlab.engine.loop import run_loop
 from optimlab.engine.records import (
     RunProgress,
@@ -39,6 +39,7 @@ from optimlab.runfiles import (
     load_checkpoint,
     remove_partial_files,
 )
+from optimlab.schedules import Schedule
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "optimlab.run/1"
@@ -112,6 +113,10 @@ class _Run:
         self.task = task_of(config, data)
         self.model = init_model(config, data).to(device).train()
         self.stepper = make_stepper(config, self.model, self.task, device)
+        self.schedule = Schedule.parse(config.schedule)
+        self.schedule.check(self.total)
+        self.lr_scheduler = None if self.schedule.constant else torch.optim.lr_scheduler.LambdaLR(
+            self.stepper.optimizer, lambda k: self.schedule.factor(k, self.total))
         self.order = torch.Generator().manual_seed(config.seed)  # the batch order, its own stream
         self.state = RunProgress()
         if out is not None:
@@ -143,8 +148,13 @@ class _Run:
     def epoch(self, value: int) -> None:
         self.state.epoch = value
 
-    def lr(self) -> float:
-        return self.stepper.optimizer.param_groups[0]["lr"]
+    def lr(self, step: int | None = None) -> float:
+        """The learning rate of update ``step`` (the last one made, at step 0 the first to come): the
+        optimizer's own, or with a schedule the base lr times its factor."""
+        if self.lr_scheduler is None:
+            return self.stepper.optimizer.param_groups[0]["lr"]
+        step = self.state.step if step is None else step
+        return self.config.lr * self.schedule.factor(max(step - 1, 0), self.total)
 
     # -- the Trainee protocol -------------------------------------------------------------------
 
@@ -165,11 +175,15 @@ class _Run:
         return epoch_batches(self.data.num_train, c.batch_size, self.order, c.drop_last, self.device)
 
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.stepper.step(self.data.x_train[idx], self.data.y_train[idx]).detach()
+        loss = self.stepper.step(self.data.x_train[idx], self.data.y_train[idx]).detach()
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        return loss
 
     def flush(self, pending: list[torch.Tensor]) -> float:
         logged = len(self.state.train_log)
-        loss = flush_losses(pending, self.state, self.config.log_every, self.per_epoch, self.lr())
+        lr = self.lr if self.lr_scheduler is not None else self.lr()
+        loss = flush_losses(pending, self.state, self.config.log_every, self.per_epoch, lr)
         self.stepper.annotate(self.state.train_log[logged:], self.state.step)
         if self.bar is not None and self.running():
             self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
@@ -216,6 +230,7 @@ class _Run:
             raise OptimlabError(
                 f"the checkpoint belongs to a different run ({details}). Use another --out folder, or "
                 "resume with the same settings (only the budget and the device may change).")
+        check_schedule_budget(ckpt["config"], self.config)
         self.model.load_state_dict(ckpt["model"])
         self.stepper.optimizer.load_state_dict(ckpt["optimizer"])
         self.stepper.load_state_dict(ckpt)
@@ -224,6 +239,11 @@ class _Run:
         if "cuda" in ckpt["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
         self.order.set_state(ckpt["rng"]["epoch_start"])  # the loop skips the batches already done
+        if self.lr_scheduler is not None:  # the factor of the next update, as if never interrupted
+            self.lr_scheduler.last_epoch = self.state.step
+            groups = self.stepper.optimizer.param_groups
+            for group, base in zip(groups, self.lr_scheduler.base_lrs, strict=True):
+                group["lr"] = base * self.schedule.factor(self.state.step, self.total)
         if self.state.status == "completed":
             self.state.status = "running"  # a larger budget continues it; an equal one ends at once
 

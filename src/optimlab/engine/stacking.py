@@ -334,6 +334,7 @@ class ScaledOptimizer:
         self.optimizer = _build_fast(spec, params)
         self.params = params
         self.lrs = lrs
+        self.base = lrs.clone()  # each slice's lr before a schedule's factor
         self.before = [torch.empty_like(p) for p in params]
         self.weights = [lrs.view(*lrs.shape, *(1,) * (p.dim() - 2)) for p in params]
 
@@ -351,10 +352,19 @@ class ScaledOptimizer:
         for p, before, weight in zip(self.params, self.before, self.weights, strict=True):
             torch.lerp(before, p, weight, out=p)
 
+    def set_factor(self, factor: float) -> None:
+        """A schedule's factor for the next step: every slice's lr is its own times ``factor``."""
+        torch.mul(self.base, factor, out=self.lrs)
+
+    def stop(self, s: int, j: int) -> None:
+        """Slice (s, j) steps no more (learning rate 0, with any schedule)."""
+        self.lrs[s, j] = 0.0
+        self.base[s, j] = 0.0
+
     @torch.no_grad()
     def mask(self, s: int, j: int) -> None:
         """Stop slice (s, j): learning rate 0, parameters and optimizer state zeroed (finite)."""
-        self.lrs[s, j] = 0.0
+        self.stop(s, j)
         for p in self.params:
             p[s, j] = 0.0
             for value in self.optimizer.state.get(p, {}).values():

@@ -292,20 +292,28 @@ def learning_curves(results: StudyResults, final: pd.DataFrame, best_lr: dict,
 
 
 def by_series(results: StudyResults) -> StudyResults:
-    """``results`` with each constrained run's optimizer renamed to its series, e.g. ``adam, dual lr
-    0.01`` or ``adam, augmented_lagrangian c=10, dual lr 0.01`` (unchanged without constraints)."""
-    if not results.constrained:
+    """``results`` with each run's optimizer renamed to its series where the study has more axes than
+    optimizer, lr and seed: its schedule (``adam, cosine(warmup=0.05)``; ``constant`` beside the
+    others) and, constrained, its formulation and dual lr (``adam, dual lr 0.01``, ``adam,
+    augmented_lagrangian c=10, dual lr 0.01``). Unchanged otherwise."""
+    scheduled = "schedule" in results.runs
+    if not results.constrained and not scheduled:
         return results
     form = "" if results.formulation == "lagrangian" else f"{results.formulation} "
 
-    def label(o: str, d: float, c: float) -> str:
-        return ", ".join([o] + ([f"{form}c={c:g}"] if pd.notna(c) else [form.strip()] if form else [])
-                         + ([f"dual lr {d:g}"] if pd.notna(d) else []))
+    def label(o: str, s: str | None, d: float, c: float) -> str:
+        parts = [o] + ([s if isinstance(s, str) else "constant"] if scheduled else [])
+        if results.constrained:
+            parts += [f"{form}c={c:g}"] if pd.notna(c) else [form.strip()] if form else []
+            parts += [f"dual lr {d:g}"] if pd.notna(d) else []
+        return ", ".join(parts)
 
     def rename(frame: pd.DataFrame) -> pd.DataFrame:
         frame = frame.copy()
-        frame["optimizer"] = [label(o, d, c) for o, d, c in
-                              zip(frame.optimizer, frame.dual_lr, frame.penalty, strict=True)]
+        none = [None] * len(frame)
+        frame["optimizer"] = [label(o, s, d, c) for o, s, d, c in zip(
+            frame.optimizer, frame.schedule if scheduled else none, frame.dual_lr if results.constrained
+            else none, frame.penalty if results.constrained else none, strict=True)]
         return frame
 
     return replace(results, runs=rename(results.runs), evals=rename(results.evals),

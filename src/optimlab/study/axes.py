@@ -3,7 +3,8 @@ its columns in the store, its identity, its label in lines and the order of the 
 axes listed here, so that a new axis is added in one place (and a store column in the schema).
 
 An optional axis is None in a study that does not vary it (``dual_lr`` without multipliers,
-``penalty`` without a penalty formulation); its store column is then NULL.
+``penalty`` without a penalty formulation, ``schedule`` where the learning rate is constant); its
+store column is then NULL.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ AXES: tuple[Axis, ...] = (
     Axis("seed", lambda v: f"seed={v}", sql="INTEGER"),
     Axis("dual_lr", lambda v: f"dual_lr={v:g}", optional=True),
     Axis("penalty", lambda v: f"penalty={v:g}", optional=True),
+    Axis("schedule", lambda v: f"schedule={v}", sql="TEXT", optional=True),  # None: constant
 )
+TEXT_AXES = ("optimizer", "schedule")
 NAMES = tuple(a.name for a in AXES)
 
 Point = dict
@@ -54,7 +57,7 @@ def key(p: Point) -> tuple:
     for a in AXES:
         v = p.get(a.name)
         out.append(_optimizer_key(v) if a.name == "optimizer" else None if v is None else
-                   int(v) if a.name == "seed" else float(v))
+                   str(v) if a.name == "schedule" else int(v) if a.name == "seed" else float(v))
     return tuple(out)
 
 
@@ -86,7 +89,8 @@ def settings(p: Point) -> dict:
 def of_config(config) -> Point:
     """The point of a run's settings (``dual_lr`` only where the run has multipliers)."""
     return point(optimizer=config.optimizer_label, lr=config.lr, seed=config.seed,
-                 dual_lr=config.dual_lr if config.has_multipliers else None, penalty=config.penalty)
+                 dual_lr=config.dual_lr if config.has_multipliers else None, penalty=config.penalty,
+                 schedule=None if config.schedule == "constant" else config.schedule)
 
 
 def of_row(row: dict) -> Point:

@@ -55,6 +55,8 @@ def load_results(path: str | Path) -> StudyResults:
         constraints = {c.key: c.kind for c in named}
         formulation = definition.get("shared", {}).get("formulation", "lagrangian")
         dual, run_dual = ("dual_lr, penalty, ", "r.dual_lr, r.penalty, ") if constraints else ("", "")
+        if conn.execute("SELECT COUNT(*) FROM runs WHERE schedule IS NOT NULL").fetchone()[0]:  # an axis
+            dual, run_dual = dual + "schedule, ", run_dual + "r.schedule, "
         runs = pd.read_sql_query(
             f"SELECT id AS run_id, optimizer, lr, {dual}seed, status, steps, diverged_at, wall_time, "
             "attempts, error FROM runs ORDER BY id", conn)

@@ -132,10 +132,12 @@ def _preflight(configs, data_dir: str | None, kind: str) -> None:
     """Build the pieces of every distinct run once (data, model, task, optimizer, constraints), so
     that a setting refused there is refused before the store is written. On Ray the data may live on
     the cluster's nodes only: a data set this machine cannot find is left to them."""
-    from optimlab.engine.build import check_batch_size, init_model, task_of
+    from optimlab.data import steps_per_epoch
+    from optimlab.engine.build import check_batch_size, init_model, task_of, total_steps
     from optimlab.engine.group import vectorizable_key
     from optimlab.engine.steppers import make_stepper
     from optimlab.errors import DatasetNotFoundError
+    from optimlab.schedules import Schedule
     from optimlab.study.units import unit_data
 
     seen = set()
@@ -150,6 +152,8 @@ def _preflight(configs, data_dir: str | None, kind: str) -> None:
                 return
             raise
         check_batch_size(config.batch_size, data)
+        per_epoch = steps_per_epoch(data.num_train, config.batch_size, config.drop_last)
+        Schedule.parse(config.schedule).check(total_steps(config, per_epoch))
         task = task_of(config, data)
         make_stepper(config, init_model(config, data), task, "cpu")
 

@@ -55,6 +55,7 @@ from optimlab.registry import (
     is_import_path,
     optimizer_record,
 )
+from optimlab.schedules import Schedule
 from optimlab.study import axes
 
 EXECUTORS = ("sequential", "vectorized", "processes", "ray")
@@ -83,6 +84,8 @@ FIELDS = {
     "optimizers": "a list of names, name(hyperparameters), import paths or {name, class, learning_rates, "
                   "options, lr_linear, default_lr} tables",
     "learning_rates": "a list of numbers > 0, or {from, to, count}",
+    "schedules": "learning-rate schedules, a grid axis: a list like ['constant', 'cosine(warmup=0.05)', "
+                 "'linear(warmup=100)', 'step(milestones=[0.5, 0.75], gamma=0.1)'] (default constant)",
     "seeds": "a list of integers >= 0",
     "constraints": "a list of constraints such as ['l2norm<=1'] (optimlab train --help)",
     "dual_optimizer": "the optimizer of the multipliers (default sgd); needs constraints",
@@ -244,6 +247,7 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
     if not isinstance(optimizers, list) or not optimizers:
         raise fail(f"optimizers must be a non-empty list ({FIELDS['optimizers']}); got {optimizers!r}")
     dual_lrs, penalties = _constraint_axes(doc, fail)
+    schedules = _schedules(doc.get("schedules", ["constant"]), fail)
     grid = []
     for i, entry in enumerate(optimizers):
         where = f"optimizers[{i}]"
@@ -266,8 +270,8 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
                 else str(OptimizerSpec.parse(entry))
         except OptimlabError as e:
             raise fail(f"{where}: {e}") from None
-        grid += [axes.point(optimizer=spec, lr=lr, seed=seed, dual_lr=d, penalty=c)
-                 for lr in lrs for d in dual_lrs for c in penalties for seed in seeds]
+        grid += [axes.point(optimizer=spec, lr=lr, seed=seed, dual_lr=d, penalty=c, schedule=sch)
+                 for sch in schedules for lr in lrs for d in dual_lrs for c in penalties for seed in seeds]
     seen, duplicates = set(), []
     for p in grid:
         if axes.key(p) in seen:
@@ -276,7 +280,7 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
     if duplicates:
         shown = "; ".join(axes.label(p) for p in duplicates[:5])
         raise fail(f"duplicate configurations ({len(duplicates)}): {shown}. Each optimizer, learning "
-                   "rate, dual learning rate, penalty coefficient and seed may appear once")
+                   "rate, dual learning rate, penalty coefficient, schedule and seed may appear once")
 
     shared = {k: doc[k] for k in SHARED if k in doc}
     defaulted = tuple(k for k in STUDY_DEFAULTS if k not in doc)
@@ -293,7 +297,7 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
         raise fail(str(e)) from None
     checked = TrainConfig(**shared, optimizer="sgd", lr=1.0)  # names normalized, objects kept
     shared = {f.name: getattr(checked, f.name) for f in dataclasses.fields(TrainConfig)}
-    for k in ("optimizer", "lr", "seed", "device", "dual_lr", "penalty"):
+    for k in ("optimizer", "lr", "seed", "device", "dual_lr", "penalty", "schedule"):  # the axes
         shared.pop(k)
     return StudySpec(name=name.strip(), shared=shared, grid=tuple(grid),
                      executor=_executor(doc.get("executor", {}), fail), device=device, text=text,
@@ -326,6 +330,21 @@ def add_to_python_path(folders) -> None:
         if folder not in sys.path:
             sys.path.insert(0, folder)
     importlib.invalidate_caches()
+
+
+def _schedules(value, fail) -> list[str | None]:
+    """The schedules of the grid, canonical (None: constant)."""
+    if not isinstance(value, list) or not value:
+        raise fail(f"schedules must be a non-empty list like ['constant', 'cosine(warmup=0.05)']; "
+                   f"got {value!r}")
+    out = []
+    for i, text in enumerate(value):
+        try:
+            canonical = str(Schedule.parse(text))
+        except OptimlabError as e:
+            raise fail(f"schedules[{i}]: {e}") from None
+        out.append(None if canonical == "constant" else canonical)
+    return out
 
 
 def _constraint_axes(doc: dict, fail) -> tuple[list, list]:
