@@ -1,6 +1,7 @@
 import pytest
 
 from optimlab.errors import OptimlabError
+from optimlab.study import axes
 from optimlab.study.spec import ExecutorSpec, parse_study
 
 BASE = """
@@ -148,3 +149,32 @@ def test_the_example_study_files_are_valid():
     sizes = {p.stem: len(load_study(p).grid) for p in examples}
     assert sizes["lr_robustness"] == sizes["lr_robustness_fashion"] == 8 * 5 * 3  # seed 004's grid
     assert sizes["optimizers_mlp"] == 7 * 3
+
+
+def test_hyperparameters_are_grid_axes_expanded_into_the_optimizers():
+    adam = ('{ name = "adam", learning_rates = [1e-3], '
+            'hyperparameters = { betas = [[0.9, 0.999], [0.8, 0.99]] } }')
+    text = BASE.replace('optimizers = ["sgd", "adam(betas=(0.9, 0.99))"]', f'optimizers = ["sgd", {adam}]')
+    spec = parse_study(text + "[hyperparameters]\nweight_decay = [0.0, 1e-4]\n")
+    labels = sorted({axes.key(p)[0] for p in spec.grid})
+    # labelled without the settings at their defaults (adam's betas (0.9, 0.999), weight decay 0)
+    assert labels == ["adam", "adam(betas=(0.8, 0.99))", "adam(betas=(0.8, 0.99), weight_decay=0.0001)",
+                      "adam(weight_decay=0.0001)", "sgd", "sgd(weight_decay=0.0001)"]
+    assert len(spec.grid) == (2 * 2 + 4 * 1) * 2  # sgd: 2 lrs; adam: its one lr; x 2 seeds
+    assert {c.lr for c in spec.configs() if c.optimizer_label.startswith("adam")} == {1e-3}
+
+
+@pytest.mark.parametrize("table, message", [
+    ("momentum = [0.9]", "has no hyperparameter momentum"),  # adam takes no momentum
+    ("lr = [0.1]", "the learning rate is the learning_rates axis"),
+    ("momentum = []", "hyperparameters.momentum is a non-empty list"),
+])
+def test_a_hyperparameter_axis_an_optimizer_does_not_take_is_refused(table, message):
+    with pytest.raises(OptimlabError, match=message):
+        parse_study(BASE + f"[hyperparameters]\n{table}\n")
+
+
+def test_a_hyperparameter_set_and_an_axis_at_once_is_refused():
+    text = BASE.replace('"sgd", "adam(betas=(0.9, 0.99))"', '"adam(betas=(0.9, 0.99))"')
+    with pytest.raises(OptimlabError, match="betas is both set and an axis"):
+        parse_study(text + "[hyperparameters]\nbetas = [[0.9, 0.9]]\n")

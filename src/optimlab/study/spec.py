@@ -46,6 +46,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from optimlab.calls import format_call
 from optimlab.engine.config import FORMULATIONS, TrainConfig
 from optimlab.errors import OptimlabError
 from optimlab.optimizers import LOCAL_FLOW, OptimizerEntry, OptimizerSpec, check_lr
@@ -84,6 +85,8 @@ FIELDS = {
     "optimizers": "a list of names, name(hyperparameters), import paths or {name, class, learning_rates, "
                   "options, lr_linear, default_lr} tables",
     "learning_rates": "a list of numbers > 0, or {from, to, count}",
+    "hyperparameters": "optimizer hyperparameters as grid axes, a table of lists, e.g. { momentum = [0.9, "
+                       "0.99] } (every optimizer must take each; an optimizer table may carry its own)",
     "schedules": "learning-rate schedules, a grid axis: a list like ['constant', 'cosine(warmup=0.05)', "
                  "'linear(warmup=100)', 'step(milestones=[0.5, 0.75], gamma=0.1)'] (default constant)",
     "seeds": "a list of integers >= 0",
@@ -248,15 +251,16 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
         raise fail(f"optimizers must be a non-empty list ({FIELDS['optimizers']}); got {optimizers!r}")
     dual_lrs, penalties = _constraint_axes(doc, fail)
     schedules = _schedules(doc.get("schedules", ["constant"]), fail)
+    shared_axes = _hyperparameter_axes(doc.get("hyperparameters", {}), "hyperparameters", fail)
     grid = []
-    for i, entry in enumerate(optimizers):
+    for i, entry in enumerate(_with_hyperparameters(optimizers, shared_axes, fail)):
         where = f"optimizers[{i}]"
         lrs = default_lrs
         if isinstance(entry, dict):
             extra = sorted(set(entry) - {"learning_rates", *OPTIMIZER_TABLE_KEYS})
             if extra or "name" not in entry:
-                raise fail(f"{where}: a table takes name, learning_rates, class, options, lr_linear and "
-                           f"default_lr; got {sorted(entry)}")
+                raise fail(f"{where}: a table takes name, learning_rates, class, options, lr_linear, "
+                           f"default_lr and hyperparameters; got {sorted(entry)}")
             if "learning_rates" in entry:
                 lrs = _learning_rates(entry["learning_rates"], f"{where}.learning_rates", fail)
             entry = {k: v for k, v in entry.items() if k != "learning_rates"}
@@ -330,6 +334,61 @@ def add_to_python_path(folders) -> None:
         if folder not in sys.path:
             sys.path.insert(0, folder)
     importlib.invalidate_caches()
+
+
+def _hyperparameter_axes(value, where: str, fail) -> dict[str, list]:
+    """A table of hyperparameter -> its values (a non-empty list of literals; lists become tuples,
+    as betas are written)."""
+    if not isinstance(value, dict):
+        raise fail(f"{where} is a table of lists, e.g. {{ momentum = [0.9, 0.99] }}; got {value!r}")
+    out = {}
+    for key, values in value.items():
+        if key == "lr":
+            raise fail(f"{where}: the learning rate is the learning_rates axis, not a hyperparameter")
+        if not isinstance(values, list) or not values:
+            raise fail(f"{where}.{key} is a non-empty list of values, e.g. [0.9, 0.99]; got {values!r}")
+        out[key] = [tuple(v) if isinstance(v, list) else v for v in values]
+    return out
+
+
+def _with_hyperparameters(optimizers: list, shared: dict[str, list], fail) -> list:
+    """The optimizer entries with their hyperparameter axes expanded: one entry per combination,
+    its values among the entry's options (``sgd`` x momentum [0.9, 0.99] -> ``sgd(momentum=0.9)``,
+    ``sgd(momentum=0.99)``). Whether each optimizer takes them is checked with the entry."""
+    import itertools
+
+    out = []
+    for i, entry in enumerate(optimizers):
+        own = {}
+        if isinstance(entry, dict) and "hyperparameters" in entry:
+            entry = dict(entry)
+            own = _hyperparameter_axes(entry.pop("hyperparameters"), f"optimizers[{i}].hyperparameters", fail)
+        axes_here = {**shared, **own}
+        if not axes_here:
+            out.append(entry)
+            continue
+        if isinstance(entry, str):
+            spec = OptimizerSpec.parse(entry)
+            name, given = spec.name, spec.options
+        elif isinstance(entry, dict):
+            name, given = entry.get("name"), dict(entry.get("options", {}))
+        else:
+            raise fail(f"optimizers[{i}]: hyperparameter axes need the optimizer by name or as a table; got "
+                       f"{entry!r}")
+        twice = sorted(set(given) & set(axes_here))
+        if twice:
+            raise fail(f"optimizers[{i}]: {', '.join(twice)} is both set and an axis; give it one way")
+        for combo in itertools.product(*axes_here.values()):
+            varied = dict(zip(axes_here, combo, strict=True))
+            options = {**given, **varied}
+            if isinstance(entry, str):
+                out.append(str(OptimizerSpec(name, options)))
+            elif "class" not in entry:  # a built-in name with its own learning rates: the name says all
+                out.append({**{k: v for k, v in entry.items() if k != "options"},
+                            "name": str(OptimizerSpec(name, options))})
+            else:  # a class of the user's: its name tells the combinations apart
+                out.append({**entry, "name": format_call(name, varied), "options": options})
+    return out
 
 
 def _schedules(value, fail) -> list[str | None]:
