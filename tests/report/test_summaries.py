@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from madeup import SGD_FINAL, evals
 
-from optimlab.report.summaries import bootstrap_interval, summarize
+from optimlab.errors import OptimlabError
+from optimlab.report.summaries import bootstrap_interval, expected_best, summarize, tuning_budget
 from optimlab.study.results import load_results
 
 
@@ -133,3 +134,23 @@ def test_ties_and_a_best_learning_rate_at_the_edge_of_its_grid_are_said(make_sto
     assert any("sgd: its best learning rate 0.01 is the largest of its grid" in n for n in s.notes)
     cell = s.cells.set_index(["optimizer", "lr"]).loc[("sgd", 1e-2)]
     assert (cell.final_test_accuracy_low, cell.final_test_accuracy_high) == bootstrap_interval(finals["sgd"])
+
+
+def test_the_expected_best_of_k_random_runs_against_hand_computed_values():
+    # 0.1, 0.5, 0.9: one draw, the mean; two draws, max of 9 equally likely pairs
+    assert expected_best([0.5, 0.1, 0.9], 1) == pytest.approx(0.5)
+    pairs = [max(a, b) for a in (0.1, 0.5, 0.9) for b in (0.1, 0.5, 0.9)]
+    assert expected_best([0.5, 0.1, 0.9], 2) == pytest.approx(sum(pairs) / 9)
+    assert expected_best([0.5, 0.1, 0.9], 200) == pytest.approx(0.9)  # many draws: the best
+
+
+def test_the_tuning_budget_view_of_a_study(made_up_store):
+    s = summarize(load_results(made_up_store))
+    sgd = s.tuning[s.tuning.optimizer == "sgd"]
+    assert sgd.k.tolist() == list(range(1, 16)) and set(sgd.runs) == {15}  # 5 lrs x 3 seeds
+    finals = [v for lr in SGD_FINAL for v in SGD_FINAL[lr]] + [0.0] * 3  # lr 1 diverged: counted as 0
+    assert sgd.expected_best.iloc[0] == pytest.approx(np.mean(finals))
+    assert sgd.expected_best.iloc[4] == pytest.approx(expected_best(finals, 5))
+    assert sgd.expected_best.is_monotonic_increasing
+    with pytest.raises(OptimlabError, match="a tuning budget of 16 draws is more than the 15 runs"):
+        tuning_budget(s.final, k_max=16)

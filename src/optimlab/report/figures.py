@@ -185,12 +185,31 @@ def heatmap(summary: Summary, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def tuning(summary: Summary, path: Path) -> Path | None:
+    """The tuning-budget view: the expected best final accuracy on the selection split after k runs
+    drawn at random from each optimizer's grid, against k."""
+    t = summary.tuning
+    if t.empty or t.k.max() < 2:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for opt, g in t.groupby("optimizer", sort=False):
+        ax.plot(g.k, g.expected_best, marker="o", ms=3, label=opt, color=summary.colours.get(opt))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("runs drawn at random from the grid (k)")
+    ax.set_ylabel(f"expected best final {summary.split_label} accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Tuning budget: what a random search of k runs of each grid finds")
+    return _save(fig, path)
+
+
 def all_figures(summary: Summary, folder: Path) -> dict[str, Path]:
     """Write every figure that the study's data allows into ``folder``; name -> path."""
     folder.mkdir(parents=True, exist_ok=True)
     made = {}
     for name, draw in (("sensitivity", sensitivity), ("learning_curves", learning_curves),
-                       ("convergence", convergence), ("heatmap", heatmap)):
+                       ("convergence", convergence), ("heatmap", heatmap), ("tuning", tuning)):
         path = draw(summary, folder / f"{name}.png")
         if path is not None:
             made[name] = path

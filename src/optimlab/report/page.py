@@ -92,6 +92,21 @@ def cell_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def tuning_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
+    """The tuning-budget view at k = 1, 2, 4, ... and the whole grid."""
+    t = summary.tuning
+    if t.empty:
+        return [], []
+    top = int(t.k.max())
+    ks = sorted({2 ** i for i in range(top.bit_length()) if 2 ** i <= top} | {top})
+    head = ["optimizer", "runs in the grid"] + [f"best of {k}" for k in ks]
+    rows = []
+    for opt, g in t.groupby("optimizer", sort=False):
+        by_k = dict(zip(g.k, g.expected_best, strict=True))
+        rows.append([opt, str(int(g.runs.iloc[0]))] + [_num(by_k.get(k)) for k in ks])
+    return head, rows
+
+
 def missing_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     head = ["run", "optimizer", "lr", "seed", "status", "error"]
     rows = [[str(m.run_id), m.optimizer, _num(m.lr), str(m.seed), m.status,
@@ -106,6 +121,8 @@ CAPTIONS = {
     "learning_curves": "Learning curves at each optimizer's best learning rate.",
     "convergence": "Steps to the target accuracy at each optimizer's best learning rate.",
     "heatmap": "Mean final metric of every optimizer and learning rate.",
+    "tuning": "Tuning budget: the expected best final accuracy after k runs drawn at random from each "
+              "optimizer's grid (from the runs made; Dodge et al. 2019).",
     "constrained": "Training loss, batch accuracy, multipliers and violations against the step: the lowest "
                    "seed of each optimizer and dual learning rate, at its best learning rate.",
 }
@@ -144,6 +161,9 @@ def write_pages(summary: Summary, figures: dict[str, Path], out: Path, title: st
                 meta: dict) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.md`` into ``out``; returns their paths."""
     sections = [("Ranking", ranking_rows(summary)), ("Every optimizer and learning rate", cell_rows(summary))]
+    if not summary.tuning.empty:
+        title = f"Tuning budget (expected best final {summary.split_label} accuracy of k random runs)"
+        sections.append((title, tuning_rows(summary)))
     if len(summary.missing):
         sections.append(("Runs not finished", missing_rows(summary)))
     target = (f"Convergence target: {summary.split_label} accuracy {summary.target_accuracy:.4f}."

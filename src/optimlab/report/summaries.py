@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
+from optimlab.errors import OptimlabError
 from optimlab.study.results import StudyResults
 
 CELL = ["optimizer", "lr"]
@@ -42,6 +43,39 @@ FEASIBILITY_TOLERANCE = 1e-3
 SPLITS = {"val": "validation", "test": "test"}  # a selection split's name in the columns -> in words
 BOOTSTRAP = 2000  # resamplings of a cell's seeds for its interval
 LEVEL = 0.95
+
+
+def expected_best(values, k: int) -> float:
+    """The expected best of ``k`` draws with replacement from ``values`` (Dodge et al. 2019, "Show
+    your work"): with v_(1) <= ... <= v_(n), sum_i v_(i) ((i / n)^k - ((i - 1) / n)^k)."""
+    v = np.sort(np.asarray(values, dtype=float))
+    n = len(v)
+    if n == 0:
+        return np.nan
+    i = np.arange(1, n + 1)
+    return float(np.sum(v * ((i / n) ** k - ((i - 1) / n) ** k)))
+
+
+def tuning_budget(final: pd.DataFrame, split: str = "test", k_max: int | None = None) -> pd.DataFrame:
+    """Per optimizer (series), the expected best final accuracy on ``split`` after k runs drawn at
+    random from its grid (each run one draw: a learning rate and a seed; a diverged run, and in a
+    constrained study an infeasible one, counts as accuracy 0), for k = 1 .. ``k_max`` (default: the
+    size of its grid), computed from the runs made, no new ones. Columns ``optimizer, k,
+    expected_best, runs``; empty without accuracies."""
+    column = f"final_{split}_accuracy"
+    if final.empty or final[column].isna().all():
+        return pd.DataFrame(columns=["optimizer", "k", "expected_best", "runs"])
+    rows = []
+    for opt, g in final.groupby("optimizer", sort=False):
+        bad = (g.status == "diverged") | (~g.feasible.astype(bool) if "feasible" in g else False)
+        values = g[column].where(~bad, 0.0).fillna(0.0).tolist()
+        top = len(values) if k_max is None else k_max
+        if top > len(values):
+            raise OptimlabError(f"a tuning budget of {top} draws is more than the {len(values)} runs of "
+                                f"{opt}'s grid: the view says what a random search of the grid finds")
+        rows += [{"optimizer": opt, "k": k, "expected_best": expected_best(values, k), "runs": len(values)}
+                 for k in range(1, top + 1)]
+    return pd.DataFrame(rows)
 
 
 def bootstrap_interval(values, resamples: int = BOOTSTRAP, level: float = LEVEL,
@@ -71,6 +105,7 @@ class Summary:
     panels: dict[str, pd.DataFrame] = field(default_factory=dict)  # series -> train_log of one run
     split: str = "test"  # the selection split: "val" (the validation set) or "test"
     colours: dict[str, str] = field(default_factory=dict)  # optimizer (series) -> its colour in every figure
+    tuning: pd.DataFrame = field(default_factory=pd.DataFrame)  # optimizer, k, expected best (tuning_budget)
     loss_label: str = "training loss"  # or "batch loss" when the training set was not evaluated
 
     @property
@@ -381,10 +416,11 @@ def summarize(results: StudyResults, target_fraction: float = 0.95, target_accur
                          "learning rate; its panels show the learning rate of the smallest final violation.")
         panels = constrained_runs(results, final, cells, best_lr)
     loss_label = "training loss" if results.evals.train_loss.notna().any() else "batch loss"
+    tuning = tuning_budget(final, split)
     return Summary(final, cells, robust, curves, target_accuracy,
                    missing[["run_id", "optimizer", "lr", "seed", "status", "error"]], notes,
                    dict(results.constraints), feasibility_tolerance, panels, split,
-                   colours(list(dict.fromkeys(results.runs.optimizer))), loss_label)
+                   colours(list(dict.fromkeys(results.runs.optimizer))), tuning, loss_label)
 
 
 def colours(optimizers: list[str]) -> dict[str, str]:
