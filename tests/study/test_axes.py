@@ -22,14 +22,14 @@ kind = "sequential"
 
 def test_points_are_named_axes_in_one_order():
     p = axes.point(optimizer="adam(betas=(0.9, 0.99))", lr=1e-3, seed=2, dual_lr=0.01)
-    assert list(p) == ["optimizer", "lr", "seed", "dual_lr", "penalty", "schedule"]
+    assert list(p) == ["optimizer", "lr", "seed", "dual_lr", "penalty", "schedule", "batch_size"]
     assert axes.label(p) == "adam(betas=(0.9, 0.99)) lr=0.001 dual_lr=0.01 seed=2"
     assert axes.serialized(p) == ["adam(betas=(0.9, 0.99))", 0.001, 2, 0.01]  # trailing None dropped
     assert axes.settings(p) == {"optimizer": "adam(betas=(0.9, 0.99))", "lr": 1e-3, "seed": 2,
                                 "dual_lr": 0.01, "penalty": None}
     # a table is told apart by its label; numbers by value, whatever their type
     table = axes.point(optimizer={"name": "mine", "class": "torch.optim:SGD"}, lr=1, seed=0)
-    assert axes.key(table) == ("mine", 1.0, 0, None, None, None)
+    assert axes.key(table) == ("mine", 1.0, 0, None, None, None, None)
     assert axes.key(table) == axes.key(axes.point(optimizer="mine", lr=1.0, seed=0))
 
 
@@ -67,3 +67,29 @@ def test_an_optional_axis_added_later_gets_its_column_in_an_older_store(tmp_path
     conn.close()
     assert "momentum" in columns and "coalesce(momentum, 0)" in index
     assert values == [(None,), (None,)]  # the runs already there do not vary it
+
+
+def test_batch_sizes_and_schedules_as_axes_train_in_groups_of_their_own_and_report_as_series(tmp_path):
+    from optimlab.report import summarize
+
+    text = (STUDY.replace("batch_size = 200", "batch_sizes = [100, 200]")
+            .replace("learning_rates = [0.1]", "learning_rates = [0.1, 0.03]")
+            .replace('kind = "sequential"', 'kind = "vectorized"') + '\nschedules = ["constant", "linear"]\n')
+    text = text.replace('\n[executor]\nkind = "vectorized"\n', "\n") + '[executor]\nkind = "vectorized"\n'
+    spec = parse_study(text)
+    assert len(spec.grid) == 2 * 2 * 2 * 2  # optimizers x batch sizes x schedules x lrs
+    outcome = run_study(spec, out=tmp_path / "v", progress=False)
+    store = StudyStore.open(outcome.store, readonly=True)
+    rows = store.runs()
+    store.close()
+    assert {r["batch_size"] for r in rows} == {100, 200} and {r["schedule"] for r in rows} == {None, "linear"}
+    engines = {r["engine"] for r in rows}
+    assert engines == {"vectorized: a group of 2 runs"}  # the two lrs; every other axis apart
+    for r in rows:
+        assert json.loads(r["config"])["batch_size"] == r["batch_size"]
+    results = load_results(outcome.store)
+    steps = results.evals.groupby("batch_size").step.max()
+    assert steps.to_dict() == {100: 6, 200: 6}  # iterations are steps whatever the batch size
+    series = set(summarize(results).robustness.optimizer)
+    assert "sgd, constant, batch 100" in series and "heavy-ball, linear, batch 200" in series
+    assert len(series) == 8

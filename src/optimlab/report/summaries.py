@@ -329,15 +329,16 @@ def learning_curves(results: StudyResults, final: pd.DataFrame, best_lr: dict,
 def by_series(results: StudyResults) -> StudyResults:
     """``results`` with each run's optimizer renamed to its series where the study has more axes than
     optimizer, lr and seed: its schedule (``adam, cosine(warmup=0.05)``; ``constant`` beside the
-    others) and, constrained, its formulation and dual lr (``adam, dual lr 0.01``, ``adam,
-    augmented_lagrangian c=10, dual lr 0.01``). Unchanged otherwise."""
-    scheduled = "schedule" in results.runs
-    if not results.constrained and not scheduled:
+    others), its batch size (``adam, batch 64``) and, constrained, its formulation and dual lr
+    (``adam, dual lr 0.01``, ``adam, augmented_lagrangian c=10, dual lr 0.01``). Unchanged otherwise."""
+    scheduled, batched = "schedule" in results.runs, "batch_size" in results.runs
+    if not results.constrained and not scheduled and not batched:
         return results
     form = "" if results.formulation == "lagrangian" else f"{results.formulation} "
 
-    def label(o: str, s: str | None, d: float, c: float) -> str:
+    def label(o: str, s: str | None, b, d: float, c: float) -> str:
         parts = [o] + ([s if isinstance(s, str) else "constant"] if scheduled else [])
+        parts += [f"batch {int(b)}"] if batched and pd.notna(b) else []
         if results.constrained:
             parts += [f"{form}c={c:g}"] if pd.notna(c) else [form.strip()] if form else []
             parts += [f"dual lr {d:g}"] if pd.notna(d) else []
@@ -346,9 +347,10 @@ def by_series(results: StudyResults) -> StudyResults:
     def rename(frame: pd.DataFrame) -> pd.DataFrame:
         frame = frame.copy()
         none = [None] * len(frame)
-        frame["optimizer"] = [label(o, s, d, c) for o, s, d, c in zip(
-            frame.optimizer, frame.schedule if scheduled else none, frame.dual_lr if results.constrained
-            else none, frame.penalty if results.constrained else none, strict=True)]
+        frame["optimizer"] = [label(o, s, b, d, c) for o, s, b, d, c in zip(
+            frame.optimizer, frame.schedule if scheduled else none, frame.batch_size if batched else none,
+            frame.dual_lr if results.constrained else none, frame.penalty if results.constrained else none,
+            strict=True)]
         return frame
 
     return replace(results, runs=rename(results.runs), evals=rename(results.evals),

@@ -3,8 +3,9 @@ its columns in the store, its identity, its label in lines and the order of the 
 axes listed here, so that a new axis is added in one place (and a store column in the schema).
 
 An optional axis is None in a study that does not vary it (``dual_lr`` without multipliers,
-``penalty`` without a penalty formulation, ``schedule`` where the learning rate is constant); its
-store column is then NULL.
+``penalty`` without a penalty formulation, ``schedule`` where the learning rate is constant,
+``batch_size`` where every run has the study's one); its store column is then NULL. A point's
+:func:`key` is also its values in the store's columns.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ AXES: tuple[Axis, ...] = (
     Axis("dual_lr", lambda v: f"dual_lr={v:g}", optional=True),
     Axis("penalty", lambda v: f"penalty={v:g}", optional=True),
     Axis("schedule", lambda v: f"schedule={v}", sql="TEXT", optional=True),  # None: constant
+    Axis("batch_size", lambda v: f"batch={v}", sql="INTEGER", optional=True),  # None: the shared one
 )
 TEXT_AXES = ("optimizer", "schedule")
 NAMES = tuple(a.name for a in AXES)
@@ -57,7 +59,8 @@ def key(p: Point) -> tuple:
     for a in AXES:
         v = p.get(a.name)
         out.append(_optimizer_key(v) if a.name == "optimizer" else None if v is None else
-                   str(v) if a.name == "schedule" else int(v) if a.name == "seed" else float(v))
+                   str(v) if a.name == "schedule" else int(v) if a.name in ("seed", "batch_size")
+                   else float(v))
     return tuple(out)
 
 
@@ -84,13 +87,6 @@ def serialized(p: Point) -> list:
 def settings(p: Point) -> dict:
     """The run settings a point sets (an optional axis left out where it is None: its default)."""
     return {n: v for n, v in p.items() if v is not None or n == "penalty"}
-
-
-def of_config(config) -> Point:
-    """The point of a run's settings (``dual_lr`` only where the run has multipliers)."""
-    return point(optimizer=config.optimizer_label, lr=config.lr, seed=config.seed,
-                 dual_lr=config.dual_lr if config.has_multipliers else None, penalty=config.penalty,
-                 schedule=None if config.schedule == "constant" else config.schedule)
 
 
 def of_row(row: dict) -> Point:

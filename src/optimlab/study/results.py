@@ -20,11 +20,13 @@ class StudyResults:
     and seed beside ``run_id``; ``meta``: the study's name, file, definition and environment. The
     evaluation rows' ``val_loss`` and ``val_accuracy`` are NaN in a study without a validation set.
 
-    A constrained study also has ``dual_lr`` and ``penalty`` (after ``lr``; NaN where the
-    ``formulation`` has no multipliers or no coefficient) in all three, and its records have a
-    ``violation_<constraint>`` and (with multipliers) a ``multiplier_<constraint>`` column per
-    constraint (its train_log also the batch ``accuracy``); ``constraints`` maps each constraint's key
-    to its kind, ``"<="`` (satisfied when its violation is <= 0) or ``"=="`` (when it is 0)."""
+    A study with a ``schedules`` or ``batch_sizes`` axis has a ``schedule`` (None: constant) or
+    ``batch_size`` column in all three. A constrained study also has ``dual_lr`` and ``penalty``
+    (after ``lr``; NaN where the ``formulation`` has no multipliers or no coefficient) in all three,
+    and its records have a ``violation_<constraint>`` and (with multipliers) a
+    ``multiplier_<constraint>`` column per constraint (its train_log also the batch ``accuracy``);
+    ``constraints`` maps each constraint's key to its kind, ``"<="`` (satisfied when its violation is
+    <= 0) or ``"=="`` (when it is 0)."""
 
     runs: object  # pandas.DataFrame
     evals: object
@@ -55,8 +57,9 @@ def load_results(path: str | Path) -> StudyResults:
         constraints = {c.key: c.kind for c in named}
         formulation = definition.get("shared", {}).get("formulation", "lagrangian")
         dual, run_dual = ("dual_lr, penalty, ", "r.dual_lr, r.penalty, ") if constraints else ("", "")
-        if conn.execute("SELECT COUNT(*) FROM runs WHERE schedule IS NOT NULL").fetchone()[0]:  # an axis
-            dual, run_dual = dual + "schedule, ", run_dual + "r.schedule, "
+        for axis in ("schedule", "batch_size"):  # where the study varies them
+            if conn.execute(f"SELECT COUNT(*) FROM runs WHERE {axis} IS NOT NULL").fetchone()[0]:
+                dual, run_dual = dual + f"{axis}, ", run_dual + f"r.{axis}, "
         runs = pd.read_sql_query(
             f"SELECT id AS run_id, optimizer, lr, {dual}seed, status, steps, diverged_at, wall_time, "
             "attempts, error FROM runs ORDER BY id", conn)

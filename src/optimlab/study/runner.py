@@ -71,7 +71,7 @@ def run_study(
     store = StudyStore.create(out / DB_NAME, spec, extend=extend, code=fingerprint(spec.import_paths()),
                               code_changed=code_changed)
     started = time.perf_counter()
-    mine = {axes.key(axes.of_config(c)): c for c in configs}
+    mine = {axes.key(p): c for p, c in zip(spec.grid, configs, strict=True)}
     board = None
     try:
         with store.heartbeat():
@@ -195,6 +195,7 @@ class _Board:
 
         self.store, self.verbose = store, verbose
         runs = store.runs()
+        self.rows = {r["id"]: r for r in runs}  # their axes, for the lines
         self.done = sum(r["status"] in ("completed", "diverged", "failed") for r in runs)
         self.diverged = sum(r["status"] == "diverged" for r in runs)
         self.failed_runs = sum(r["status"] == "failed" for r in runs)
@@ -223,11 +224,11 @@ class _Board:
     def commit(self, unit: Unit, checkpoint: bytes, results: list[dict], finished: bool) -> None:
         self.store.commit(unit.key, unit.run_ids, checkpoint or None, results, finished)
         if finished:
-            for config, r in zip(unit.configs, results, strict=True):
+            for run_id, config, r in zip(unit.run_ids, unit.configs, results, strict=True):
                 self.done += 1
                 self.diverged += r["status"] == "diverged"
                 if self.verbose:
-                    self.bar.write(self._line(config, r))
+                    self.bar.write(self._line(run_id, config, r))
             self.bar.update(len(results))
             self._postfix()
 
@@ -247,7 +248,7 @@ class _Board:
             last = error.strip().splitlines()[-1] if error.strip() else "unknown error"
             self.bar.write(f"{'retrying' if retry else 'failed'}: runs {unit.run_ids}: {last}")
 
-    def _line(self, config, r: dict) -> str:
+    def _line(self, run_id: int, config, r: dict) -> str:
         final = r["evals"][-1] if r["evals"] else {}
         acc = final.get("test_accuracy")
         what = (f"diverged at step {r['diverged_at']}" if r["status"] == "diverged" else
@@ -257,7 +258,7 @@ class _Board:
             worst = max((abs(v) if c.kind == "==" else v for c in named
                          if (v := final.get(f"violation_{c.key}")) is not None), default=None)
             what += f", largest violation {worst:+.3g}" if worst is not None else ""
-        where = axes.label(axes.of_config(config))
+        where = axes.label(axes.of_row(self.rows[run_id]))
         return f"[{self.done}/{self.total}] {where}: {what}, {r['wall_time']:.1f} s"
 
     def close(self) -> None:

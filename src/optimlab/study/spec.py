@@ -72,6 +72,7 @@ FIELDS = {
     "loss": "classification, regression, or an import path package.module:function of a loss(output, y)",
     "python_path": "folders (relative to the study file) holding your own code, e.g. ['src']",
     "batch_size": "an integer >= 1",
+    "batch_sizes": "batch sizes as a grid axis, a list of integers >= 1 (instead of batch_size)",
     "epochs": "the budget in epochs",
     "iterations": "the budget in iterations",
     "eval_every": "evaluate every N iterations (default: every epoch)",
@@ -251,6 +252,7 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
         raise fail(f"optimizers must be a non-empty list ({FIELDS['optimizers']}); got {optimizers!r}")
     dual_lrs, penalties = _constraint_axes(doc, fail)
     schedules = _schedules(doc.get("schedules", ["constant"]), fail)
+    batch_sizes = _batch_sizes(doc, fail)
     shared_axes = _hyperparameter_axes(doc.get("hyperparameters", {}), "hyperparameters", fail)
     grid = []
     for i, entry in enumerate(_with_hyperparameters(optimizers, shared_axes, fail)):
@@ -274,8 +276,10 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
                 else str(OptimizerSpec.parse(entry))
         except OptimlabError as e:
             raise fail(f"{where}: {e}") from None
-        grid += [axes.point(optimizer=spec, lr=lr, seed=seed, dual_lr=d, penalty=c, schedule=sch)
-                 for sch in schedules for lr in lrs for d in dual_lrs for c in penalties for seed in seeds]
+        grid += [axes.point(optimizer=spec, lr=lr, seed=seed, dual_lr=d, penalty=c, schedule=sch,
+                            batch_size=b)
+                 for b in batch_sizes for sch in schedules for lr in lrs for d in dual_lrs for c in penalties
+                 for seed in seeds]
     seen, duplicates = set(), []
     for p in grid:
         if axes.key(p) in seen:
@@ -284,7 +288,8 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
     if duplicates:
         shown = "; ".join(axes.label(p) for p in duplicates[:5])
         raise fail(f"duplicate configurations ({len(duplicates)}): {shown}. Each optimizer, learning "
-                   "rate, dual learning rate, penalty coefficient, schedule and seed may appear once")
+                   "rate, dual learning rate, penalty coefficient, schedule, batch size and seed may appear "
+                   "once")
 
     shared = {k: doc[k] for k in SHARED if k in doc}
     defaulted = tuple(k for k in STUDY_DEFAULTS if k not in doc)
@@ -303,6 +308,8 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
     shared = {f.name: getattr(checked, f.name) for f in dataclasses.fields(TrainConfig)}
     for k in ("optimizer", "lr", "seed", "device", "dual_lr", "penalty", "schedule"):  # the axes
         shared.pop(k)
+    if batch_sizes != [None]:  # an axis: each run's own
+        shared.pop("batch_size")
     return StudySpec(name=name.strip(), shared=shared, grid=tuple(grid),
                      executor=_executor(doc.get("executor", {}), fail), device=device, text=text,
                      python_path=tuple(python_path), defaulted=defaulted)
@@ -389,6 +396,19 @@ def _with_hyperparameters(optimizers: list, shared: dict[str, list], fail) -> li
             else:  # a class of the user's: its name tells the combinations apart
                 out.append({**entry, "name": format_call(name, varied), "options": options})
     return out
+
+
+def _batch_sizes(doc: dict, fail) -> list[int | None]:
+    """The batch sizes of the grid ([None]: the study's one ``batch_size``, not an axis)."""
+    if "batch_sizes" not in doc:
+        return [None]
+    if "batch_size" in doc:
+        raise fail("give batch_size (one for every run) or batch_sizes (an axis), not both")
+    value = doc["batch_sizes"]
+    if not isinstance(value, list) or not value or not all(
+            isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in value):
+        raise fail(f"batch_sizes must be a non-empty list of integers >= 1, e.g. [64, 128]; got {value!r}")
+    return list(value)
 
 
 def _schedules(value, fail) -> list[str | None]:

@@ -547,11 +547,11 @@ class StudyStore:
                             environment=json.dumps(environment()),
                             code=json.dumps(code or {}, sort_keys=True))
             columns = ", ".join(axes.NAMES)
-            for config in spec.configs():
+            for p, config in zip(spec.grid, spec.configs(), strict=True):
                 store.conn.execute(
                     f"INSERT OR IGNORE INTO runs ({columns}, config, updated) "
                     f"VALUES ({', '.join('?' * len(axes.NAMES))}, ?, ?)",
-                    (*axes.of_config(config).values(), json.dumps(config.to_dict()), time.time()))
+                    (*axes.key(p), json.dumps(config.to_dict()), time.time()))
         return store
 
     @classmethod
