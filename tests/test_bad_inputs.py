@@ -90,6 +90,11 @@ def test_the_default_folder_tells_every_setting_apart_but_the_budget():
     assert _run_name(TrainConfig(**base, constraints=["l2norm<=1"])) != plain
     assert _run_name(TrainConfig(**base, batch_size=50)) != plain
     assert _run_name(TrainConfig(**base, epochs=5)) == plain  # --resume with a larger budget finds it
+    assert _run_name(TrainConfig(**base, schedule="cosine")) != plain
+    assert _run_name(TrainConfig(**base, validation=0.1)) != plain
+    # settings added later leave the names of earlier runs as they were (this one is in the README)
+    assert _run_name(TrainConfig(dataset="mnist-10k", model="mlp", optimizer="sgd", lr=0.1, batch_size=100,
+                                 iterations=3000, eval_every=500)) == "mnist-10k-mlp-sgd-lr0.1-seed0-33ec1489"
 
 
 def test_output_to_a_closed_pipe_is_quiet():

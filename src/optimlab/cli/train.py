@@ -150,16 +150,18 @@ def _train(args: argparse.Namespace) -> int:
 def _run_name(config) -> str:
     """``DATA-MODEL-OPTIMIZER-lrLR-seedS-HASH``: HASH (8 hex digits) of every setting but those a
     resumption may change (budget, device), so that two runs that differ in anything have two folders
-    and ``--resume`` with a larger budget finds its run."""
+    and ``--resume`` with a larger budget finds its run; a setting added later is left out at the
+    value earlier runs had, so that their folders keep their names."""
     import hashlib
 
-    from optimlab.engine.config import RESUMABLE_CHANGES
+    from optimlab.engine.config import LATER_FIELDS, RESUMABLE_CHANGES
 
     def short(text: str) -> str:  # an import path by its last name
         return text.rpartition(":")[2].rpartition(".")[2] if ":" in text and "." in text else text
 
     opt = short(config.optimizer_label.split("(")[0])
     data = short(str(config.dataset)).replace(":", "_").replace(",", "-").replace("=", "")
-    settings = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
+    settings = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES
+                and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}  # earlier runs keep their names
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{data}-{short(str(config.model))}-{opt}-lr{config.lr:g}-seed{config.seed}-{digest}"

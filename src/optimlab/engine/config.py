@@ -18,6 +18,8 @@ from optimlab.schedules import schedule_text
 FORMULATIONS = ("lagrangian", "augmented_lagrangian", "quadratic_penalty")
 # fields of TrainConfig that may change between a run and its resumption
 RESUMABLE_CHANGES = ("epochs", "iterations", "device")
+# fields added since runs were first named, with the value every earlier run had (names keep to them)
+LATER_FIELDS = {"validation": None, "schedule": "constant"}
 
 
 @dataclass
