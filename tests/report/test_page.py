@@ -15,10 +15,11 @@ from optimlab.study.store import SCHEMA_VERSION
 
 def test_the_report_is_self_contained_and_complete(made_up_store, tmp_path):
     report = make_report(made_up_store, tmp_path / "r")
-    assert set(report.figures) == {"sensitivity", "learning_curves", "convergence", "heatmap", "tuning"}
+    assert set(report.figures) == {"sensitivity", "relative_sensitivity", "learning_curves", "convergence",
+                                   "heatmap", "tuning"}
     page = report.html.read_text()
     images = re.findall(r"<img src='([^']*)'", page)
-    assert len(images) == 5 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert len(images) == 6 and all(src.startswith("data:image/png;base64,") for src in images)
     assert not re.search(r"(src|href)=['\"](http|//|file:)", page)  # nothing fetched: opens offline
     assert "3 runs diverged" in page and "<td>sgd</td>" in page and "Study file" in page
     assert "Tuning budget (expected best final test accuracy of k random runs)" in page
@@ -82,7 +83,7 @@ def test_the_page_loads_in_a_real_browser_with_every_image_decoded(made_up_store
          "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
         capture_output=True, text=True, timeout=120)
     console = [line for line in run.stderr.splitlines() if "CONSOLE" in line]
-    assert "<title>IMAGES 5/5 ERRORS 0</title>" in run.stdout, (console, run.stderr[-2000:])
+    assert "<title>IMAGES 6/6 ERRORS 0</title>" in run.stdout, (console, run.stderr[-2000:])
     assert not console, console  # the page itself logs nothing
 
 

@@ -185,6 +185,32 @@ def heatmap(summary: Summary, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def relative_sensitivity(summary: Summary, path: Path) -> Path | None:
+    """DeepOBS's learning-rate sensitivity plot: each optimizer's mean final accuracy on the selection
+    split at each learning rate relative to its best (1 at its best lr, 0 where a seed diverged),
+    against the learning rate (log axis): how much of its best each lr keeps."""
+    cells = summary.cells
+    chosen = f"final_{summary.split}_accuracy_mean"
+    if cells.empty or cells[chosen].isna().all() or cells.groupby("optimizer").lr.nunique().max() < 2:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for opt, g in cells.groupby("optimizer", sort=False):
+        g = g.sort_values("lr")
+        value = g[chosen].where(g.diverged == 0, 0.0).fillna(0.0)
+        best = value.max()
+        if best > 0:
+            ax.plot(g.lr, value / best, marker="o", ms=3, label=opt, color=summary.colours.get(opt))
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(f"final {summary.split_label} accuracy / the optimizer's best")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Relative sensitivity to the learning rate (DeepOBS; 0: a seed diverged)")
+    return _save(fig, path)
+
+
 def tuning(summary: Summary, path: Path) -> Path | None:
     """The tuning-budget view: the expected best final accuracy on the selection split after k runs
     drawn at random from each optimizer's grid, against k."""
@@ -209,7 +235,8 @@ def all_figures(summary: Summary, folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     made = {}
     for name, draw in (("sensitivity", sensitivity), ("learning_curves", learning_curves),
-                       ("convergence", convergence), ("heatmap", heatmap), ("tuning", tuning)):
+                       ("relative_sensitivity", relative_sensitivity), ("convergence", convergence),
+                       ("heatmap", heatmap), ("tuning", tuning)):
         path = draw(summary, folder / f"{name}.png")
         if path is not None:
             made[name] = path

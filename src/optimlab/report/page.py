@@ -118,6 +118,8 @@ def missing_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
 CAPTIONS = {
     "sensitivity": "Final accuracy (on the split the settings are chosen on) and training loss against "
                    "the learning rate.",
+    "relative_sensitivity": "Each optimizer's final accuracy at each learning rate relative to its best "
+                            "(DeepOBS's sensitivity plot).",
     "learning_curves": "Learning curves at each optimizer's best learning rate.",
     "convergence": "Steps to the target accuracy at each optimizer's best learning rate.",
     "heatmap": "Mean final metric of every optimizer and learning rate.",
