@@ -55,6 +55,7 @@ def study_text(task: str, settings: dict, points: int, seeds: list[int]) -> str:
     s = settings
     return (f'name = "localflow-{task}"\ndataset = "{s["dataset"]}"\nmodel = "{s["model"]}"\n'
             f'batch_size = {s["batch_size"]}\nepochs = {s["epochs"]}\ndevice = "cpu"\n'
+            'validation = 0\n'  # the whole training set, as in docs/LOCAL_FLOW_EXPERIMENTS.md
             f'optimizers = {s["optimizers"]}\n'
             f'learning_rates = {{ from = 1e-4, to = 1e2, count = {points} }}\n'
             f'seeds = {seeds}\n\n[executor]\nkind = "vectorized"\n')

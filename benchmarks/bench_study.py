@@ -70,7 +70,7 @@ def processes(configs: list[TrainConfig], data: Dataset) -> list:
     c = configs[0]
     text = (f'name = "bench"\npython_path = ["{OWN_CODE}"]\ndataset = "{c.dataset}"\nmodel = "{c.model}"\n'
             f'batch_size = {c.batch_size}\nepochs = {c.epochs}\neval_train = {str(c.eval_train).lower()}\n'
-            f'device = "cpu"\noptimizers = ["{c.optimizer}"]\n'
+            f'device = "cpu"\nvalidation = 0\noptimizers = ["{c.optimizer}"]\n'
             f'learning_rates = {sorted({x.lr for x in configs})}\n'
             f'seeds = {sorted({x.seed for x in configs})}\n'
             + ("[model_options]\n" if c.model_options else "")
