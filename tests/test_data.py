@@ -451,8 +451,8 @@ def test_unknown_name_lists_the_valid_ones(name):
         load_dataset(name)
     msg = str(e.value)
     assert f"unknown data set {name.partition(':')[0]!r}" in msg
-    assert "valid: mnist-10k, mnist, fashion-mnist, cifar10, lls" in msg
-    assert dataset_names() == ["mnist-10k", "mnist", "fashion-mnist", "cifar10", "lls"]
+    assert "valid: mnist-10k, mnist, fashion-mnist, cifar10, lls, quadratic-deep" in msg
+    assert dataset_names() == ["mnist-10k", "mnist", "fashion-mnist", "cifar10", "lls", "quadratic-deep"]
 
 
 @pytest.mark.parametrize("download", [True, False])

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from optimlab.data.quadratic import QuadraticDeep
 from optimlab.errors import OptimlabError
 
 
@@ -141,6 +142,7 @@ MODELS: dict[str, ModelEntry] = {e.name: e for e in (
     ModelEntry("mlp", MLP, "classification"),
     ModelEntry("cnn", CNN, "classification"),
     ModelEntry("linear", LinearRegression, "regression"),
+    ModelEntry("quadratic-deep", QuadraticDeep, "objective"),
 )}
 
 

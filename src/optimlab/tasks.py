@@ -1,8 +1,9 @@
 """What a run minimises and measures: a task is a loss and its metrics, replacing comparisons of a
 task's name.
 
-Two tasks are built in: ``classification`` (mean cross-entropy over logits (N, C) against class
-indices (N,); accuracy) and ``regression`` (mean of 1/2 (prediction - y)^2; no accuracy). A user's
+Three tasks are built in: ``classification`` (mean cross-entropy over logits (N, C) against class
+indices (N,); accuracy), ``regression`` (mean of 1/2 (prediction - y)^2; no accuracy) and
+``objective`` (the model's output (N,) is each sample's loss; the loss is its mean). A user's
 loss ``loss(output, y) -> scalar`` (the mean over the batch) becomes a task with
 :meth:`Task.from_loss`: it keeps the accuracy when the data are class indices and the output holds
 one score per class.
@@ -81,4 +82,9 @@ REGRESSION = Task(
     # by hand: F.mse_loss with a target shared by the slices mixes them up under vmap (torch 2.13)
     stacked_loss=lambda pred, y: 0.5 * (pred - y).square().mean(),
     stacked_loss_sum=lambda pred, y: 0.5 * (pred - y).square().sum(), accuracy=False, kind="regression")
-TASKS: dict[str, Task] = {t.name: t for t in (CLASSIFICATION, REGRESSION)}
+# the model's output is each sample's loss (DeepOBS's quadratic problem): the loss is its mean
+OBJECTIVE = Task(
+    name="objective", loss=lambda out, y: out.mean(), loss_sum=lambda out, y: out.sum(),
+    stacked_loss=lambda out, y: out.mean(), stacked_loss_sum=lambda out, y: out.sum(), accuracy=False,
+    kind="objective")
+TASKS: dict[str, Task] = {t.name: t for t in (CLASSIFICATION, REGRESSION, OBJECTIVE)}

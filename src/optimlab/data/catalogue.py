@@ -26,6 +26,7 @@ import torch
 from optimlab.data.cifar import TEST_FILES, TRAIN_FILES, read_cifar10_files
 from optimlab.data.download import fetch, offline
 from optimlab.data.idx import read_idx_pair
+from optimlab.data.quadratic import make_quadratic_deep
 from optimlab.data.synthetic import LLS_DEFAULTS, make_lls
 from optimlab.data.tensors import Dataset
 from optimlab.errors import DatasetNotFoundError, OptimlabError
@@ -135,7 +136,9 @@ CATALOGUE: dict[str, DatasetInfo] = {
     )
 }
 SYNTHETIC = {"lls": "synthetic linear least squares with a known solution; options "
-             + ",".join(f"{k}={v}" for k, v in LLS_DEFAULTS.items())}
+             + ",".join(f"{k}={v}" for k, v in LLS_DEFAULTS.items()),
+             "quadratic-deep": "DeepOBS's noisy quadratic (100 dimensions, Hessian eigenvalues in (0, 1) "
+             "and (30, 60), numpy seed 42); train with the model quadratic-deep"}
 
 
 def dataset_names() -> list[str]:
@@ -325,6 +328,10 @@ def load_dataset(
     base, options = parse_dataset_name(name)
     if base == "lls":
         return make_lls(**_parse_lls(options)).to(device)
+    if base == "quadratic-deep":
+        if options:
+            raise OptimlabError(f"quadratic-deep takes no options; got {options!r}")
+        return make_quadratic_deep().to(device)
     info = _info(base)
     chosen = _parse_classes(info, options) if options else None
     folder = locate(base, data_dir)

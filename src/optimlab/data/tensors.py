@@ -13,7 +13,7 @@ import torch
 
 from optimlab.errors import OptimlabError
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "objective")  # objective: the model's output is each sample's loss
 VALIDATION_SEED = 0  # the seed of every validation split (the same examples for every run)
 
 
