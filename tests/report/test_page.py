@@ -25,6 +25,7 @@ def test_the_report_is_self_contained_and_complete(made_up_store, tmp_path):
     assert "Tuning budget (expected best final test accuracy of k random runs)" in page
     assert "best of 15" in page
     md = report.markdown.read_text()
+    assert md.startswith("# Study made-up\n") and "<title>Study made-up</title>" in page
     for png in re.findall(r"\]\(([^)]+\.png)\)", md):
         assert (tmp_path / "r" / png).stat().st_size > 1000
     assert "| 1 | sgd |  | 0.01 |" in md

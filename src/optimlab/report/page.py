@@ -164,8 +164,8 @@ def write_pages(summary: Summary, figures: dict[str, Path], out: Path, title: st
     """Write ``report.html`` and ``report.md`` into ``out``; returns their paths."""
     sections = [("Ranking", ranking_rows(summary)), ("Every optimizer and learning rate", cell_rows(summary))]
     if not summary.tuning.empty:
-        title = f"Tuning budget (expected best final {summary.split_label} accuracy of k random runs)"
-        sections.append((title, tuning_rows(summary)))
+        heading = f"Tuning budget (expected best final {summary.split_label} accuracy of k random runs)"
+        sections.append((heading, tuning_rows(summary)))
     if len(summary.missing):
         sections.append(("Runs not finished", missing_rows(summary)))
     target = (f"Convergence target: {summary.split_label} accuracy {summary.target_accuracy:.4f}."
