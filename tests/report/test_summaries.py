@@ -41,10 +41,12 @@ def test_robustness_widths_best_learning_rates_and_ranking(made_up_store):
     s = summarize(load_results(made_up_store))
     rob = s.robustness.set_index("optimizer")
     assert rob.loc["sgd", "best_lr"] == 1e-2
-    # within 1 point of 0.90: 1e-3 (0.892) and 1e-1 (0.895), not 1e-4; 1.0 diverged: 1e-3 .. 1e-1
-    assert rob.loc["sgd", "width_accuracy_decades"] == pytest.approx(2.0)
-    # loss within 1 % of the best (0.10 at 1e-2): 0.105 at 1e-1 is 5 % worse: a width of 0
-    assert rob.loc["sgd", "width_loss_decades"] == pytest.approx(0.0)
+    # within 1 point of 0.90 (0.89 and above): 1e-3 (0.892) and 1e-1 (0.895); towards 1e-4 (0.50) the
+    # curve crosses 0.89 at 0.002 / 0.392 of the decade; 1.0 diverged: the range ends at 1e-1
+    assert rob.loc["sgd", "width_accuracy_decades"] == pytest.approx(2 + 0.002 / 0.392)
+    # loss within 1 % of the best (0.101 and below; 0.10 at 1e-2): towards 1e-3 (0.108) the curve
+    # crosses it at 1/8 of the decade, towards 1e-1 (0.105) at 1/5
+    assert rob.loc["sgd", "width_loss_decades"] == pytest.approx(0.125 + 0.2)
     assert rob.loc["sgd", "diverged_runs"] == 3
     # adam is flat over all five learning rates: 4 decades, ranked below sgd
     assert rob.loc["adam", "width_accuracy_decades"] == pytest.approx(4.0)
@@ -154,3 +156,12 @@ def test_the_tuning_budget_view_of_a_study(made_up_store):
     assert sgd.expected_best.is_monotonic_increasing
     with pytest.raises(OptimlabError, match="a tuning budget of 16 draws is more than the 15 runs"):
         tuning_budget(s.final, k_max=16)
+
+
+def test_a_width_is_measured_where_the_curve_crosses_the_threshold_not_at_grid_points(make_store):
+    # one decade apart, only the best within 1 point: the old grid-point width was 0
+    final = {1e-3: 0.85, 1e-2: 0.90, 1e-1: 0.86}
+    s = summarize(load_results(make_store(["sgd"], list(final), [0], lambda o, lr, seed: evals(
+        [0.1, final[lr]]))))
+    # 0.89 is crossed 0.01 / 0.05 of the decade below 1e-2 and 0.01 / 0.04 above it
+    assert s.robustness.width_accuracy_decades.iloc[0] == pytest.approx(0.2 + 0.25)

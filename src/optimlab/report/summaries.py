@@ -7,10 +7,12 @@ validation set where the study has one (else the test set, and the page says so)
 rates, ranks, widths and targets are chosen on it; test numbers are reported at the chosen settings.
 *Convergence speed*: the first evaluation at which a run's accuracy on the selection split reaches the
 target (a fraction of the best mean final accuracy there); runs that never reach it are counted as not
-reaching it, never as zero. *Robustness*: the width, in decades, of the contiguous range of learning
-rates around an optimizer's best one whose mean final accuracy on the selection split is within
-``accuracy_tolerance`` (1 point) of the best, and the same for the final training loss within
-``loss_tolerance`` (1 %); a learning rate at which any seed diverged breaks the range.
+reaching it, never as zero. *Robustness*: the width, in decades, of the range of learning rates
+around an optimizer's best one over which its sensitivity curve (mean final accuracy on the selection
+split, joined by straight lines in log lr) stays within ``accuracy_tolerance`` (1 point) of the best,
+measured to where the curve crosses that threshold, and the same for the final training loss within
+``loss_tolerance`` (1 %); a learning rate at which any seed diverged ends the range at the last good
+point.
 
 Statistics. Standard deviations are over seeds with ddof = 1 (NaN for one seed). Each cell's mean
 final accuracy on the selection split has a 95 % bootstrap interval (the percentile interval of the
@@ -215,14 +217,30 @@ def cell_table(final: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _width(lrs: list[float], good: list[bool], best: int) -> float:
-    """Decades spanned by the contiguous run of ``good`` learning rates that contains ``best``."""
-    lo = hi = best
-    while lo > 0 and good[lo - 1]:
-        lo -= 1
-    while hi < len(lrs) - 1 and good[hi + 1]:
-        hi += 1
-    return math.log10(lrs[hi] / lrs[lo])
+def _width(lrs: list[float], values: list[float], usable: list[bool], best: int, threshold: float,
+           higher: bool) -> float:
+    """Decades of learning rate around ``best`` over which the sensitivity curve (``values`` joined
+    by straight lines in log lr) stays on the good side of ``threshold`` (above it when ``higher``):
+    from each last good point, to where the line towards the next point crosses the threshold; a
+    point not ``usable`` (a seed diverged, infeasible) ends the range at the last good point, and so
+    does the end of the grid (the width is then a lower bound)."""
+    logs = [math.log10(lr) for lr in lrs]
+
+    def good(i: int) -> bool:
+        return usable[i] and not math.isnan(values[i]) and (
+            values[i] >= threshold if higher else values[i] <= threshold)
+
+    def edge(step: int) -> float:
+        i = best
+        while 0 <= i + step < len(lrs) and good(i + step):
+            i += step
+        j = i + step
+        if not 0 <= j < len(lrs) or not usable[j] or math.isnan(values[j]):
+            return logs[i]
+        t = (values[i] - threshold) / (values[i] - values[j])  # where the line crosses, in (0, 1]
+        return logs[i] + t * (logs[j] - logs[i])
+
+    return edge(1) - edge(-1)
 
 
 def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
@@ -256,7 +274,6 @@ def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
         loss = g.final_train_loss_mean
         has_loss = loss.where(usable).notna().any()  # none: no training loss evaluated or logged
         loss_best = loss.where(usable).min()
-        good_loss = (usable & (loss <= loss_best * (1 + loss_tolerance))).tolist()
         best_loss_i = int(loss.where(usable).idxmin()) if has_loss else None
         row.update({
             "best_lr": lrs[best],
@@ -275,10 +292,11 @@ def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
         if len(g) > 1:
             if has_acc:
                 acc = g[f"{chosen}_mean"]
-                good_acc = (usable & (acc >= acc[best] - accuracy_tolerance)).tolist()
-                row["width_accuracy_decades"] = _width(lrs, good_acc, best)
+                row["width_accuracy_decades"] = _width(lrs, acc.tolist(), usable.tolist(), best,
+                                                       acc[best] - accuracy_tolerance, higher=True)
             if has_loss:
-                row["width_loss_decades"] = _width(lrs, good_loss, best_loss_i)
+                row["width_loss_decades"] = _width(lrs, loss.tolist(), usable.tolist(), best_loss_i,
+                                                   loss_best * (1 + loss_tolerance), higher=False)
         rows.append(row)
     table = pd.DataFrame(rows)
     if len(table):
