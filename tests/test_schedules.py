@@ -146,9 +146,8 @@ def test_schedules_are_a_grid_axis_trained_in_one_group_each_and_reported_as_ser
     a, b = grouped.evals.sort_values(key), plain.evals.sort_values(key)
     assert a.lr.tolist() == b.lr.tolist() and a.step.tolist() == b.step.tolist()
     assert a.test_loss.to_numpy() == pytest.approx(b.test_loss.to_numpy(), rel=1e-5)
-    log = plain.train_log.merge(plain.runs[["run_id"]], on="run_id")
     scheduled = plain.evals[(plain.evals.schedule == "cosine(warmup=0.1)") & (plain.evals.lr == 0.1)]
-    assert len(log) and scheduled.step.tolist() == [0, 10, 20, 30]
+    assert scheduled.step.tolist() == [0, 10, 20, 30]
     store = StudyStore.open(outcome.store, readonly=True)
     lrs = [r[0] for r in store.conn.execute(
         "SELECT t.lr FROM train_log t JOIN runs r ON r.id = t.run_id WHERE r.schedule IS NOT NULL AND "

@@ -39,14 +39,26 @@ def references(tmp_path_factory):
     return out
 
 
-def units_of(db) -> dict[int, set[str]]:
-    """Per run, the units (``run:3``, ``group:1,2``) whose claims wrote its rows."""
+def writers(db) -> tuple[dict[int, list[int]], dict[int, dict]]:
+    """Per run, the claims that wrote its rows, in step order; and every claim (its unit, outcome)."""
     store = StudyStore.open(db, readonly=True)
     try:
-        unit = {c["id"]: c["unit"] for c in store.claim_history()}
-        return {run: {unit[c] for c in claims} for run, claims in store.writers().items()}
+        return store.writers(), {c["id"]: c for c in store.claim_history()}
     finally:
         store.close()
+
+
+def units_of(db) -> dict[int, set[str]]:
+    """Per run, the units (``run:3``, ``group:1,2``) whose claims wrote its rows."""
+    by_run, claims = writers(db)
+    return {run: {claims[c]["unit"] for c in ids} for run, ids in by_run.items()}
+
+
+def assert_never_interleaved(db) -> dict[int, list[int]]:
+    """Every run's rows come from one claim at a time: no claim writes again after another did."""
+    by_run, _ = writers(db)
+    assert all(len(set(ids)) == len(ids) for ids in by_run.values()), by_run
+    return by_run
 
 
 def per_run(results) -> dict:
@@ -65,15 +77,6 @@ def attempts(db) -> list[int]:
         conn.close()
 
 
-def writers(db) -> tuple[dict[int, list[int]], dict[int, str]]:
-    """Per run, the claims that wrote its rows, in step order; and how each claim ended."""
-    store = StudyStore.open(db)
-    try:
-        return store.writers(), {c["id"]: c["outcome"] for c in store.claim_history()}
-    finally:
-        store.close()
-
-
 def test_two_processes_started_together_train_every_run_once(study_file, references, tmp_path):
     out = tmp_path / "shared"
     procs = [_run_cli_study(study_file, out, "--executor", "sequential") for _ in range(2)]
@@ -88,9 +91,9 @@ def test_two_processes_started_together_train_every_run_once(study_file, referen
     assert store.claims() == []  # every claim released at the end
     store.close()
     assert len(workers) == 2  # both processes trained some of the runs
-    by_run, outcomes = writers(out / "study.db")
-    assert all(len(claims) == 1 for claims in by_run.values())  # each run's rows: one claim's
-    assert set(outcomes.values()) == {"finished"}
+    by_run, claims = writers(out / "study.db")
+    assert all(len(ids) == 1 for ids in by_run.values())  # each run's rows: one claim's
+    assert {c["outcome"] for c in claims.values()} == {"finished"}
 
 
 def test_a_sequential_and_a_vectorized_process_never_stitch_a_run(study_file, references, tmp_path):
@@ -100,8 +103,8 @@ def test_a_sequential_and_a_vectorized_process_never_stitch_a_run(study_file, re
         assert p.wait(timeout=300) == 0, p.stderr.read()
     final = load_results(out / "study.db")
     assert set(final.runs.status) == {"completed"} and attempts(out / "study.db") == [1] * 6
-    by_run, _ = writers(out / "study.db")
-    assert all(len(claims) == 1 for claims in by_run.values())  # each run's rows: one claim's
+    by_run = assert_never_interleaved(out / "study.db")
+    assert all(len(ids) == 1 for ids in by_run.values())  # each run's rows: one claim's
     # and its numbers those of one process that trained it in the same unit: run by run, or in the
     # group a vectorized process alone forms; a group of another shape (the other process took some
     # of its runs first) sums in another order, within the vectorized engine's tolerance
@@ -138,10 +141,10 @@ def test_a_killed_process_is_taken_over_from_its_last_checkpoint(study_file, ref
     assert 2 in attempts(db)  # the run in flight: claimed again, continued from its checkpoint
     assert rows(final, "evals").equals(rows(references["sequential"], "evals"))
     assert rows(final, "train_log").equals(rows(references["sequential"], "train_log"))
-    by_run, outcomes = writers(db)  # its rows: the dead claim's up to the checkpoint, then the new one's
-    continued = [claims for claims in by_run.values() if len(claims) > 1]
-    assert len(continued) == 1 and [outcomes[c] for c in continued[0]] == ["died", "finished"]
-    assert all(len(set(claims)) == len(claims) for claims in by_run.values())  # never interleaved
+    by_run, claims = writers(db)  # its rows: the dead claim's up to the checkpoint, then the new one's
+    continued = [ids for ids in by_run.values() if len(ids) > 1]
+    assert len(continued) == 1 and [claims[c]["outcome"] for c in continued[0]] == ["died", "finished"]
+    assert_never_interleaved(db)
 
 
 def test_three_processes_one_killed_mid_way(study_file, references, tmp_path):
@@ -157,6 +160,7 @@ def test_three_processes_one_killed_mid_way(study_file, references, tmp_path):
     assert set(final.runs.status) == {"completed"}
     assert rows(final, "evals").equals(rows(references["sequential"], "evals"))
     assert rows(final, "train_log").equals(rows(references["sequential"], "train_log"))
+    assert_never_interleaved(db)
 
 
 def test_a_vectorized_process_killed_mid_group_resumes_to_the_same_numbers(study_file, references, tmp_path):
@@ -172,6 +176,7 @@ def test_a_vectorized_process_killed_mid_group_resumes_to_the_same_numbers(study
     assert set(final.runs.status) == {"completed"}
     assert rows(final, "evals").equals(rows(references["vectorized"], "evals"))
     assert rows(final, "train_log").equals(rows(references["vectorized"], "train_log"))
+    assert_never_interleaved(db)
 
 
 @pytest.mark.parametrize("kind", ["sequential", "vectorized"])
@@ -200,5 +205,4 @@ def test_killed_at_random_moments_the_study_resumes_to_the_same_numbers(study_fi
     assert set(final.runs.status) == {"completed"}
     assert rows(final, "evals").equals(rows(references[kind], "evals"))
     assert rows(final, "train_log").equals(rows(references[kind], "train_log"))
-    by_run, _ = writers(db)
-    assert all(len(set(claims)) == len(claims) for claims in by_run.values())
+    assert_never_interleaved(db)

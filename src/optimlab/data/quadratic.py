@@ -14,6 +14,8 @@ dropped, so its test set is the first 896 of the 1,000 draws (``test_points``).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import nn
@@ -27,7 +29,14 @@ SEEDS = {"train": 42, "test": 43, "validation": 44}
 
 
 def quadratic_deep_hessian() -> tuple[np.ndarray, np.ndarray]:
-    """(Q, eigenvalues): the problem's Hessian (100, 100) and D's diagonal, float64."""
+    """(Q, eigenvalues): the problem's Hessian (100, 100) and D's diagonal, float64 (copies: every
+    model of a study builds one)."""
+    hessian, eigenvalues = _hessian()
+    return hessian.copy(), eigenvalues.copy()
+
+
+@functools.cache
+def _hessian() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.RandomState(42)
     eigenvalues = np.concatenate([rng.uniform(0.0, 1.0, 90), rng.uniform(30.0, 60.0, 10)])
     angle = 2 * np.pi * rng.uniform()

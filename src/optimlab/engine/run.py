@@ -182,8 +182,7 @@ class _Run:
 
     def flush(self, pending: list[torch.Tensor]) -> float:
         logged = len(self.state.train_log)
-        lr = self.lr if self.lr_scheduler is not None else self.lr()
-        loss = flush_losses(pending, self.state, self.config.log_every, self.per_epoch, lr)
+        loss = flush_losses(pending, self.state, self.config.log_every, self.per_epoch, self.lr)
         self.stepper.annotate(self.state.train_log[logged:], self.state.step)
         if self.bar is not None and self.running():
             self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)

@@ -203,12 +203,9 @@ def relative_sensitivity(summary: Summary, path: Path) -> Path | None:
             ax.plot(g.lr, value / best, marker="o", ms=3, label=opt, color=summary.colours.get(opt))
     ax.set_xscale("log")
     ax.set_ylim(-0.02, 1.05)
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel(f"final {summary.split_label} accuracy / the optimizer's best")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("Relative sensitivity to the learning rate (DeepOBS; 0: a seed diverged)")
-    return _save(fig, path)
+    return _one_panel(fig, ax, path, "learning rate",
+                      f"final {summary.split_label} accuracy / the optimizer's best",
+                      "Relative sensitivity to the learning rate (DeepOBS; 0: a seed diverged)")
 
 
 def tuning(summary: Summary, path: Path) -> Path | None:
@@ -222,11 +219,18 @@ def tuning(summary: Summary, path: Path) -> Path | None:
     for opt, g in t.groupby("optimizer", sort=False):
         ax.plot(g.k, g.expected_best, marker="o", ms=3, label=opt, color=summary.colours.get(opt))
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("runs drawn at random from the grid (k)")
-    ax.set_ylabel(f"expected best final {summary.split_label} accuracy")
+    return _one_panel(fig, ax, path, "runs drawn at random from the grid (k)",
+                      f"expected best final {summary.split_label} accuracy",
+                      "Tuning budget: what a random search of k runs of each grid finds")
+
+
+def _one_panel(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Label, grid and legend a one-panel figure of a line per optimizer, and save it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("Tuning budget: what a random search of k runs of each grid finds")
+    ax.set_title(title)
     return _save(fig, path)
 
 

@@ -446,10 +446,9 @@ def summarize(results: StudyResults, target_fraction: float = 0.95, target_accur
 def colours(optimizers: list[str]) -> dict[str, str]:
     """One colour per optimizer, in the study's order (tab10, then tab20's other shades, then repeats)."""
     from matplotlib import colormaps
-
-    palette = [colormaps["tab10"](i) for i in range(10)] + [colormaps["tab20"](2 * i + 1) for i in range(10)]
     from matplotlib.colors import to_hex
 
+    palette = [colormaps["tab10"](i) for i in range(10)] + [colormaps["tab20"](2 * i + 1) for i in range(10)]
     return {o: to_hex(palette[i % len(palette)]) for i, o in enumerate(optimizers)}
 
 

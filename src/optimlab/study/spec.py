@@ -39,6 +39,7 @@ Every error names the field, what was wrong and what is valid; a malformed file 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import re
@@ -362,8 +363,6 @@ def _with_hyperparameters(optimizers: list, shared: dict[str, list], fail) -> li
     """The optimizer entries with their hyperparameter axes expanded: one entry per combination,
     its values among the entry's options (``sgd`` x momentum [0.9, 0.99] -> ``sgd(momentum=0.9)``,
     ``sgd(momentum=0.99)``). Whether each optimizer takes them is checked with the entry."""
-    import itertools
-
     out = []
     for i, entry in enumerate(optimizers):
         own = {}
