@@ -1,4 +1,5 @@
-"""The small models by name: ``logreg``, ``mlp``, ``cnn`` (classification) and ``linear`` (``lls``).
+"""The small models by name: ``logreg``, ``mlp``, ``cnn`` (classification) and ``linear`` (``lls``),
+and DeepOBS's test-problem networks ``deepobs-2c2d``, ``deepobs-mlp``, ``deepobs-logreg`` (classification).
 
 Every classifier maps a batch of inputs (N, *input_shape) to logits (N, num_classes); ``linear`` maps
 (N, p) to predictions (N,).
@@ -37,18 +38,21 @@ class MLP(nn.Sequential):
         )
 
 
+def _images(input_shape: tuple[int, ...], model: str, instead: str) -> tuple[int, int, int]:
+    """(C, H, W) of images of at least 4x4 pixels, else the error that says which model to use."""
+    if len(input_shape) != 3 or input_shape[1] < 4 or input_shape[2] < 4:
+        raise OptimlabError(f"{model} needs images (C, H, W) of at least 4x4 pixels; this data set has "
+                            f"inputs of shape {tuple(input_shape)}; use {instead} for it")
+    return tuple(input_shape)
+
+
 class CNN(nn.Module):
     """Seed 004's network: two conv(3x3, pad 1)+ReLU+maxpool(2) blocks (64, 128 channels), then
     Linear(128 * H/4 * W/4, 256), ReLU, Linear(256, num_classes). Input (N, C, H, W), any C."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int):
         super().__init__()
-        if len(input_shape) != 3 or input_shape[1] < 4 or input_shape[2] < 4:
-            raise OptimlabError(
-                f"cnn needs images (C, H, W) of at least 4x4 pixels; this data set has inputs of "
-                f"shape {tuple(input_shape)}; use logreg or mlp for it"
-            )
-        c, h, w = input_shape
+        c, h, w = _images(input_shape, "cnn", "logreg or mlp")
         self.features = nn.Sequential(
             nn.Conv2d(c, 64, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(64, 128, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -76,6 +80,64 @@ class LinearRegression(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x).squeeze(-1)
+
+
+def _deepobs_init(module: nn.Module, std: float, bias: float) -> nn.Module:
+    """DeepOBS's initialization: every Conv2d/Linear weight truncated normal (mean 0, ``std``, cut at
+    2 std), every bias the constant ``bias``; from the global RNG, in the order of the layers."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            nn.init.trunc_normal_(m.weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, bias)
+    return module
+
+
+class TwoConvTwoDense(nn.Module):
+    """DeepOBS's ``2c2d`` (MNIST, Fashion-MNIST): two conv(5x5, pad 2)+ReLU+maxpool(2, stride 2) blocks
+    (32, 64 channels), then Linear(64 * H/4 * W/4, 1024), ReLU, Linear(1024, num_classes). Input
+    (N, C, H, W), any C (28x28: 3,274,634 parameters for 10 classes). Weights truncated normal std
+    0.05 (cut at 2 std), biases 0.05."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int):
+        super().__init__()
+        c, h, w = _images(input_shape, "deepobs-2c2d", "deepobs-logreg or deepobs-mlp")
+        self.features = nn.Sequential(
+            nn.Conv2d(c, 32, kernel_size=5, padding=2), nn.ReLU(), nn.MaxPool2d(2, stride=2),
+            nn.Conv2d(32, 64, kernel_size=5, padding=2), nn.ReLU(), nn.MaxPool2d(2, stride=2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(64 * (h // 4) * (w // 4), 1024), nn.ReLU(),
+            nn.Linear(1024, num_classes),
+        )
+        _deepobs_init(self, std=0.05, bias=0.05)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class DeepOBSMLP(nn.Sequential):
+    """DeepOBS's ``mlp`` (MNIST, Fashion-MNIST): flatten, Linear d-1000-500-100-num_classes with ReLU
+    between: (N, *input_shape) -> (N, num_classes) (784 inputs: 1,336,610 parameters for 10 classes).
+    Weights truncated normal std 0.03 (cut at 2 std), biases 0."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int):
+        d = math.prod(input_shape)
+        super().__init__(
+            nn.Flatten(), nn.Linear(d, 1000), nn.ReLU(), nn.Linear(1000, 500), nn.ReLU(),
+            nn.Linear(500, 100), nn.ReLU(), nn.Linear(100, num_classes),
+        )
+        _deepobs_init(self, std=0.03, bias=0.0)
+
+
+class DeepOBSLogReg(nn.Sequential):
+    """DeepOBS's ``logreg`` (MNIST, Fashion-MNIST): flatten, one Linear(d, num_classes), weights and
+    biases 0."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int):
+        super().__init__(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes))
+        nn.init.zeros_(self[1].weight)
+        nn.init.zeros_(self[1].bias)
 
 
 # the arguments a model factory may take from the data rather than from its options
@@ -143,6 +205,9 @@ MODELS: dict[str, ModelEntry] = {e.name: e for e in (
     ModelEntry("cnn", CNN, "classification"),
     ModelEntry("linear", LinearRegression, "regression"),
     ModelEntry("quadratic-deep", QuadraticDeep, "objective"),
+    ModelEntry("deepobs-2c2d", TwoConvTwoDense, "classification"),
+    ModelEntry("deepobs-mlp", DeepOBSMLP, "classification"),
+    ModelEntry("deepobs-logreg", DeepOBSLogReg, "classification"),
 )}
 
 
@@ -157,9 +222,9 @@ def build_model(
     """A fresh built-in model ``name`` for inputs of ``input_shape`` (per sample) and the given task
     (any other name or an import path: :func:`optimlab.registry.build_model`).
 
-    Initialized by torch's default initializers from the global RNG: seed before calling for a
-    reproducible initialization. Unknown names, unknown options and a model that does not fit the
-    task raise :class:`OptimlabError` with the valid choices.
+    Initialized from the global RNG (torch's default initializers; the ``deepobs-*`` models: DeepOBS's):
+    seed before calling for a reproducible initialization. Unknown names, unknown options and a model
+    that does not fit the task raise :class:`OptimlabError` with the valid choices.
     """
     if name not in MODELS:
         raise OptimlabError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
