@@ -22,14 +22,17 @@ kind = "sequential"
 
 def test_points_are_named_axes_in_one_order():
     p = axes.point(optimizer="adam(betas=(0.9, 0.99))", lr=1e-3, seed=2, dual_lr=0.01)
-    assert list(p) == ["optimizer", "lr", "seed", "dual_lr", "penalty", "schedule", "batch_size"]
+    assert list(p) == ["optimizer", "lr", "seed", "dual_lr", "penalty", "schedule", "batch_size", "task"]
     assert axes.label(p) == "adam(betas=(0.9, 0.99)) lr=0.001 dual_lr=0.01 seed=2"
+    assert axes.label({**p, "task": "fmnist_mlp"}) == \
+        "fmnist_mlp: adam(betas=(0.9, 0.99)) lr=0.001 dual_lr=0.01 seed=2"
+    assert "task" not in axes.settings({**p, "task": "fmnist_mlp"})  # it names settings; it is not one
     assert axes.serialized(p) == ["adam(betas=(0.9, 0.99))", 0.001, 2, 0.01]  # trailing None dropped
     assert axes.settings(p) == {"optimizer": "adam(betas=(0.9, 0.99))", "lr": 1e-3, "seed": 2,
                                 "dual_lr": 0.01, "penalty": None}
     # a table is told apart by its label; numbers by value, whatever their type
     table = axes.point(optimizer={"name": "mine", "class": "torch.optim:SGD"}, lr=1, seed=0)
-    assert axes.key(table) == ("mine", 1.0, 0, None, None, None, None)
+    assert axes.key(table) == ("mine", 1.0, 0, None, None, None, None, None)
     assert axes.key(table) == axes.key(axes.point(optimizer="mine", lr=1.0, seed=0))
 
 

@@ -34,7 +34,14 @@ def _report(args: argparse.Namespace) -> int:
                          target_accuracy=args.target_accuracy,
                          **({} if args.feasibility_tolerance is None else
                             {"feasibility_tolerance": args.feasibility_tolerance}))
-    for note in report.summary.notes:
-        print(f"note: {note}")
+    summaries = report.tasks or {None: report.summary}
+    for task, summary in summaries.items():
+        for note in summary.notes:
+            print(f"note: {f'{task}: ' if task else ''}{note}")
+    if report.across is not None:
+        for note in report.across.notes:
+            print(f"note: {note}")
+        print("ranking across tasks (score in steps to target, r_max = 4): " + ", ".join(
+            f"{r.optimizer} {r.score_steps:.2f}" for r in report.across.scores.itertuples()))
     print(f"report: {report.html}")
     return 0

@@ -4,8 +4,10 @@ axes listed here, so that a new axis is added in one place (and a store column i
 
 An optional axis is None in a study that does not vary it (``dual_lr`` without multipliers,
 ``penalty`` without a penalty formulation, ``schedule`` where the learning rate is constant,
-``batch_size`` where every run has the study's one); its store column is then NULL. A point's
-:func:`key` is also its values in the store's columns.
+``batch_size`` where every run has the study's one, ``task`` in a study of one task, without
+``[[tasks]]``); its store column is then NULL. A point's :func:`key` is also its values in the store's
+columns. ``task`` is the one axis that is not a run setting: it names the task (data, model, budget,
+...) whose settings the study holds (:class:`optimlab.study.spec.StudySpec`).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from optimlab.registry import optimizer_label
 class Axis:
     """``name``: the run setting it sets (a TrainConfig field) and its column in the store's runs
     table, of SQL type ``sql``; ``show``: how a line writes its value; ``optional``: whether a study may
-    leave it out (NULL in the store)."""
+    leave it out (NULL in the store); ``setting``: whether it is a field of the run's TrainConfig."""
 
     name: str
     show: Callable[[object], str]
     sql: str = "REAL"
     optional: bool = False
+    setting: bool = True
 
 
 # in the order points are listed, written in a study's definition (trailing Nones dropped: stores of
@@ -38,8 +41,9 @@ AXES: tuple[Axis, ...] = (
     Axis("penalty", lambda v: f"penalty={v:g}", optional=True),
     Axis("schedule", lambda v: f"schedule={v}", sql="TEXT", optional=True),  # None: constant
     Axis("batch_size", lambda v: f"batch={v}", sql="INTEGER", optional=True),  # None: the shared one
+    Axis("task", lambda v: f"{v}:", sql="TEXT", optional=True, setting=False),  # None: the one task
 )
-TEXT_AXES = ("optimizer", "schedule")
+TEXT_AXES = ("optimizer", "schedule", "task")
 NAMES = tuple(a.name for a in AXES)
 
 Point = dict
@@ -59,7 +63,7 @@ def key(p: Point) -> tuple:
     for a in AXES:
         v = p.get(a.name)
         out.append(_optimizer_key(v) if a.name == "optimizer" else None if v is None else
-                   str(v) if a.name == "schedule" else int(v) if a.name in ("seed", "batch_size")
+                   str(v) if a.name in TEXT_AXES else int(v) if a.name in ("seed", "batch_size")
                    else float(v))
     return tuple(out)
 
@@ -70,9 +74,10 @@ def _optimizer_key(v: object) -> str:
 
 
 def label(p: Point, axes: tuple[str, ...] = NAMES) -> str:
-    """``sgd lr=0.1 dual_lr=0.001 seed=0``: the axes that have a value (seed last)."""
+    """``fmnist_mlp: sgd lr=0.1 dual_lr=0.001 seed=0``: the axes that have a value (the task first,
+    the seed last)."""
     shown = [a for a in AXES if a.name in axes and p.get(a.name) is not None]
-    shown.sort(key=lambda a: a.name == "seed")
+    shown.sort(key=lambda a: (a.name != "task") + (a.name == "seed"))
     return " ".join(a.show(p[a.name]) for a in shown)
 
 
@@ -85,8 +90,10 @@ def serialized(p: Point) -> list:
 
 
 def settings(p: Point) -> dict:
-    """The run settings a point sets (an optional axis left out where it is None: its default)."""
-    return {n: v for n, v in p.items() if v is not None or n == "penalty"}
+    """The run settings a point sets (an optional axis left out where it is None: its default; the
+    task is not a setting but names the settings of :meth:`optimlab.study.spec.StudySpec.settings`)."""
+    return {a.name: p.get(a.name) for a in AXES
+            if a.setting and (p.get(a.name) is not None or a.name == "penalty")}
 
 
 def of_row(row: dict) -> Point:

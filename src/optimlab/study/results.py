@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from optimlab.constrained.named import parse_constraint
@@ -21,7 +21,8 @@ class StudyResults:
     evaluation rows' ``val_loss`` and ``val_accuracy`` are NaN in a study without a validation set.
 
     A study with a ``schedules`` or ``batch_sizes`` axis has a ``schedule`` (None: constant) or
-    ``batch_size`` column in all three. A constrained study also has ``dual_lr`` and ``penalty``
+    ``batch_size`` column in all three, and a study of ``[[tasks]]`` a ``task`` column
+    (:meth:`tasks`, :meth:`of_task`). A constrained study also has ``dual_lr`` and ``penalty``
     (after ``lr``; NaN where the ``formulation`` has no multipliers or no coefficient) in all three,
     and its records have a ``violation_<constraint>`` and (with multipliers) a
     ``multiplier_<constraint>`` column per constraint (its train_log also the batch ``accuracy``);
@@ -38,6 +39,28 @@ class StudyResults:
     @property
     def constrained(self) -> bool:
         return bool(self.constraints)
+
+    @property
+    def tasks(self) -> list[str | None]:
+        """The study's tasks in the order of its runs ([None]: a study of one task)."""
+        return list(dict.fromkeys(self.runs.task)) if "task" in self.runs else [None]
+
+    def task_definition(self, task: str | None) -> dict:
+        """A task's settings, target and (a suite task) ``suite`` and ``scaled``, as the store holds
+        them; a study of one task: its shared settings and target."""
+        definition = self.meta.get("definition", {})
+        if task is None:
+            return {"settings": definition.get("shared", {}), "target": definition.get("target")}
+        return definition.get("tasks", {}).get(task, {"settings": {}, "target": None})
+
+    def of_task(self, task: str | None) -> StudyResults:
+        """The results of one task's runs (all of them for None in a study of one task)."""
+        if task is None or "task" not in self.runs:
+            return self
+        def keep(frame):
+            return frame[frame.task == task].drop(columns="task").reset_index(drop=True)
+
+        return replace(self, runs=keep(self.runs), evals=keep(self.evals), train_log=keep(self.train_log))
 
     @property
     def has_validation(self) -> bool:
@@ -57,7 +80,7 @@ def load_results(path: str | Path) -> StudyResults:
         constraints = {c.key: c.kind for c in named}
         formulation = definition.get("shared", {}).get("formulation", "lagrangian")
         dual, run_dual = ("dual_lr, penalty, ", "r.dual_lr, r.penalty, ") if constraints else ("", "")
-        for axis in ("schedule", "batch_size"):  # where the study varies them
+        for axis in ("schedule", "batch_size", "task"):  # where the study varies them
             if conn.execute(f"SELECT COUNT(*) FROM runs WHERE {axis} IS NOT NULL").fetchone()[0]:
                 dual, run_dual = dual + f"{axis}, ", run_dual + f"r.{axis}, "
         runs = pd.read_sql_query(

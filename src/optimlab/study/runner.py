@@ -68,6 +68,7 @@ def run_study(
     if executor.kind in ("processes", "ray"):
         refuse_objects(configs, f"the {executor.kind} executor trains in other processes, which")
     _preflight(configs, data_dir, executor.kind)
+    _check_targets(spec, configs, data_dir, executor.kind)
     store = StudyStore.create(out / DB_NAME, spec, extend=extend, code=fingerprint(spec.import_paths()),
                               code_changed=code_changed)
     started = time.perf_counter()
@@ -156,6 +157,26 @@ def _preflight(configs, data_dir: str | None, kind: str) -> None:
         Schedule.parse(config.schedule).check(total_steps(config, per_epoch))
         task = task_of(config, data)
         make_stepper(config, init_model(config, data), task, "cpu")
+
+
+def _check_targets(spec: StudySpec, configs, data_dir: str | None, kind: str) -> None:
+    """Refuse a target its task's metric can never reach: an accuracy outside (0, 1]."""
+    from optimlab.engine.build import task_of
+    from optimlab.errors import DatasetNotFoundError
+    from optimlab.study.units import unit_data
+
+    for task, target in spec.targets.items():
+        config = next(c for p, c in zip(spec.grid, configs, strict=True) if p["task"] == task)
+        try:
+            accuracy = task_of(config, unit_data(config, data_dir)).accuracy
+        except DatasetNotFoundError:
+            if kind == "ray":
+                continue
+            raise
+        if accuracy and not 0 < target <= 1:
+            where = f"task {task!r}" if task is not None else "the study"
+            raise OptimlabError(f"{where}: the target {target:g} is a validation accuracy, which lies in "
+                                "(0, 1] (0.9 for 90 %): it can never be reached")
 
 
 def _execute(units: list[Unit], store: StudyStore, board: _Board, executor: ExecutorSpec,

@@ -59,6 +59,7 @@ from optimlab.registry import (
 )
 from optimlab.schedules import Schedule
 from optimlab.study import axes
+from optimlab.study.suite import suite_task
 
 EXECUTORS = ("sequential", "vectorized", "processes", "ray")
 _NAME = re.compile(r"[A-Za-z0-9._ -]{1,100}")
@@ -100,7 +101,19 @@ FIELDS = {
     "penalty_coefficients": "the penalty coefficients c, a list or {from, to, count} (default [1]); "
                             "needs a penalty formulation",
     "executor": "a table: kind, workers, units, address, max_attempts, stack",
+    "target": "the convergence target on the validation set: an accuracy in (0, 1], or for a task "
+              "without accuracy a loss (default: 95 % of the best mean final accuracy; a loss 1/0.95 times "
+              "the best)",
+    "tasks": "[[tasks]] tables, each a task of the grid: name, suite (a task of optimlab's suite), target "
+             "and the task fields (dataset, model, batch_size, epochs, ...); the study's own task fields "
+             "are every task's defaults",
 }
+# what a [[tasks]] table takes
+TASK_SETTINGS = ("dataset", "dataset_options", "model", "model_options", "loss", "batch_size", "epochs",
+                 "iterations", "eval_every", "log_every", "drop_last", "normalize", "eval_train",
+                 "validation")
+TASK_FIELDS = ("name", "suite", "target", *TASK_SETTINGS)
+_TASK_NAME = re.compile(r"[A-Za-z0-9._-]{1,60}")
 # shared settings that stores written before them lack, with the value that means "not used"
 LATER_SETTINGS = {"dataset_options": {}, "loss": None, "validation": None}
 # what a study takes where its file says nothing (a run of `optimlab train` takes the TrainConfig default)
@@ -133,9 +146,15 @@ class ExecutorSpec:
 @dataclass(frozen=True)
 class StudySpec:
     """A validated study. ``grid``: its points (:mod:`optimlab.study.axes`: optimizer, lr, seed,
-    dual_lr, penalty), in file order (``optimizer``: a spec string, a table or an object); ``dual_lr``
-    is None without multipliers (no constraints, or the quadratic penalty), ``penalty`` None without
-    a penalty formulation or coefficients. ``python_path``: absolute folders of the user's code."""
+    dual_lr, penalty, schedule, batch_size, task), in file order (``optimizer``: a spec string, a
+    table or an object); ``dual_lr`` is None without multipliers (no constraints, or the quadratic
+    penalty), ``penalty`` None without a penalty formulation or coefficients. ``python_path``:
+    absolute folders of the user's code.
+
+    ``shared``: the settings every run has. A study of several tasks (``[[tasks]]``) has ``tasks``,
+    task name -> that task's settings (data, model, budget, ...; the rest is ``shared``), and its
+    points name their task; a study of one task has none (its points' task is None). ``targets``:
+    task name (None: the one task) -> its convergence target, where one was given."""
 
     def as_written_before(self, old_shared: dict) -> tuple[StudySpec, list[str]]:
         """This study as a store written before some of its defaulted settings existed holds it:
@@ -156,25 +175,40 @@ class StudySpec:
     text: str = ""
     python_path: tuple[str, ...] = ()
     defaulted: tuple[str, ...] = ()  # the STUDY_DEFAULTS the file did not set
+    tasks: dict[str, dict] = field(default_factory=dict)
+    targets: dict[str | None, float] = field(default_factory=dict)
+    scaled: dict[str, dict] = field(default_factory=dict)  # suite task -> the fields the study changed
+
+    def settings(self, p: axes.Point) -> dict:
+        """The settings of a run at point ``p`` besides its axes: ``shared``, and its task's."""
+        return {**self.shared, **self.tasks[p["task"]]} if p.get("task") is not None else self.shared
 
     def configs(self) -> list[TrainConfig]:
         """One :class:`TrainConfig` per run of the grid."""
-        return [TrainConfig(**self.shared, **axes.settings(p), device=self.device) for p in self.grid]
+        return [TrainConfig(**self.settings(p), **axes.settings(p), device=self.device) for p in self.grid]
 
     def definition(self) -> str:
         """What makes two study files the same study (not the executor, not the device). Runs are
         written without their trailing Nones: (optimizer, lr, seed) without constraints, as in
-        stores of schema 1."""
+        stores of schema 1. A study of several tasks adds ``tasks``: name -> settings, target and,
+        for a task of the suite scaled down, ``suite`` and ``scaled`` (the fields it changed); a
+        study of one task with a target adds ``target``."""
         grid = [axes.serialized(p) for p in self.grid]
         # settings added after 0.1.0 are left out at their defaults: older stores keep their study
         shared = {k: v for k, v in self.shared.items()
                   if not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}
-        return json.dumps({"name": self.name, "shared": shared, "grid": grid}, sort_keys=True,
-                          default=describe)
+        out = {"name": self.name, "shared": shared, "grid": grid}
+        if self.tasks:
+            out["tasks"] = {name: {"settings": settings, "target": self.targets.get(name),
+                                   **self.scaled.get(name, {})} for name, settings in self.tasks.items()}
+        elif self.targets.get(None) is not None:
+            out["target"] = self.targets[None]
+        return json.dumps(out, sort_keys=True, default=describe)
 
     def import_paths(self) -> list[str]:
         """The user's code this study names, as import paths (model, dataset, loss, optimizer classes)."""
-        paths = [v for k in CODE_FIELDS if isinstance(v := self.shared.get(k), str) and is_import_path(v)]
+        paths = [v for settings in (self.shared, *self.tasks.values()) for k in CODE_FIELDS
+                 if isinstance(v := settings.get(k), str) and is_import_path(v)]
         for o in (p["optimizer"] for p in self.grid):
             if isinstance(o, dict) and isinstance(o.get("class"), str):
                 paths.append(o["class"])
@@ -236,6 +270,8 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
     if unknown:
         raise fail(f"unknown field {', '.join(map(repr, unknown))}; valid fields: {', '.join(FIELDS)}")
     for required in ("name", "dataset", "model", "optimizers", "learning_rates", "seeds"):
+        if required in ("dataset", "model") and "tasks" in doc:
+            continue  # each task's, checked with the tasks
         if required not in doc:
             raise fail(f"missing field {required!r} ({FIELDS[required]})")
     name = doc["name"]
@@ -254,8 +290,9 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
     dual_lrs, penalties = _constraint_axes(doc, fail)
     schedules = _schedules(doc.get("schedules", ["constant"]), fail)
     batch_sizes = _batch_sizes(doc, fail)
+    tasks = _tasks(doc, batch_sizes != [None], fail) if "tasks" in doc else None
     shared_axes = _hyperparameter_axes(doc.get("hyperparameters", {}), "hyperparameters", fail)
-    grid = []
+    entries = []  # (optimizer, its learning rates)
     for i, entry in enumerate(_with_hyperparameters(optimizers, shared_axes, fail)):
         where = f"optimizers[{i}]"
         lrs = default_lrs
@@ -277,10 +314,12 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
                 else str(OptimizerSpec.parse(entry))
         except OptimlabError as e:
             raise fail(f"{where}: {e}") from None
-        grid += [axes.point(optimizer=spec, lr=lr, seed=seed, dual_lr=d, penalty=c, schedule=sch,
-                            batch_size=b)
-                 for b in batch_sizes for sch in schedules for lr in lrs for d in dual_lrs for c in penalties
-                 for seed in seeds]
+        entries.append((spec, lrs))
+    grid = [axes.point(optimizer=spec, lr=lr, seed=seed, dual_lr=d, penalty=c, schedule=sch, batch_size=b,
+                       task=task)
+            for task in (tasks or [None]) for spec, lrs in entries
+            for b in batch_sizes for sch in schedules for lr in lrs for d in dual_lrs for c in penalties
+            for seed in seeds]
     seen, duplicates = set(), []
     for p in grid:
         if axes.key(p) in seen:
@@ -292,28 +331,119 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
                    "rate, dual learning rate, penalty coefficient, schedule, batch size and seed may appear "
                    "once")
 
-    shared = {k: doc[k] for k in SHARED if k in doc}
-    defaulted = tuple(k for k in STUDY_DEFAULTS if k not in doc)
-    shared.update({k: STUDY_DEFAULTS[k] for k in defaulted})
-    for key in ("model_options", "dataset_options"):
-        shared.setdefault(key, {})
-        if not isinstance(shared[key], dict):
-            raise fail(f"{key} must be a table, e.g. [{key}] hidden = 100; got {shared[key]!r}")
     device = doc.get("device", "auto")
-    try:  # every shared setting checked by the one place that knows them, with every optimizer
-        for optimizer in {axes.key(p)[0]: p["optimizer"] for p in reversed(grid)}.values():
-            TrainConfig(**shared, optimizer=optimizer, lr=grid[0]["lr"], device=device)
+    optimizer_specs = [spec for spec, _ in entries]
+    target = _target(doc["target"], "target", fail) if "target" in doc else None
+    executor = _executor(doc.get("executor", {}), fail)
+    if tasks is None:
+        fields = {k: doc[k] for k in SHARED if k in doc}
+        defaulted = tuple(k for k in STUDY_DEFAULTS if k not in doc)
+        fields.update({k: STUDY_DEFAULTS[k] for k in defaulted})
+        shared = _checked_settings(fields, optimizer_specs, grid[0]["lr"], device, batch_sizes != [None],
+                                   fail)
+        return StudySpec(name=name.strip(), shared=shared, grid=tuple(grid), executor=executor,
+                         device=device, text=text, python_path=tuple(python_path), defaulted=defaulted,
+                         targets={} if target is None else {None: target})
+    study_fields = {k: doc[k] for k in SHARED if k in doc and k not in TASK_SETTINGS}
+    settings, targets = {}, {}
+    for task_name, task in tasks.items():
+        checked = _checked_settings({**study_fields, **task["fields"]}, optimizer_specs, grid[0]["lr"],
+                                    device, batch_sizes != [None], lambda m, n=task_name: fail(
+                                        f"task {n!r}: {m}"))
+        settings[task_name] = {k: v for k, v in checked.items() if k in TASK_SETTINGS}
+        shared = {k: v for k, v in checked.items() if k not in TASK_SETTINGS}
+        if (t := task.get("target", target)) is not None:
+            targets[task_name] = t
+    scaled = {n: {"suite": t["suite"], "scaled": t["scaled"]} for n, t in tasks.items() if "suite" in t}
+    return StudySpec(name=name.strip(), shared=shared, grid=tuple(grid), executor=executor, device=device,
+                     text=text, python_path=tuple(python_path), tasks=settings, targets=targets,
+                     scaled=scaled)
+
+
+def _checked_settings(fields: dict, optimizers: list, lr: float, device: str, batch_axis: bool,
+                      fail) -> dict:
+    """A task's settings (``fields``: study file fields) checked by the one place that knows them,
+    with every optimizer of the grid; returns every TrainConfig field but the axes, names
+    normalized, objects kept."""
+    fields = dict(fields)
+    for key in ("model_options", "dataset_options"):
+        fields.setdefault(key, {})
+        if not isinstance(fields[key], dict):
+            raise fail(f"{key} must be a table, e.g. [{key}] hidden = 100; got {fields[key]!r}")
+    try:
+        for optimizer in {optimizer_label_of(o): o for o in reversed(optimizers)}.values():
+            TrainConfig(**fields, optimizer=optimizer, lr=lr, device=device)
     except (OptimlabError, TypeError) as e:
         raise fail(str(e)) from None
-    checked = TrainConfig(**shared, optimizer="sgd", lr=1.0)  # names normalized, objects kept
-    shared = {f.name: getattr(checked, f.name) for f in dataclasses.fields(TrainConfig)}
+    checked = TrainConfig(**fields, optimizer="sgd", lr=1.0)
+    out = {f.name: getattr(checked, f.name) for f in dataclasses.fields(TrainConfig)}
     for k in ("optimizer", "lr", "seed", "device", "dual_lr", "penalty", "schedule"):  # the axes
-        shared.pop(k)
-    if batch_sizes != [None]:  # an axis: each run's own
-        shared.pop("batch_size")
-    return StudySpec(name=name.strip(), shared=shared, grid=tuple(grid),
-                     executor=_executor(doc.get("executor", {}), fail), device=device, text=text,
-                     python_path=tuple(python_path), defaulted=defaulted)
+        out.pop(k)
+    if batch_axis:  # an axis: each run's own
+        out.pop("batch_size")
+    return out
+
+
+def optimizer_label_of(optimizer: object) -> str:
+    return axes.key(axes.point(optimizer=optimizer, lr=1.0, seed=0))[0]
+
+
+def _target(value, where: str, fail) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise fail(f"{where} must be a finite number (an accuracy in (0, 1], or a loss); got {value!r}")
+    return float(value)
+
+
+def _tasks(doc: dict, batch_axis: bool, fail) -> dict[str, dict]:
+    """The ``[[tasks]]`` of a study file, by name: ``fields`` (the task's settings as a study file
+    writes them: its own over the study's over its suite task's), ``target`` where it has one, and
+    for a task of the suite ``suite`` and ``scaled`` (the fields that differ from the suite's)."""
+    value = doc["tasks"]
+    if not isinstance(value, list) or not value or not all(isinstance(t, dict) for t in value):
+        raise fail("tasks are [[tasks]] tables, each with a name and its data, model and budget (or "
+                   f"suite = 'fmnist_mlp'); got {value!r}")
+    defaults = {k: doc[k] for k in TASK_SETTINGS if k in doc}
+    out: dict[str, dict] = {}
+    for i, table in enumerate(value):
+        where = f"tasks[{i}]"
+        unknown = sorted(set(table) - set(TASK_FIELDS))
+        if unknown:
+            raise fail(f"{where}: unknown task field {', '.join(map(repr, unknown))}; valid: "
+                       f"{', '.join(TASK_FIELDS)} (optimizers, learning rates, seeds and schedules are the "
+                       "study's)")
+        base = suite_task(table["suite"], f"{where}.suite") if "suite" in table else {}
+        name = table.get("name", table.get("suite"))
+        if not isinstance(name, str) or not _TASK_NAME.fullmatch(name):
+            raise fail(f"{where}: a task needs a name of 1 to 60 letters, digits, '.', '_' or '-'; got "
+                       f"{name!r}")
+        if name in out:
+            raise fail(f"{where}: the task name {name!r} is given twice; each task needs its own name")
+        own = {k: table[k] for k in TASK_SETTINGS if k in table}
+        if batch_axis and "batch_size" in own:
+            raise fail(f"{where}: batch_size is the study's batch_sizes axis; a task cannot set its own")
+        fields = {}
+        for layer in (base, defaults, own):  # later layers win; a budget is epochs or iterations, whole
+            if "epochs" in layer or "iterations" in layer:
+                fields.pop("epochs", None)
+                fields.pop("iterations", None)
+            fields.update(layer)
+        if batch_axis:
+            fields.pop("batch_size", None)
+        entry = {}
+        if "suite" in table:
+            entry["suite"] = table["suite"]
+            entry["scaled"] = {k: v for k, v in fields.items() if k not in base or base[k] != v}
+            entry["scaled"].update({k: None for k in base if k not in fields})
+        fields = {**STUDY_DEFAULTS, **fields}
+        for required in ("dataset", "model"):
+            if required not in fields:
+                raise fail(f"{where} ({name}): missing field {required!r} ({FIELDS[required]}), in the task "
+                           "or the study (or a suite task: suite = 'fmnist_mlp')")
+        entry["fields"] = fields
+        if "target" in table:
+            entry["target"] = _target(table["target"], f"{where}.target", fail)
+        out[name] = entry
+    return out
 
 
 def _is_local_flow(text: str) -> bool:

@@ -17,7 +17,9 @@ log row for the columns only some studies have
 the ``claims`` table: unit, token, runs, host, pid, since, heartbeat (schema 4); the
 ``claim_history`` table, every claim ever made (id, token, unit, runs, host, pid, since, ended,
 outcome), each evaluation and log row's ``claim``, the id of the claim that wrote it, and the
-evaluation rows' ``val_loss`` and ``val_accuracy`` (NULL without a validation set) (schema 5).
+evaluation rows' ``val_loss`` and ``val_accuracy`` (NULL without a validation set) (schema 5); a
+run's ``task`` (NULL in a study of one task; a study of ``[[tasks]]`` holds each task's settings in its
+definition) (schema 6).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from optimlab.errors import OptimlabError
 from optimlab.study import axes
 from optimlab.study.spec import StudySpec
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 HOST = platform.node()
 # a claim whose holder has not renewed it for this long is dead (its holder renews every HEARTBEAT_S)
 LEASE_S = 60.0
@@ -449,6 +451,9 @@ class StudyStore:
         if version == 4:
             store._upgrade(4, [("evals", "claim INTEGER"), ("train_log", "claim INTEGER"),
                                ("evals", "val_loss REAL"), ("evals", "val_accuracy REAL")], [CLAIM_HISTORY])
+            version = 5
+        if version == 5:  # the runs' task column: the new axis, added below
+            store._upgrade(5, [], [])
         store._add_new_axes()
         return store
 
@@ -620,15 +625,31 @@ class StudyStore:
                 f"{self.path} holds another study (name {old.get('name')!r}) or another version of this "
                 "file. Use another --out, or pass --extend to add the new runs of this file to it"
             )
+        if ("tasks" in old) != ("tasks" in new):
+            raise OptimlabError(
+                f"cannot extend {self.path}: its study has {'[[tasks]]' if 'tasks' in old else 'one task'} "
+                f"and this file {'[[tasks]]' if 'tasks' in new else 'one task'}; a study of one task cannot "
+                "gain tasks (its runs name none): write the tasks into a new study (another --out)")
         if old.get("shared") != new["shared"]:
             differ = sorted(k for k in new["shared"] if old.get("shared", {}).get(k) != new["shared"][k])
             raise OptimlabError(
                 f"cannot extend {self.path}: the shared settings differ ({', '.join(differ)}); only "
-                "optimizers, learning rates and seeds may be added"
+                "tasks, optimizers, learning rates, seeds and the other axes' values may be added"
             )
+        merged = {**new, "grid": None}
+        if "tasks" in new:
+            for task in sorted(set(old["tasks"]) & set(new["tasks"])):
+                was, now = old["tasks"][task]["settings"], new["tasks"][task]["settings"]
+                if was != now:
+                    differ = sorted(k for k in {*was, *now} if was.get(k) != now.get(k))
+                    raise OptimlabError(
+                        f"cannot extend {self.path}: the task {task!r} has other settings "
+                        f"({', '.join(differ)}); its runs were trained with the old ones. Give the changed "
+                        "task another name to add it beside the old one")
+            merged["tasks"] = {**old["tasks"], **new["tasks"]}  # targets: the file's
         points = {json.dumps(g, sort_keys=True): g for g in [*old.get("grid", []), *new["grid"]]}
-        self._set_meta(definition=json.dumps({**new, "grid": [points[k] for k in sorted(points)]},
-                                             sort_keys=True))
+        merged["grid"] = [points[k] for k in sorted(points)]
+        self._set_meta(definition=json.dumps(merged, sort_keys=True))
 
     def close(self) -> None:
         self.conn.close()
