@@ -37,7 +37,8 @@ def fill(path, spec, outcome):
     store = StudyStore.create(path, spec)
     for run in store.runs():
         dual = [run["dual_lr"]] if run["dual_lr"] is not None else []
-        got = outcome(run["optimizer"], run["lr"], run["seed"], *dual)
+        task = {"task": run["task"]} if run["task"] is not None else {}
+        got = outcome(run["optimizer"], run["lr"], run["seed"], *dual, **task)
         if got is None:
             continue
         log = []

@@ -4,22 +4,29 @@ learning rate, ranking), figures (PNG) and a page that opens in a browser (``rep
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from optimlab.errors import OptimlabError
-from optimlab.report.summaries import FEASIBILITY_TOLERANCE, Summary, summarize
+from optimlab.report.across import Across, across_tasks, task_target
+from optimlab.report.summaries import FEASIBILITY_TOLERANCE, Summary, by_series, colours, summarize
 from optimlab.study.results import load_results
 
-__all__ = ["Report", "Summary", "make_report", "summarize"]
+__all__ = ["Across", "Report", "Summary", "make_report", "summarize", "summarize_tasks"]
 
 
 @dataclass
 class Report:
+    """The files written and the numbers behind them. A study of several tasks has ``tasks`` (task
+    -> its Summary; ``summary`` is the first's) and ``across`` (:class:`~optimlab.report.across.Across`);
+    its figures are named ``task/figure`` and ``profiles``."""
+
     html: Path
     markdown: Path
     figures: dict[str, Path]
     summary: Summary
+    tasks: dict[str, Summary] = field(default_factory=dict)
+    across: Across | None = None
 
 
 def make_report(db: str | Path, out: str | Path | None = None, target_fraction: float = 0.95,
@@ -29,8 +36,8 @@ def make_report(db: str | Path, out: str | Path | None = None, target_fraction: 
     ``out`` (default: ``report/`` beside the store). Works on a study still running or interrupted.
     ``feasibility_tolerance``: a constrained run ends feasible when its largest final violation is
     at most this."""
-    from optimlab.report.figures import all_figures
-    from optimlab.report.page import write_pages
+    from optimlab.report.figures import all_figures, performance_profiles
+    from optimlab.report.page import write_pages, write_study_pages
 
     if not 0 < target_fraction <= 1:
         raise OptimlabError(f"target fraction must be in (0, 1]; got {target_fraction}")
@@ -45,15 +52,66 @@ def make_report(db: str | Path, out: str | Path | None = None, target_fraction: 
     if not results.runs.status.isin(["completed", "diverged"]).any():
         raise OptimlabError(f"{db}: none of its {len(results.runs)} runs has finished yet; "
                             "run the study (optimlab study run FILE) before reporting")
-    summary = summarize(results, target_fraction=target_fraction, target_accuracy=target_accuracy,
-                        feasibility_tolerance=feasibility_tolerance)
     out = Path(out) if out is not None else Path(db).resolve().parent / "report"
+    meta = dict(results.meta, runs=len(results.runs))
+    title = f"Study {results.meta.get('name')}"
+    if results.tasks == [None]:
+        given = results.task_definition(None).get("target")
+        summary = summarize(results, target_fraction=target_fraction,
+                            target_accuracy=target_accuracy if target_accuracy is not None else given,
+                            feasibility_tolerance=feasibility_tolerance)
+        _folder(out)
+        figures = all_figures(summary, out)
+        page, notes = write_pages(summary, figures, out, title, meta)
+        return Report(page, notes, figures, summary)
+    summaries, targets, across = summarize_tasks(results, target_fraction, target_accuracy,
+                                                 feasibility_tolerance)
+    _folder(out)
+    figures = {task: all_figures(s, out / task) for task, s in summaries.items()}
+    colours = next(iter(summaries.values())).colours
+    profile_figure = performance_profiles(across, colours, out / "profiles.png")
+    tasks = {t: results.task_definition(t) for t in summaries}
+    page, notes = write_study_pages(summaries, figures, across, profile_figure, tasks, targets, out, title,
+                                    meta)
+    flat = {f"{t}/{k}": p for t, f in figures.items() for k, p in f.items()}
+    if profile_figure is not None:
+        flat["profiles"] = profile_figure
+    return Report(page, notes, flat, next(iter(summaries.values())), summaries, across)
+
+
+def summarize_tasks(results, target_fraction: float = 0.95, target_accuracy: float | None = None,
+                    feasibility_tolerance: float = FEASIBILITY_TOLERANCE):
+    """Per task of a study of ``[[tasks]]``: its :class:`Summary` (its target accuracy the command's,
+    else the task's, else ``target_fraction`` of its best), every task's target (an accuracy, or a
+    loss for a task without accuracy) and the tables across them (:func:`across_tasks`).
+    One colour per optimizer series in every task's figures."""
+    summaries, evals, targets = {}, {}, {}
+    for task in results.tasks:
+        part = results.of_task(task)
+        if not part.runs.status.isin(["completed", "diverged"]).any():
+            continue  # nothing finished on this task yet: said in the notes across tasks
+        given = results.task_definition(task).get("target")
+        accuracy = bool(part.evals.test_accuracy.notna().any())
+        summary = summarize(part, target_fraction=target_fraction,
+                            target_accuracy=(target_accuracy if target_accuracy is not None else given)
+                            if accuracy else None, feasibility_tolerance=feasibility_tolerance)
+        summaries[task], evals[task] = summary, part.evals
+        targets[task] = task_target(summary.cells, summary.split, summary.has_accuracy, target_fraction,
+                                    (target_accuracy if target_accuracy is not None else given)
+                                    if summary.has_accuracy else given)
+    series = list(dict.fromkeys(by_series(results).runs.optimizer))
+    for summary in summaries.values():
+        summary.colours = colours(series)
+    across = across_tasks(summaries, evals, targets)
+    unfinished = [str(t) for t in results.tasks if t not in summaries]
+    if unfinished:
+        across.notes = (*across.notes, f"No run of {', '.join(unfinished)} has finished yet: left out.")
+    return summaries, targets, across
+
+
+def _folder(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OptimlabError(f"cannot write the report to {out}: {e.strerror or e}; choose a folder you can "
                             "write to with --out") from None
-    figures = all_figures(summary, out)
-    meta = dict(results.meta, runs=len(results.runs))
-    page, notes = write_pages(summary, figures, out, f"Study {results.meta.get('name')}", meta)
-    return Report(page, notes, figures, summary)

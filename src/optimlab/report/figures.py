@@ -284,3 +284,24 @@ def constrained_panels(rows: list[dict] | dict[str, pd.DataFrame], path: Path,
     if title:
         fig.suptitle(title)
     return _save(fig, path, rect=(0, 0.3 * legend_rows / fig.get_figheight(), 1, 1))
+
+
+def performance_profiles(across, colours: dict[str, str], path: Path) -> Path | None:
+    """rho_a(tau) against tau in [1, r_max], in steps and in seconds to the target: the fraction of
+    tasks on which each optimizer reached the target within tau times the fastest optimizer's time."""
+    p = across.profiles
+    if p.empty:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (column, unit) in zip(axes, (("rho_steps", "steps"), ("rho_seconds", "seconds")), strict=True):
+        for opt, g in p.groupby("optimizer", sort=False):
+            ax.step(g.tau, g[column], where="post", label=opt, color=colours.get(opt))
+        ax.set_xlim(1, across.r_max)
+        ax.set_ylim(-0.02, 1.05)
+        ax.set_xlabel("tau (time to target / the fastest optimizer's)")
+        ax.set_ylabel("fraction of tasks")
+        ax.set_title(f"Performance profiles, in {unit} to the target")
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return _save(fig, path)

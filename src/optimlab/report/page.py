@@ -45,8 +45,16 @@ def ranking_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     constrained = bool(summary.constraints)
     on_val = summary.split == "val" and accuracy
     head = ["rank", "optimizer", "tied with the best", "best lr"]
-    head += ["final validation accuracy (chosen on) [95 % interval]", "final test accuracy (at it)"] \
-        if on_val else ["final test accuracy [95 % interval]" if accuracy else "final training loss"]
+    split_loss = f"best_final_{summary.split}_loss"
+    by_loss = not accuracy and split_loss in rob and rob[split_loss].notna().any()
+    if accuracy:
+        head += ["final validation accuracy (chosen on) [95 % interval]", "final test accuracy (at it)"] \
+            if on_val else ["final test accuracy [95 % interval]"]
+    elif by_loss:
+        head += ["final validation loss (chosen on)", "final test loss (at it)"] if summary.split == "val" \
+            else ["final test loss"]
+    else:
+        head += ["final training loss"]
     head += ["epochs to target", "width (accuracy), decades", "width (loss), decades", "diverged runs"]
     head += ["final violation"] if constrained else []
     rows = []
@@ -57,6 +65,10 @@ def ranking_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
                                getattr(r, f"{chosen}_high", None))
             best = [picked, _pm(r.best_final_test_accuracy, r.best_final_test_accuracy_std)] if on_val \
                 else [picked]
+        elif by_loss:
+            best = [_fixed(getattr(r, split_loss))] if pd.notna(getattr(r, split_loss)) else ["-"]
+            if summary.split == "val":
+                best.append(_pm(r.best_final_test_loss, r.best_final_test_loss_std))
         else:
             best = [_num(getattr(r, "best_final_train_loss", None))]
         tie = "yes" if getattr(r, "tied_with_best", False) and r.rank > 1 else ""
@@ -159,48 +171,183 @@ pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
 """
 
 
-def write_pages(summary: Summary, figures: dict[str, Path], out: Path, title: str,
-                meta: dict) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``report.md`` into ``out``; returns their paths."""
+def _figure(key: str, path: Path, out: Path, caption: str | None = None) -> tuple[str, str]:
+    caption = caption or CAPTIONS.get(key, key)
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(caption)}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>",
+            f"![{caption}]({path.relative_to(out).as_posix()})\n")
+
+
+def _chosen(summary: Summary, validation) -> str:
+    target = ""
+    if summary.target_accuracy is not None:
+        target = f" Convergence target: {summary.split_label} accuracy {summary.target_accuracy:.4f}."
+    held = (f"Best settings are chosen on the validation set ({_held_out(validation)} of the training set, "
+            "the same examples for every run); test numbers are reported at them."
+            if summary.split == "val" else "Best settings are chosen on the test set (no validation set).")
+    return held + target
+
+
+def _summary_blocks(summary: Summary, figures: dict[str, Path], out: Path, level: int,
+                    lead: str = "") -> tuple[list[str], list[str]]:
+    """The notes, tables and figures of one task's summary, headed at ``level`` (2: h2)."""
+    h, hashes = f"h{level}", "#" * level
     sections = [("Ranking", ranking_rows(summary)), ("Every optimizer and learning rate", cell_rows(summary))]
     if not summary.tuning.empty:
         heading = f"Tuning budget (expected best final {summary.split_label} accuracy of k random runs)"
         sections.append((heading, tuning_rows(summary)))
     if len(summary.missing):
         sections.append(("Runs not finished", missing_rows(summary)))
-    target = (f"Convergence target: {summary.split_label} accuracy {summary.target_accuracy:.4f}."
-              if summary.target_accuracy is not None else "")
-    validation = meta.get("definition", {}).get("shared", {}).get("validation")
-    chosen = (f"Best settings are chosen on the validation set ({_held_out(validation)} of the training "
-              "set, the same examples for every run); test numbers are reported at them."
-              if summary.split == "val" else "Best settings are chosen on the test set (no validation set).")
-    env = meta.get("environment", {})
-    about = (f"{meta.get('runs', 0)} runs; optimlab {env.get('optimlab', '?')}, "
-             f"torch {env.get('torch', '?')}, on {env.get('cuda') or 'CPU'} ({env.get('host', '?')}). "
-             f"{chosen} {target}")
-
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}"
-             f"</title><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
-             f"<p>{html.escape(about)}</p>"]
+    parts = [f"<p>{html.escape(lead)}</p>"] if lead else []
+    md = [lead, ""] if lead else []
     parts += [f"<p class='note'>{html.escape(n)}</p>" for n in summary.notes]
-    md = [f"# {title}", "", about, ""] + [f"> {n}\n" for n in summary.notes]
+    md += [f"> {n}\n" for n in summary.notes]
     for i, (name, (head, rows)) in enumerate(sections):
-        parts.append(f"<h2>{html.escape(name)}</h2>{_html_table(head, rows)}")
-        md += [f"## {name}", "", _md_table(head, rows), ""]
+        parts.append(f"<{h}>{html.escape(name)}</{h}>{_html_table(head, rows)}")
+        md += [f"{hashes} {name}", "", _md_table(head, rows), ""]
         if i == 0 and figures:
-            parts.append("<h2>Figures</h2>")
-            md += ["## Figures", ""]
+            parts.append(f"<{h}>Figures</{h}>")
+            md += [f"{hashes} Figures", ""]
             for key, path in figures.items():
-                data = base64.b64encode(path.read_bytes()).decode()
-                caption = CAPTIONS.get(key, key)
-                parts.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(caption)}'>"
-                             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-                md += [f"![{caption}]({path.name})", ""]
+                block, line = _figure(key, path, out)
+                parts.append(block)
+                md.append(line)
+    return parts, md
+
+
+def _about(meta: dict) -> str:
+    env = meta.get("environment", {})
+    return (f"{meta.get('runs', 0)} runs; optimlab {env.get('optimlab', '?')}, "
+            f"torch {env.get('torch', '?')}, on {env.get('cuda') or 'CPU'} ({env.get('host', '?')}).")
+
+
+def _write(out: Path, title: str, parts: list[str], md: list[str], meta: dict) -> tuple[Path, Path]:
+    head = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
     if meta.get("study_file"):
-        parts.append(f"<h2>Study file</h2><pre>{html.escape(meta['study_file'])}</pre>")
-        md += ["## Study file", "", "```toml", meta["study_file"].strip(), "```", ""]
-    parts.append("</body></html>")
+        parts = parts + [f"<h2>Study file</h2><pre>{html.escape(meta['study_file'])}</pre>"]
+        md = md + ["## Study file", "", "```toml", meta["study_file"].strip(), "```", ""]
     page, notes = out / "report.html", out / "report.md"
-    page.write_text("\n".join(parts), encoding="utf-8")
-    notes.write_text("\n".join(md), encoding="utf-8")
+    page.write_text("\n".join([*head, *parts, "</body></html>"]), encoding="utf-8")
+    notes.write_text("\n".join([f"# {title}", "", *md]), encoding="utf-8")
     return page, notes
+
+
+def write_pages(summary: Summary, figures: dict[str, Path], out: Path, title: str,
+                meta: dict) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.md`` of a study of one task into ``out``; returns their paths."""
+    validation = meta.get("definition", {}).get("shared", {}).get("validation")
+    about = f"{_about(meta)} {_chosen(summary, validation)}"
+    parts, md = _summary_blocks(summary, figures, out, 2)
+    return _write(out, title, [f"<p>{html.escape(about)}</p>", *parts], [about, "", *md], meta)
+
+
+def _plural(n, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def task_rows(tasks: dict[str, dict], summaries: dict[str, Summary], targets: dict) -> tuple[list, list]:
+    """One row per task: what it is (data, model, batch, budget, validation), its target, and how a
+    task of the suite was scaled."""
+    head = ["task", "data set", "model", "batch size", "budget", "evaluated every", "validation",
+            "target", "DeepOBS's task, scaled"]
+    rows = []
+    for name, t in tasks.items():
+        st, summary = t.get("settings", {}), summaries[name]
+        budget = _plural(st["epochs"], "epoch") if st.get("epochs") else _plural(st.get("iterations"), "step")
+        metric = f"{summary.split_label} {'accuracy' if summary.has_accuracy else 'loss'}"
+        target = targets.get(name)
+        scaled = ""
+        if "suite" in t:
+            changed = ", ".join(f"{k} = {v}" for k, v in t.get("scaled", {}).items() if v is not None)
+            changed = changed or "as defined"
+            scaled = f"{t['suite']}: {changed}"
+        rows.append([name, str(st.get("dataset", "?")), str(st.get("model", "?")),
+                     str(st.get("batch_size", "axis")), budget,
+                     f"{st['eval_every']} steps" if st.get("eval_every") else "epoch",
+                     _held_out(st["validation"]) if st.get("validation") else "own set" if
+                     summary.split == "val" else "none",
+                     f"{metric} {_num(target)}" + (" (given)" if t.get("target") is not None else "")
+                     if target is not None else "-", scaled])
+    return head, rows
+
+
+def score_rows(across) -> tuple[list, list]:
+    head = ["rank", "optimizer", f"score (steps), r_max = {across.r_max:g}", "score (seconds)",
+            "tasks reached", "mean rank on the tasks"]
+    rows = [[str(i + 1), r.optimizer, f"{r.score_steps:.3f}", f"{r.score_seconds:.3f}",
+             f"{r.tasks_reached}/{r.tasks}", f"{r.mean_rank:.2f}"]
+            for i, r in enumerate(across.scores.itertuples())]
+    return head, rows
+
+
+def per_task_rows(across, summaries: dict[str, Summary]) -> tuple[list, list]:
+    """Per task and optimizer: its best setting's final metric on the selection split and on the
+    test set, and its time to the target."""
+    head = ["task", "optimizer", "best lr (chosen on validation)", "final metric there (chosen on)",
+            "final test metric", "fastest lr to target", "steps to target", "seconds to target",
+            "ratio (steps)", "rank on the task"]
+    rows = []
+    for r in across.times.itertuples():
+        rob = summaries[r.task].robustness
+        mine = rob[rob.optimizer == r.optimizer]
+        split = summaries[r.task].split
+        if len(mine):
+            b = mine.iloc[0]
+            if summaries[r.task].has_accuracy:
+                picked = _pm(b.get(f"best_final_{split}_accuracy"), None)
+                test = _pm(b.best_final_test_accuracy, b.best_final_test_accuracy_std)
+            else:
+                picked = _pm(b.get(f"best_final_{split}_loss"), None)
+                test = _pm(b.get("best_final_test_loss"), b.get("best_final_test_loss_std"))
+            best = _num(b.best_lr)
+        else:
+            picked = test = best = "-"
+        steps = "missed" if not math.isfinite(r.steps) else _num(r.steps, 6)
+        rows.append([r.task, r.optimizer, best, picked, test, _num(r.lr), steps,
+                     "missed" if not math.isfinite(r.seconds) else _num(r.seconds, 3),
+                     "inf" if not math.isfinite(r.ratio_steps) else f"{r.ratio_steps:.2f}", f"{r.rank:g}"])
+    return head, rows
+
+
+ACROSS = ("Across tasks. A task's time to target: the step (and wall time) at which a run's metric on "
+          "the selection split first reached the task's target; a setting's time is the median over its "
+          "seeds (a miss or a divergence counts as infinite), an optimizer's its fastest setting's. Ratio: "
+          "to the fastest optimizer on the task. Performance profile rho(tau): the fraction of tasks within "
+          "tau times the fastest; score: its mean over tau in [1, r_max] (AlgoPerf; 1: fastest everywhere). "
+          "Steps are what the score ranks by; seconds are the runs' wall time, which in a vectorized group "
+          "is the group's.")
+
+
+def write_study_pages(summaries: dict[str, Summary], figures: dict[str, dict[str, Path]], across,
+                      profile_figure: Path | None, tasks: dict[str, dict], targets: dict, out: Path,
+                      title: str, meta: dict) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.md`` of a study of several tasks: the tasks, the ranking
+    across them (scores, performance profiles, a table per task and optimizer), then each task's
+    own report."""
+    about = f"{_about(meta)} {len(summaries)} tasks."
+    parts, md = [f"<p>{html.escape(about)}</p>"], [about, ""]
+    head, rows = task_rows(tasks, summaries, targets)
+    parts.append(f"<h2>Tasks</h2>{_html_table(head, rows)}")
+    md += ["## Tasks", "", _md_table(head, rows), ""]
+    parts.append(f"<h2>Ranking across tasks</h2><p>{html.escape(ACROSS)}</p>")
+    md += ["## Ranking across tasks", "", ACROSS, ""]
+    parts += [f"<p class='note'>{html.escape(n)}</p>" for n in across.notes]
+    md += [f"> {n}\n" for n in across.notes]
+    for name, (head, rows) in (("Scores", score_rows(across)),
+                               ("Each task and optimizer", per_task_rows(across, summaries))):
+        parts.append(f"<h3>{name}</h3>{_html_table(head, rows)}")
+        md += [f"### {name}", "", _md_table(head, rows), ""]
+    if profile_figure is not None:
+        block, line = _figure("profiles", profile_figure, out, "Performance profiles across the tasks "
+                              "(Dolan and Moré; AlgoPerf's score is their mean over tau in [1, r_max]).")
+        parts.append(block)
+        md.append(line)
+    for name, summary in summaries.items():
+        validation = tasks.get(name, {}).get("settings", {}).get("validation")
+        lead = _chosen(summary, validation)
+        blocks, lines = _summary_blocks(summary, figures.get(name, {}), out, 3, lead)
+        parts += [f"<h2>Task {html.escape(name)}</h2>", *blocks]
+        md += [f"## Task {name}", "", *lines]
+    return _write(out, title, parts, md, meta)

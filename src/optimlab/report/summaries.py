@@ -111,6 +111,12 @@ class Summary:
     loss_label: str = "training loss"  # or "batch loss" when the training set was not evaluated
 
     @property
+    def has_accuracy(self) -> bool:
+        """Whether the runs measured an accuracy on the selection split (else they are compared by loss)."""
+        column = f"final_{self.split}_accuracy_mean"
+        return column in self.cells and bool(self.cells[column].notna().any())
+
+    @property
     def split_label(self) -> str:
         """The selection split in words: "validation" or "test"."""
         return SPLITS[self.split]
@@ -247,7 +253,8 @@ def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
                      loss_tolerance: float = 0.01, split: str = "test") -> pd.DataFrame:
     """Per optimizer: its best learning rate (highest mean final accuracy on ``split`` among the
     learning rates where no seed diverged -- and, in a constrained study, every seed ended feasible;
-    lowest final training loss for regression), the mean final accuracy there on ``split``
+    without accuracy the lowest final loss on ``split``, else the lowest final training loss), the
+    mean final accuracy there on ``split``
     (``best_final_<split>_accuracy``) and on the test set (``best_final_test_accuracy``, with its
     std), the widths in decades of the accuracy and loss ranges, diverged runs, and a rank (best
     accuracy on ``split`` first, then width)."""
@@ -263,13 +270,16 @@ def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
         if not usable.any():
             rows.append({**row, "best_lr": np.nan, f"best_{chosen}": np.nan,
                          "best_final_test_accuracy": np.nan, "best_final_test_accuracy_std": np.nan,
-                         "best_final_train_loss": np.nan,
+                         "best_final_train_loss": np.nan, f"best_final_{split}_loss": np.nan,
+                         "best_final_test_loss": np.nan, "best_final_test_loss_std": np.nan,
                          "epochs_to_target": np.nan, "steps_to_target": np.nan,
                          "width_accuracy_decades": np.nan,
                          "width_loss_decades": np.nan})
             continue
         has_acc = g[f"{chosen}_mean"][usable].notna().any()
-        score = g[f"{chosen}_mean"] if has_acc else -g.final_train_loss_mean
+        split_loss = g[f"final_{split}_loss_mean"]
+        by_split_loss = split_loss[usable].notna().any()  # no accuracy: the split's loss, else training loss
+        score = g[f"{chosen}_mean"] if has_acc else -split_loss if by_split_loss else -g.final_train_loss_mean
         best = int(score.where(usable).idxmax())
         loss = g.final_train_loss_mean
         has_loss = loss.where(usable).notna().any()  # none: no training loss evaluated or logged
@@ -283,6 +293,9 @@ def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
             "best_final_test_accuracy": g.final_test_accuracy_mean[best],
             "best_final_test_accuracy_std": g.final_test_accuracy_std[best],
             "best_final_train_loss": loss[best],
+            f"best_final_{split}_loss": split_loss[best],
+            "best_final_test_loss": g.final_test_loss_mean[best],
+            "best_final_test_loss_std": g.final_test_loss_std[best],
             "epochs_to_target": g.epochs_to_target_mean[best],
             "steps_to_target": g.steps_to_target_mean[best],
             "width_accuracy_decades": np.nan, "width_loss_decades": np.nan,
@@ -302,6 +315,8 @@ def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
     if len(table):
         if table[f"best_{chosen}"].notna().any():
             by, ascending = [f"best_{chosen}", "width_accuracy_decades"], [False, False]
+        elif table[f"best_final_{split}_loss"].notna().any():
+            by, ascending = [f"best_final_{split}_loss", "width_loss_decades"], [True, False]
         else:
             by, ascending = ["best_final_train_loss", "width_loss_decades"], [True, False]
         table = table.sort_values(by, ascending=ascending, na_position="last").reset_index(drop=True)
