@@ -65,6 +65,7 @@ optimizers = ["sgd", "adam"]
 learning_rates = [0.01, 0.1]
 seeds = [0, 1]
 iterations = 30
+schedules = ["cosine(warmup=0.05)"]  # one value: it names no series (sgd, not "sgd, cosine(...)")
 [[tasks]]
 name = "images"
 dataset = "mnist-10k"

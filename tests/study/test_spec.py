@@ -149,6 +149,10 @@ def test_the_example_study_files_are_valid():
     sizes = {p.stem: len(load_study(p).grid) for p in examples}
     assert sizes["lr_robustness"] == sizes["lr_robustness_fashion"] == 8 * 5 * 3  # seed 004's grid
     assert sizes["optimizers_mlp"] == 7 * 3
+    assert sizes["suite"] == 7 * 4 * 6  # tasks x optimizers x learning rates, one seed
+    assert sizes["deepobs_quadratic"] == 3 * 36  # DeepOBS's grid of 36 learning rates
+    assert load_study(Path(__file__).parents[2] / "examples" / "deepobs_quadratic.toml").grid[1]["lr"] == \
+        pytest.approx(10 ** -4.8)  # five a decade from 1e-5
 
 
 def test_hyperparameters_are_grid_axes_expanded_into_the_optimizers():

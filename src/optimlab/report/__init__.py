@@ -99,6 +99,10 @@ def summarize_tasks(results, target_fraction: float = 0.95, target_accuracy: flo
         targets[task] = task_target(summary.cells, summary.split, summary.has_accuracy, target_fraction,
                                     (target_accuracy if target_accuracy is not None else given)
                                     if summary.has_accuracy else given)
+        if not summary.has_accuracy and targets[task] is not None:  # its target is a loss, across tasks
+            said = (f"No accuracy: this task's target, across tasks, is a {summary.split_label} loss of "
+                    f"{targets[task]:.4g}.")
+            summary.notes = [said if n.startswith("No accuracy") else n for n in summary.notes]
     series = list(dict.fromkeys(by_series(results).runs.optimizer))
     for summary in summaries.values():
         summary.colours = colours(series)

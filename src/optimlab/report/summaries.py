@@ -361,10 +361,14 @@ def learning_curves(results: StudyResults, final: pd.DataFrame, best_lr: dict,
 
 def by_series(results: StudyResults) -> StudyResults:
     """``results`` with each run's optimizer renamed to its series where the study has more axes than
-    optimizer, lr and seed: its schedule (``adam, cosine(warmup=0.05)``; ``constant`` beside the
-    others), its batch size (``adam, batch 64``) and, constrained, its formulation and dual lr
-    (``adam, dual lr 0.01``, ``adam, augmented_lagrangian c=10, dual lr 0.01``). Unchanged otherwise."""
-    scheduled, batched = "schedule" in results.runs, "batch_size" in results.runs
+    optimizer, lr and seed: its schedule where the study has more than one (``adam,
+    cosine(warmup=0.05)``; ``constant`` beside the others), its batch size where it has more than one
+    (``adam, batch 64``) and, constrained, its formulation and dual lr (``adam, dual lr 0.01``,
+    ``adam, augmented_lagrangian c=10, dual lr 0.01``). Unchanged otherwise."""
+    runs = results.runs
+    # an axis of one value names no series (the study file on the page says which it was)
+    scheduled = "schedule" in runs and runs.schedule.nunique(dropna=False) > 1
+    batched = "batch_size" in runs and runs.batch_size.nunique(dropna=False) > 1
     if not results.constrained and not scheduled and not batched:
         return results
     form = "" if results.formulation == "lagrangian" else f"{results.formulation} "

@@ -1,4 +1,4 @@
-"""The study file: a TOML description of optimizers x learning rates x seeds on one task, validated.
+"""The study file: a TOML description of tasks x optimizers x learning rates x seeds, validated.
 
     name = "optimizers-mlp"
     dataset = "mnist-10k"
@@ -17,6 +17,15 @@
 
     [model_options]
     hidden = 100
+
+Several tasks: ``[[tasks]]`` tables, each a ``name``, its task fields (:data:`TASK_SETTINGS`: data set,
+model, batch size, budget, evaluation cadence, ...) and an optional ``target``; the study's own task
+fields are every task's defaults, and ``suite = "fmnist_mlp"`` starts from a task of
+:mod:`optimlab.study.suite` (the table's fields scale it; the store records what changed).
+
+    [[tasks]]
+    suite = "fmnist_mlp"
+    iterations = 300
 
 The user's own code: ``model = "mypkg.nets:SmallCNN"`` (with ``[model_options]``), ``dataset =
 "mypkg.data:load"`` (a loader returning a Dataset or the four tensors, with ``[dataset_options]``),
