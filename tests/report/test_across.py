@@ -145,3 +145,15 @@ def test_a_task_with_nothing_finished_is_left_out_and_said(tmp_path):
     assert any("No run of squares has finished yet" in n for n in report.across.notes)
     assert report.across.scores.set_index("optimizer").score_steps.to_dict() == {
         "adam": 1.0, "sgd": pytest.approx(2 / 3)}
+
+
+def test_the_page_says_which_validation_set_chose():
+    from types import SimpleNamespace
+
+    from optimlab.report.page import _chosen
+
+    summary = SimpleNamespace(split="val", split_label="validation", target_accuracy=None)
+    assert "validation set (10% of the training set" in _chosen(summary, 0.1)
+    assert "validation set (10000 examples of the training set" in _chosen(summary, 10000)
+    assert "validation set (the data set's own)" in _chosen(summary, None)  # quadratic_deep's draw 44
+    assert "chosen on the test set" in _chosen(SimpleNamespace(split="test", target_accuracy=None), None)

@@ -183,8 +183,9 @@ def _chosen(summary: Summary, validation) -> str:
     target = ""
     if summary.target_accuracy is not None:
         target = f" Convergence target: {summary.split_label} accuracy {summary.target_accuracy:.4f}."
-    held = (f"Best settings are chosen on the validation set ({_held_out(validation)} of the training set, "
-            "the same examples for every run); test numbers are reported at them."
+    where = (f"{_held_out(validation)} of the training set, the same examples for every run" if validation
+             else "the data set's own")
+    held = (f"Best settings are chosen on the validation set ({where}); test numbers are reported at them."
             if summary.split == "val" else "Best settings are chosen on the test set (no validation set).")
     return held + target
 
