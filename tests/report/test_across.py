@@ -11,7 +11,8 @@ import pytest
 from madeup import evals, fill
 
 from optimlab.report import make_report
-from optimlab.report.across import profile, ratios, score, task_target, times_to_target
+from optimlab.report.across import profile, ratios, score, times_to_target
+from optimlab.report.summaries import task_target
 from optimlab.study.spec import parse_study
 
 INF = math.inf

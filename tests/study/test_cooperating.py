@@ -69,6 +69,14 @@ def per_run(results) -> dict:
             for k, e in evals.groupby(key)}
 
 
+def assert_finished_as(db, reference) -> None:
+    """Every run of the store at ``db`` completed, with exactly the rows of ``reference``."""
+    final = load_results(db)
+    assert set(final.runs.status) == {"completed"}
+    assert rows(final, "evals").equals(rows(reference, "evals"))
+    assert rows(final, "train_log").equals(rows(reference, "train_log"))
+
+
 def attempts(db) -> list[int]:
     conn = sqlite3.connect(db)
     try:
@@ -156,10 +164,7 @@ def test_three_processes_one_killed_mid_way(study_file, references, tmp_path):
     procs[0].wait()
     for p in procs[1:]:  # the other two take its unit over (its process is gone) and finish
         assert p.wait(timeout=300) == 0, p.stderr.read()
-    final = load_results(db)
-    assert set(final.runs.status) == {"completed"}
-    assert rows(final, "evals").equals(rows(references["sequential"], "evals"))
-    assert rows(final, "train_log").equals(rows(references["sequential"], "train_log"))
+    assert_finished_as(db, references["sequential"])
     assert_never_interleaved(db)
 
 
@@ -172,10 +177,7 @@ def test_a_vectorized_process_killed_mid_group_resumes_to_the_same_numbers(study
     first.wait()
     second = _run_cli_study(study_file, out, "--executor", "vectorized")
     assert second.wait(timeout=300) == 0, second.stderr.read()
-    final = load_results(db)
-    assert set(final.runs.status) == {"completed"}
-    assert rows(final, "evals").equals(rows(references["vectorized"], "evals"))
-    assert rows(final, "train_log").equals(rows(references["vectorized"], "train_log"))
+    assert_finished_as(db, references["vectorized"])
     assert_never_interleaved(db)
 
 
@@ -201,8 +203,5 @@ def test_killed_at_random_moments_the_study_resumes_to_the_same_numbers(study_fi
     last = _run_cli_study(study_file, out, "--executor", kind)
     assert last.wait(timeout=300) == 0, last.stderr.read()
     assert kills >= 2
-    final = load_results(db)
-    assert set(final.runs.status) == {"completed"}
-    assert rows(final, "evals").equals(rows(references[kind], "evals"))
-    assert rows(final, "train_log").equals(rows(references[kind], "train_log"))
+    assert_finished_as(db, references[kind])
     assert_never_interleaved(db)

@@ -41,7 +41,7 @@ def _report(args: argparse.Namespace) -> int:
     if report.across is not None:
         for note in report.across.notes:
             print(f"note: {note}")
-        print("ranking across tasks (score in steps to target, r_max = 4): " + ", ".join(
-            f"{r.optimizer} {r.score_steps:.2f}" for r in report.across.scores.itertuples()))
+        scores = ", ".join(f"{r.optimizer} {r.score_steps:.2f}" for r in report.across.scores.itertuples())
+        print(f"ranking across tasks (score in steps to target, r_max = {report.across.r_max:g}): {scores}")
     print(f"report: {report.html}")
     return 0

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from optimlab.errors import OptimlabError
-from optimlab.report.across import Across, across_tasks, task_target
+from optimlab.report.across import Across, across_tasks
 from optimlab.report.summaries import FEASIBILITY_TOLERANCE, Summary, by_series, colours, summarize
 from optimlab.study.results import load_results
 
@@ -68,15 +68,15 @@ def make_report(db: str | Path, out: str | Path | None = None, target_fraction: 
                                                  feasibility_tolerance)
     _folder(out)
     figures = {task: all_figures(s, out / task) for task, s in summaries.items()}
-    colours = next(iter(summaries.values())).colours
-    profile_figure = performance_profiles(across, colours, out / "profiles.png")
+    first = next(iter(summaries.values()))
+    profile_figure = performance_profiles(across, first.colours, out / "profiles.png")
     tasks = {t: results.task_definition(t) for t in summaries}
     page, notes = write_study_pages(summaries, figures, across, profile_figure, tasks, targets, out, title,
                                     meta)
     flat = {f"{t}/{k}": p for t, f in figures.items() for k, p in f.items()}
     if profile_figure is not None:
         flat["profiles"] = profile_figure
-    return Report(page, notes, flat, next(iter(summaries.values())), summaries, across)
+    return Report(page, notes, flat, first, summaries, across)
 
 
 def summarize_tasks(results, target_fraction: float = 0.95, target_accuracy: float | None = None,
@@ -90,19 +90,15 @@ def summarize_tasks(results, target_fraction: float = 0.95, target_accuracy: flo
         part = results.of_task(task)
         if not part.runs.status.isin(["completed", "diverged"]).any():
             continue  # nothing finished on this task yet: said in the notes across tasks
-        given = results.task_definition(task).get("target")
-        accuracy = bool(part.evals.test_accuracy.notna().any())
-        summary = summarize(part, target_fraction=target_fraction,
-                            target_accuracy=(target_accuracy if target_accuracy is not None else given)
-                            if accuracy else None, feasibility_tolerance=feasibility_tolerance)
+        given = results.task_definition(task).get("target")  # an accuracy, or a loss without one
+        if bool(part.evals.test_accuracy.notna().any()):
+            wanted = target_accuracy if target_accuracy is not None else given
+            summary = summarize(part, target_fraction, wanted, feasibility_tolerance=feasibility_tolerance)
+        else:
+            summary = summarize(part, target_fraction, feasibility_tolerance=feasibility_tolerance,
+                                target_loss=given)
         summaries[task], evals[task] = summary, part.evals
-        targets[task] = task_target(summary.cells, summary.split, summary.has_accuracy, target_fraction,
-                                    (target_accuracy if target_accuracy is not None else given)
-                                    if summary.has_accuracy else given)
-        if not summary.has_accuracy and targets[task] is not None:  # its target is a loss, across tasks
-            said = (f"No accuracy: this task's target, across tasks, is a {summary.split_label} loss of "
-                    f"{targets[task]:.4g}.")
-            summary.notes = [said if n.startswith("No accuracy") else n for n in summary.notes]
+        targets[task] = summary.target_accuracy if summary.has_accuracy else summary.target_loss
     series = list(dict.fromkeys(by_series(results).runs.optimizer))
     for summary in summaries.values():
         summary.colours = colours(series)

@@ -47,24 +47,6 @@ class Across:
     notes: tuple[str, ...] = ()
 
 
-def task_target(cells: pd.DataFrame, split: str, accuracy: bool, fraction: float,
-                given: float | None) -> float | None:
-    """The target of a task: ``given``, else ``fraction`` of the best mean final accuracy on
-    ``split`` (for a loss: best + (1/fraction - 1) |best|); None without any finished cell."""
-    if given is not None:
-        if accuracy and not 0 < given <= 1:
-            raise OptimlabError(f"a target accuracy is a fraction in (0, 1] (0.9 for 90 %): {given} can "
-                                "never be reached")
-        return float(given)
-    column = f"final_{split}_{'accuracy' if accuracy else 'loss'}_mean"
-    if cells.empty or column not in cells or cells[column].isna().all():
-        return None
-    if accuracy:
-        return fraction * float(cells[column].max())
-    best = float(cells[column].min())
-    return best + (1 / fraction - 1) * abs(best)
-
-
 def times_to_target(evals: pd.DataFrame, final: pd.DataFrame, metric: str, target: float,
                     higher: bool) -> pd.DataFrame:
     """Per (optimizer, lr): the median over seeds of the step and the wall time of each run's first

@@ -145,7 +145,7 @@ CAPTIONS = {
 def _held_out(validation) -> str:
     if isinstance(validation, float):
         return f"{validation:.0%}"
-    return f"{validation} examples" if validation else "a part"
+    return f"{validation} examples"
 
 
 def _html_table(head, rows) -> str:
@@ -286,7 +286,7 @@ def score_rows(across) -> tuple[list, list]:
 def per_task_rows(across, summaries: dict[str, Summary]) -> tuple[list, list]:
     """Per task and optimizer: its best setting's final metric on the selection split and on the
     test set, and its time to the target."""
-    head = ["task", "optimizer", "best lr (chosen on validation)", "final metric there (chosen on)",
+    head = ["task", "optimizer", "best lr", "final metric there (on the split it was chosen on)",
             "final test metric", "fastest lr to target", "steps to target", "seconds to target",
             "ratio (steps)", "rank on the task"]
     rows = []

@@ -80,6 +80,24 @@ def tuning_budget(final: pd.DataFrame, split: str = "test", k_max: int | None = 
     return pd.DataFrame(rows)
 
 
+def task_target(cells: pd.DataFrame, split: str, accuracy: bool, fraction: float,
+                given: float | None) -> float | None:
+    """The target of a task: ``given``, else ``fraction`` of the best mean final accuracy on
+    ``split`` (for a loss: best + (1/fraction - 1) |best|); None without any finished cell."""
+    if given is not None:
+        if accuracy and not 0 < given <= 1:
+            raise OptimlabError(f"a target accuracy is a fraction in (0, 1] (0.9 for 90 %): {given} can "
+                                "never be reached")
+        return float(given)
+    column = f"final_{split}_{'accuracy' if accuracy else 'loss'}_mean"
+    if cells.empty or column not in cells or cells[column].isna().all():
+        return None
+    if accuracy:
+        return fraction * float(cells[column].max())
+    best = float(cells[column].min())
+    return best + (1 / fraction - 1) * abs(best)
+
+
 def bootstrap_interval(values, resamples: int = BOOTSTRAP, level: float = LEVEL,
                        seed: int = 0) -> tuple[float, float]:
     """The percentile bootstrap interval of the mean of ``values`` (NaN, NaN for fewer than two)."""
@@ -109,6 +127,7 @@ class Summary:
     colours: dict[str, str] = field(default_factory=dict)  # optimizer (series) -> its colour in every figure
     tuning: pd.DataFrame = field(default_factory=pd.DataFrame)  # optimizer, k, expected best (tuning_budget)
     loss_label: str = "training loss"  # or "batch loss" when the training set was not evaluated
+    target_loss: float | None = None  # without accuracy: the target on the selection split's loss
 
     @property
     def has_accuracy(self) -> bool:
@@ -396,10 +415,13 @@ def by_series(results: StudyResults) -> StudyResults:
 
 def summarize(results: StudyResults, target_fraction: float = 0.95, target_accuracy: float | None = None,
               accuracy_tolerance: float = 0.01, loss_tolerance: float = 0.01,
-              feasibility_tolerance: float = FEASIBILITY_TOLERANCE) -> Summary:
+              feasibility_tolerance: float = FEASIBILITY_TOLERANCE,
+              target_loss: float | None = None) -> Summary:
     """All the tables of a report, chosen on the validation set where the study has one (else on the
     test set). The convergence target is ``target_accuracy`` when given, else ``target_fraction`` of
-    the best mean final accuracy of any cell on that split."""
+    the best mean final accuracy of any cell on that split; without accuracy, ``target_loss`` is a
+    target on that split's loss (default: the best mean final loss / ``target_fraction``,
+    :func:`task_target`), which the ranking across tasks measures."""
     notes = []
     results = by_series(results)
     split = "val" if results.has_validation else "test"
@@ -421,7 +443,10 @@ def summarize(results: StudyResults, target_fraction: float = 0.95, target_accur
         final = with_convergence(final, results.evals, target_accuracy, split)
     cells = cell_table(final, split)
     if target_accuracy is None:
-        notes.append("No accuracy in this study (a regression task?): no convergence target.")
+        target_loss = task_target(cells, split, False, target_fraction, target_loss)
+        notes.append("No accuracy in this study (a regression task?): no convergence target on accuracy"
+                     + ("." if target_loss is None else f"; the time to a target on the {SPLITS[split]} loss "
+                        f"({target_loss:.4g}) is measured in the ranking of a study of several tasks."))
     robust = robustness_table(cells, accuracy_tolerance, loss_tolerance, split)
     counts = cells.groupby("optimizer").lr.nunique() if len(cells) else pd.Series(dtype=int)
     single = sorted(counts[counts < 2].index)
@@ -459,7 +484,7 @@ def summarize(results: StudyResults, target_fraction: float = 0.95, target_accur
     return Summary(final, cells, robust, curves, target_accuracy,
                    missing[["run_id", "optimizer", "lr", "seed", "status", "error"]], notes,
                    dict(results.constraints), feasibility_tolerance, panels, split,
-                   colours(list(dict.fromkeys(results.runs.optimizer))), tuning, loss_label)
+                   colours(list(dict.fromkeys(results.runs.optimizer))), tuning, loss_label, target_loss)
 
 
 def colours(optimizers: list[str]) -> dict[str, str]:

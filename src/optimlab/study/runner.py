@@ -67,8 +67,8 @@ def run_study(
     configs = spec.configs()
     if executor.kind in ("processes", "ray"):
         refuse_objects(configs, f"the {executor.kind} executor trains in other processes, which")
-    _preflight(configs, data_dir, executor.kind)
-    _check_targets(spec, configs, data_dir, executor.kind)
+    targets = [(p["task"], spec.targets.get(p["task"])) for p in spec.grid]
+    _preflight(configs, data_dir, executor.kind, targets)
     store = StudyStore.create(out / DB_NAME, spec, extend=extend, code=fingerprint(spec.import_paths()),
                               code_changed=code_changed)
     started = time.perf_counter()
@@ -129,10 +129,12 @@ def _as_in_store(spec: StudySpec, db: Path, say: bool) -> StudySpec:
     return spec
 
 
-def _preflight(configs, data_dir: str | None, kind: str) -> None:
+def _preflight(configs, data_dir: str | None, kind: str, targets: list[tuple]) -> None:
     """Build the pieces of every distinct run once (data, model, task, optimizer, constraints), so
-    that a setting refused there is refused before the store is written. On Ray the data may live on
-    the cluster's nodes only: a data set this machine cannot find is left to them."""
+    that a setting refused there is refused before the store is written; ``targets``: each run's
+    (task name, its target or None), a target refused where its task's metric can never reach it (an
+    accuracy outside (0, 1]). On Ray the data may live on the cluster's nodes only: a data set this
+    machine cannot find is left to them."""
     from optimlab.data import steps_per_epoch
     from optimlab.engine.build import check_batch_size, init_model, task_of, total_steps
     from optimlab.engine.group import vectorizable_key
@@ -142,8 +144,8 @@ def _preflight(configs, data_dir: str | None, kind: str) -> None:
     from optimlab.study.units import unit_data
 
     seen = set()
-    for config in configs:
-        if (key := vectorizable_key(config)) in seen:
+    for config, (name, target) in zip(configs, targets, strict=True):
+        if (key := (name, target, vectorizable_key(config))) in seen:
             continue
         seen.add(key)
         try:
@@ -157,24 +159,8 @@ def _preflight(configs, data_dir: str | None, kind: str) -> None:
         Schedule.parse(config.schedule).check(total_steps(config, per_epoch))
         task = task_of(config, data)
         make_stepper(config, init_model(config, data), task, "cpu")
-
-
-def _check_targets(spec: StudySpec, configs, data_dir: str | None, kind: str) -> None:
-    """Refuse a target its task's metric can never reach: an accuracy outside (0, 1]."""
-    from optimlab.engine.build import task_of
-    from optimlab.errors import DatasetNotFoundError
-    from optimlab.study.units import unit_data
-
-    for task, target in spec.targets.items():
-        config = next(c for p, c in zip(spec.grid, configs, strict=True) if p["task"] == task)
-        try:
-            accuracy = task_of(config, unit_data(config, data_dir)).accuracy
-        except DatasetNotFoundError:
-            if kind == "ray":
-                continue
-            raise
-        if accuracy and not 0 < target <= 1:
-            where = f"task {task!r}" if task is not None else "the study"
+        if target is not None and task.accuracy and not 0 < target <= 1:
+            where = f"task {name!r}" if name is not None else "the study"
             raise OptimlabError(f"{where}: the target {target:g} is a validation accuracy, which lies in "
                                 "(0, 1] (0.9 for 90 %): it can never be reached")
 

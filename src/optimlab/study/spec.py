@@ -341,7 +341,8 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
                    "once")
 
     device = doc.get("device", "auto")
-    optimizer_specs = [spec for spec, _ in entries]
+    # each distinct optimizer once (its first entry), to check every task's settings with
+    optimizer_specs = list({axes.key(p)[0]: p["optimizer"] for p in reversed(grid)}.values())
     target = _target(doc["target"], "target", fail) if "target" in doc else None
     executor = _executor(doc.get("executor", {}), fail)
     if tasks is None:
@@ -372,7 +373,7 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
 def _checked_settings(fields: dict, optimizers: list, lr: float, device: str, batch_axis: bool,
                       fail) -> dict:
     """A task's settings (``fields``: study file fields) checked by the one place that knows them,
-    with every optimizer of the grid; returns every TrainConfig field but the axes, names
+    with each of the grid's ``optimizers``; returns every TrainConfig field but the axes, names
     normalized, objects kept."""
     fields = dict(fields)
     for key in ("model_options", "dataset_options"):
@@ -380,7 +381,7 @@ def _checked_settings(fields: dict, optimizers: list, lr: float, device: str, ba
         if not isinstance(fields[key], dict):
             raise fail(f"{key} must be a table, e.g. [{key}] hidden = 100; got {fields[key]!r}")
     try:
-        for optimizer in {optimizer_label_of(o): o for o in reversed(optimizers)}.values():
+        for optimizer in optimizers:
             TrainConfig(**fields, optimizer=optimizer, lr=lr, device=device)
     except (OptimlabError, TypeError) as e:
         raise fail(str(e)) from None
@@ -393,10 +394,6 @@ def _checked_settings(fields: dict, optimizers: list, lr: float, device: str, ba
     return out
 
 
-def optimizer_label_of(optimizer: object) -> str:
-    return axes.key(axes.point(optimizer=optimizer, lr=1.0, seed=0))[0]
-
-
 def _target(value, where: str, fail) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise fail(f"{where} must be a finite number (an accuracy in (0, 1], or a loss); got {value!r}")
@@ -406,7 +403,8 @@ def _target(value, where: str, fail) -> float:
 def _tasks(doc: dict, batch_axis: bool, fail) -> dict[str, dict]:
     """The ``[[tasks]]`` of a study file, by name: ``fields`` (the task's settings as a study file
     writes them: its own over the study's over its suite task's), ``target`` where it has one, and
-    for a task of the suite ``suite`` and ``scaled`` (the fields that differ from the suite's)."""
+    for a task of the suite ``suite`` and ``scaled`` (the fields of its definition that differ, a
+    budget in iterations instead of epochs included, and None for those dropped)."""
     value = doc["tasks"]
     if not isinstance(value, list) or not value or not all(isinstance(t, dict) for t in value):
         raise fail("tasks are [[tasks]] tables, each with a name and its data, model and budget (or "
@@ -441,7 +439,8 @@ def _tasks(doc: dict, batch_axis: bool, fail) -> dict[str, dict]:
         entry = {}
         if "suite" in table:
             entry["suite"] = table["suite"]
-            entry["scaled"] = {k: v for k, v in fields.items() if k not in base or base[k] != v}
+            entry["scaled"] = {k: v for k, v in fields.items()  # DeepOBS's fields changed, and the budget
+                               if base.get(k, v) != v or (k not in base and k in ("epochs", "iterations"))}
             entry["scaled"].update({k: None for k in base if k not in fields})
         fields = {**STUDY_DEFAULTS, **fields}
         for required in ("dataset", "model"):

@@ -636,7 +636,8 @@ class StudyStore:
                 f"cannot extend {self.path}: the shared settings differ ({', '.join(differ)}); only "
                 "tasks, optimizers, learning rates, seeds and the other axes' values may be added"
             )
-        merged = {**new, "grid": None}
+        points = {json.dumps(g, sort_keys=True): g for g in [*old.get("grid", []), *new["grid"]]}
+        merged = {**new, "grid": [points[k] for k in sorted(points)]}
         if "tasks" in new:
             for task in sorted(set(old["tasks"]) & set(new["tasks"])):
                 was, now = old["tasks"][task]["settings"], new["tasks"][task]["settings"]
@@ -647,8 +648,6 @@ class StudyStore:
                         f"({', '.join(differ)}); its runs were trained with the old ones. Give the changed "
                         "task another name to add it beside the old one")
             merged["tasks"] = {**old["tasks"], **new["tasks"]}  # targets: the file's
-        points = {json.dumps(g, sort_keys=True): g for g in [*old.get("grid", []), *new["grid"]]}
-        merged["grid"] = [points[k] for k in sorted(points)]
         self._set_meta(definition=json.dumps(merged, sort_keys=True))
 
     def close(self) -> None:
