@@ -269,14 +269,16 @@ def _width(lrs: list[float], values: list[float], usable: list[bool], best: int,
 
 
 def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
-                     loss_tolerance: float = 0.01, split: str = "test") -> pd.DataFrame:
+                     loss_tolerance: float = 0.01, split: str = "test",
+                     chosen_lrs: dict[str, float] | None = None) -> pd.DataFrame:
     """Per optimizer: its best learning rate (highest mean final accuracy on ``split`` among the
     learning rates where no seed diverged -- and, in a constrained study, every seed ended feasible;
     without accuracy the lowest final loss on ``split``, else the lowest final training loss), the
     mean final accuracy there on ``split``
     (``best_final_<split>_accuracy``) and on the test set (``best_final_test_accuracy``, with its
     std), the widths in decades of the accuracy and loss ranges, diverged runs, and a rank (best
-    accuracy on ``split`` first, then width)."""
+    accuracy on ``split`` first, then width). ``chosen_lrs``: optimizer -> a best learning rate chosen
+    already (by the second stage of ``[rerun_best]``, on the grid's seeds), taken as it is."""
     rows = []
     chosen = f"final_{split}_accuracy"
     for opt, g in cells.groupby("optimizer", sort=False):
@@ -299,7 +301,7 @@ def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
         split_loss = g[f"final_{split}_loss_mean"]
         by_split_loss = split_loss[usable].notna().any()  # no accuracy: the split's loss, else training loss
         score = g[f"{chosen}_mean"] if has_acc else -split_loss if by_split_loss else -g.final_train_loss_mean
-        best = int(score.where(usable).idxmax())
+        best = lrs.index(chosen_lrs[opt]) if opt in (chosen_lrs or {}) else int(score.where(usable).idxmax())
         loss = g.final_train_loss_mean
         has_loss = loss.where(usable).notna().any()  # none: no training loss evaluated or logged
         loss_best = loss.where(usable).min()
@@ -447,7 +449,13 @@ def summarize(results: StudyResults, target_fraction: float = 0.95, target_accur
         notes.append("No accuracy in this study (a regression task?): no convergence target on accuracy"
                      + ("." if target_loss is None else f"; the time to a target on the {SPLITS[split]} loss "
                         f"({target_loss:.4g}) is measured in the ranking of a study of several tasks."))
-    robust = robustness_table(cells, accuracy_tolerance, loss_tolerance, split)
+    chosen_lrs, drawn = second_stage_choices(results, final)
+    if chosen_lrs:
+        seeds = results.meta["definition"]["rerun_best"]["seeds"]
+        notes.append("DeepOBS's second stage: each optimizer's best learning rate, chosen on the grid's "
+                     f"seeds, was run with the seeds {seeds} too; its numbers are over all of them, the "
+                     "other learning rates' over the grid's seeds.")
+    robust = robustness_table(cells, accuracy_tolerance, loss_tolerance, split, chosen_lrs)
     counts = cells.groupby("optimizer").lr.nunique() if len(cells) else pd.Series(dtype=int)
     single = sorted(counts[counts < 2].index)
     if single:
@@ -480,11 +488,24 @@ def summarize(results: StudyResults, target_fraction: float = 0.95, target_accur
                          "learning rate; its panels show the learning rate of the smallest final violation.")
         panels = constrained_runs(results, final, cells, best_lr)
     loss_label = "training loss" if results.evals.train_loss.notna().any() else "batch loss"
-    tuning = tuning_budget(final, split)
+    tuning = tuning_budget(drawn, split)  # the grid's runs: a random search draws from them alone
     return Summary(final, cells, robust, curves, target_accuracy,
                    missing[["run_id", "optimizer", "lr", "seed", "status", "error"]], notes,
                    dict(results.constraints), feasibility_tolerance, panels, split,
                    colours(list(dict.fromkeys(results.runs.optimizer))), tuning, loss_label, target_loss)
+
+
+def second_stage_choices(results: StudyResults,
+                         final: pd.DataFrame) -> tuple[dict[str, float], pd.DataFrame]:
+    """In a study with ``[rerun_best]``: optimizer (series) -> the learning rate its second stage
+    chose (where runs of seeds outside the grid's were made), and ``final``'s rows of the grid's
+    seeds; else ({}, ``final``)."""
+    definition = results.meta.get("definition", {})
+    if "rerun_best" not in definition:
+        return {}, final
+    grid_seeds = {point[2] for point in definition.get("grid", [])}
+    rerun = final[~final.seed.isin(grid_seeds)]
+    return rerun.groupby("optimizer", sort=False).lr.first().to_dict(), final[final.seed.isin(grid_seeds)]
 
 
 def colours(optimizers: list[str]) -> dict[str, str]:

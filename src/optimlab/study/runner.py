@@ -73,7 +73,7 @@ def run_study(
                               code_changed=code_changed)
     started = time.perf_counter()
     mine = {axes.key(p): c for p, c in zip(spec.grid, configs, strict=True)}
-    board = None
+    board, staged = None, not spec.rerun_seeds
     try:
         with store.heartbeat():
             while True:  # until every run is finished, here or by the other processes on the store
@@ -87,6 +87,12 @@ def run_study(
                     if busy:  # others train the rest: wait, to take their units over if they die
                         time.sleep(WAIT_S)
                         continue
+                    if not staged:  # the grid is finished: its best settings with more seeds
+                        staged = True
+                        if _add_second_stage(spec, store, mine, board):
+                            board.close()
+                            board = None  # a new one counts the new runs
+                            continue
                     break
                 by_id = {r["id"]: mine[k] for r in todo if (k := axes.key(axes.of_row(r))) in mine}
                 units = plan_units(todo, groups=executor.unit_kind == "groups", configs=by_id,
@@ -106,6 +112,22 @@ def run_study(
                 break
         store.close()
     return StudyOutcome(store=out / DB_NAME, wall_time=time.perf_counter() - started, **counts)
+
+
+def _add_second_stage(spec: StudySpec, store: StudyStore, mine: dict, board: _Board) -> int:
+    """Add the runs of ``[rerun_best]`` (:func:`optimlab.study.protocol.second_stage`) to the store
+    and to ``mine`` (point key -> config); returns how many were new."""
+    from optimlab.study.protocol import second_stage
+
+    points, notes = second_stage(spec, store)
+    for note in notes:
+        board.bar.write(f"note: {note}")
+    configs = [spec.config(p) for p in points]
+    mine.update({axes.key(p): c for p, c in zip(points, configs, strict=True)})
+    added = store.add_runs(points, configs)
+    if added:
+        board.bar.write(f"rerun_best: {added} runs of the best settings with seeds {list(spec.rerun_seeds)}")
+    return added
 
 
 def _as_in_store(spec: StudySpec, db: Path, say: bool) -> StudySpec:

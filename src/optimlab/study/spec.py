@@ -113,6 +113,9 @@ FIELDS = {
     "target": "the convergence target on the validation set: an accuracy in (0, 1], or for a task "
               "without accuracy a loss (default: 95 % of the best mean final accuracy; a loss 1/0.95 times "
               "the best)",
+    "rerun_best": "DeepOBS's second stage, a table { seeds = [1, 2, ...] }: once the grid is finished, "
+                  "each optimizer's best learning rate (on validation, over the grid's seeds) is run with "
+                  "these seeds too, and the report gives the chosen setting over all of them",
     "tasks": "[[tasks]] tables, each a task of the grid: name, suite (a task of optimlab's suite), target "
              "and the task fields (dataset, model, batch_size, epochs, ...); the study's own task fields "
              "are every task's defaults",
@@ -187,21 +190,26 @@ class StudySpec:
     tasks: dict[str, dict] = field(default_factory=dict)
     targets: dict[str | None, float] = field(default_factory=dict)
     scaled: dict[str, dict] = field(default_factory=dict)  # suite task -> the fields the study changed
+    rerun_seeds: tuple[int, ...] = ()  # [rerun_best] seeds: the best settings' second stage
 
     def settings(self, p: axes.Point) -> dict:
         """The settings of a run at point ``p`` besides its axes: ``shared``, and its task's."""
         return {**self.shared, **self.tasks[p["task"]]} if p.get("task") is not None else self.shared
 
+    def config(self, p: axes.Point) -> TrainConfig:
+        """The :class:`TrainConfig` of the run at point ``p`` (of the grid, or of its second stage)."""
+        return TrainConfig(**self.settings(p), **axes.settings(p), device=self.device)
+
     def configs(self) -> list[TrainConfig]:
         """One :class:`TrainConfig` per run of the grid."""
-        return [TrainConfig(**self.settings(p), **axes.settings(p), device=self.device) for p in self.grid]
+        return [self.config(p) for p in self.grid]
 
     def definition(self) -> str:
         """What makes two study files the same study (not the executor, not the device). Runs are
         written without their trailing Nones: (optimizer, lr, seed) without constraints, as in
         stores of schema 1. A study of several tasks adds ``tasks``: name -> settings, target and,
         for a task of the suite scaled down, ``suite`` and ``scaled`` (the fields it changed); a
-        study of one task with a target adds ``target``."""
+        study of one task with a target adds ``target``; one with ``[rerun_best]``, ``rerun_best``."""
         grid = [axes.serialized(p) for p in self.grid]
         # settings added after 0.1.0 are left out at their defaults: older stores keep their study
         shared = {k: v for k, v in self.shared.items()
@@ -212,6 +220,8 @@ class StudySpec:
                                    **self.scaled.get(name, {})} for name, settings in self.tasks.items()}
         elif self.targets.get(None) is not None:
             out["target"] = self.targets[None]
+        if self.rerun_seeds:
+            out["rerun_best"] = {"seeds": list(self.rerun_seeds)}
         return json.dumps(out, sort_keys=True, default=describe)
 
     def import_paths(self) -> list[str]:
@@ -345,6 +355,8 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
     optimizer_specs = list({axes.key(p)[0]: p["optimizer"] for p in reversed(grid)}.values())
     target = _target(doc["target"], "target", fail) if "target" in doc else None
     executor = _executor(doc.get("executor", {}), fail)
+    rerun_seeds = _rerun_seeds(doc["rerun_best"], seeds, bool(doc.get("constraints")), fail) \
+        if "rerun_best" in doc else ()
     if tasks is None:
         fields = {k: doc[k] for k in SHARED if k in doc}
         defaulted = tuple(k for k in STUDY_DEFAULTS if k not in doc)
@@ -353,7 +365,7 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
                                    fail)
         return StudySpec(name=name.strip(), shared=shared, grid=tuple(grid), executor=executor,
                          device=device, text=text, python_path=tuple(python_path), defaulted=defaulted,
-                         targets={} if target is None else {None: target})
+                         targets={} if target is None else {None: target}, rerun_seeds=rerun_seeds)
     study_fields = {k: doc[k] for k in SHARED if k in doc and k not in TASK_SETTINGS}
     settings, targets = {}, {}
     for task_name, task in tasks.items():
@@ -367,7 +379,7 @@ def _from_fields(doc: dict, source: str, base: str | Path | None, text: str) -> 
     scaled = {n: {"suite": t["suite"], "scaled": t["scaled"]} for n, t in tasks.items() if "suite" in t}
     return StudySpec(name=name.strip(), shared=shared, grid=tuple(grid), executor=executor, device=device,
                      text=text, python_path=tuple(python_path), tasks=settings, targets=targets,
-                     scaled=scaled)
+                     scaled=scaled, rerun_seeds=rerun_seeds)
 
 
 def _checked_settings(fields: dict, optimizers: list, lr: float, device: str, batch_axis: bool,
@@ -392,6 +404,24 @@ def _checked_settings(fields: dict, optimizers: list, lr: float, device: str, ba
     if batch_axis:  # an axis: each run's own
         out.pop("batch_size")
     return out
+
+
+def _rerun_seeds(table, seeds: list[int], constrained: bool, fail) -> tuple[int, ...]:
+    """The seeds of ``[rerun_best]``: integers >= 0, some of them not the grid's."""
+    if not isinstance(table, dict) or set(table) != {"seeds"}:
+        raise fail(f"rerun_best is a table with seeds, e.g. [rerun_best] seeds = [1, 2, 3]; got {table!r}")
+    value = table["seeds"]
+    if not isinstance(value, list) or not value or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+        raise fail(f"rerun_best.seeds must be a non-empty list of integers >= 0; got {value!r}")
+    if set(value) <= set(seeds):
+        raise fail(f"rerun_best.seeds {value} are all seeds of the grid already ({seeds}): rerunning the "
+                   "best settings needs other seeds")
+    if constrained:
+        raise fail("rerun_best chooses by the validation metric alone; a constrained study needs feasibility "
+                   "too, which it does not take into account: run the best settings with more seeds in a "
+                   "study of their own")
+    return tuple(dict.fromkeys(value))
 
 
 def _target(value, where: str, fail) -> float:

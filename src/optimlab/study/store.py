@@ -551,13 +551,31 @@ class StudyStore:
             store._set_meta(study_file=spec.text, definition=spec.definition(),
                             environment=json.dumps(environment()),
                             code=json.dumps(code or {}, sort_keys=True))
-            columns = ", ".join(axes.NAMES)
-            for p, config in zip(spec.grid, spec.configs(), strict=True):
-                store.conn.execute(
-                    f"INSERT OR IGNORE INTO runs ({columns}, config, updated) "
-                    f"VALUES ({', '.join('?' * len(axes.NAMES))}, ?, ?)",
-                    (*axes.key(p), json.dumps(config.to_dict()), time.time()))
+            store._insert_runs(spec.grid, spec.configs())
         return store
+
+    def add_runs(self, points: list[axes.Point], configs: list) -> int:
+        """Add runs at ``points`` (beside the grid's: a second stage) with their TrainConfigs; those
+        the store holds already are left as they are. Returns how many were new."""
+        with self.transaction():
+            return self._insert_runs(points, configs)
+
+    def _insert_runs(self, points, configs) -> int:
+        columns, added = ", ".join(axes.NAMES), 0
+        for p, config in zip(points, configs, strict=True):
+            added += self.conn.execute(
+                f"INSERT OR IGNORE INTO runs ({columns}, config, updated) "
+                f"VALUES ({', '.join('?' * len(axes.NAMES))}, ?, ?)",
+                (*axes.key(p), json.dumps(config.to_dict()), time.time())).rowcount
+        return added
+
+    def final_evaluations(self) -> dict[int, dict]:
+        """Per run, its last evaluation row's ``val_loss, val_accuracy, test_loss, test_accuracy``."""
+        cur = self.conn.execute(
+            "SELECT run_id, val_loss, val_accuracy, test_loss, test_accuracy FROM evals e "
+            "WHERE step = (SELECT MAX(step) FROM evals WHERE run_id = e.run_id)")
+        names = ("val_loss", "val_accuracy", "test_loss", "test_accuracy")
+        return {r[0]: dict(zip(names, r[1:], strict=True)) for r in cur}
 
     @classmethod
     def _create_tables(cls, path: Path, spec: StudySpec, code: dict | None) -> bool:
