@@ -74,8 +74,10 @@ def sensitivity(summary: Summary, path: Path) -> Path | None:
             mean = g[f"{col}_mean"]
             color = _band(ax, g.lr, mean, g[f"{col}_std"], opt, marker="o", color=summary.colours.get(opt))
             bad = g[g.diverged > 0]
-            if len(bad):
-                y = np.nanmin(mean) if col.endswith("accuracy") else np.nanmax(mean)
+            # at the edge of its own curve; an optimizer diverged everywhere: of the panel's
+            at = mean if mean.notna().any() else cells[f"{col}_mean"]
+            if len(bad) and at.notna().any():
+                y = np.nanmin(at) if col.endswith("accuracy") else np.nanmax(at)
                 ax.scatter(bad.lr, [y] * len(bad), marker="x", color=color)
         ax.set_xscale("log")
         if col == "final_train_loss":
