@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from browser import needs_chromium, open_in_browser
 from madeup import evals, fill
 
 from optimlab.report import make_report
@@ -158,3 +159,11 @@ def test_the_page_says_which_validation_set_chose():
     assert "validation set (10000 examples of the training set" in _chosen(summary, 10000)
     assert "validation set (the data set's own)" in _chosen(summary, None)  # quadratic_deep's draw 44
     assert "chosen on the test set" in _chosen(SimpleNamespace(split="test", target_accuracy=None), None)
+
+
+@needs_chromium
+def test_the_page_of_tasks_loads_in_a_real_browser_with_every_image_decoded(across_store, tmp_path):
+    report = make_report(across_store, tmp_path / "r")
+    title, console = open_in_browser(report.html, tmp_path)
+    assert title == f"IMAGES {len(report.figures)}/{len(report.figures)} ERRORS 0", console
+    assert not console, console

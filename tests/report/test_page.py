@@ -1,9 +1,8 @@
 import re
-import shutil
 import sqlite3
-import subprocess
 
 import pytest
+from browser import needs_chromium, open_in_browser
 from madeup import evals
 
 from optimlab.cli import main
@@ -54,37 +53,11 @@ def test_bad_stores_are_one_clear_message(tmp_path, make_store, capsys):
         make_report(newer, target_fraction=1.5)
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# the probe: console errors and uncaught exceptions counted from the first line of <head>, images
-# counted once the page has loaded; the verdict goes into the title, which --dump-dom shows
-HOOK = """<head><script>
-window.__errors = 0;
-window.addEventListener('error', () => { window.__errors += 1; }, true);
-const __consoleError = console.error;
-console.error = (...a) => { window.__errors += 1; __consoleError(...a); };
-</script>"""
-CHECK = """<script>
-window.addEventListener('load', () => {
-  const imgs = [...document.images];
-  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
-  document.title = 'IMAGES ' + ok + '/' + imgs.length + ' ERRORS ' + window.__errors;
-});
-</script></body>"""
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+@needs_chromium
 def test_the_page_loads_in_a_real_browser_with_every_image_decoded(made_up_store, tmp_path):
     report = make_report(made_up_store, tmp_path / "r")
-    probe = tmp_path / "probe.html"  # the report, with a script that counts the decoded images
-    probe.write_text(report.html.read_text().replace("<head>", HOOK, 1).replace("</body>", CHECK))
-    run = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-         "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-        capture_output=True, text=True, timeout=120)
-    console = [line for line in run.stderr.splitlines() if "CONSOLE" in line]
-    assert "<title>IMAGES 6/6 ERRORS 0</title>" in run.stdout, (console, run.stderr[-2000:])
+    title, console = open_in_browser(report.html, tmp_path)
+    assert title == "IMAGES 6/6 ERRORS 0", console
     assert not console, console  # the page itself logs nothing
 
 
