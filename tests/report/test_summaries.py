@@ -158,6 +158,24 @@ def test_the_tuning_budget_view_of_a_study(made_up_store):
         tuning_budget(s.final, k_max=16)
 
 
+def test_without_accuracy_the_tuning_budget_is_the_expected_lowest_loss(make_store):
+    # final test losses: sgd 0.3 (lr 0.1), 0.2 (lr 1), adam 0.5 (lr 0.1), diverged at lr 1
+    losses = {("sgd", 0.1): 0.3, ("sgd", 1.0): 0.2, ("adam", 0.1): 0.5}
+
+    def outcome(opt, lr, seed):
+        if (opt, lr) not in losses:
+            return "diverged", 5, evals([0.0], losses=[1.0])[:0]
+        rows = evals([0.0, 0.0], losses=[1.0, losses[opt, lr]])
+        return [{**r, "test_accuracy": None} for r in rows]
+
+    s = summarize(load_results(make_store(["sgd", "adam"], [0.1, 1.0], [0], outcome)))
+    t = s.tuning.set_index(["optimizer", "k"]).expected_best
+    assert t["sgd", 1] == pytest.approx(0.25) and t["sgd", 2] == pytest.approx((0.3 + 0.2 * 3) / 4)
+    # the diverged run counts as the worst final loss of any run (0.5): min of two draws of {0.5, 0.5}
+    assert t["adam", 1] == pytest.approx(0.5) and t["adam", 2] == pytest.approx(0.5)
+    assert s.metric == "loss"
+
+
 def test_a_width_is_measured_where_the_curve_crosses_the_threshold_not_at_grid_points(make_store):
     # one decade apart, only the best within 1 point: the old grid-point width was 0
     final = {1e-3: 0.85, 1e-2: 0.90, 1e-1: 0.86}

@@ -99,10 +99,9 @@ def across_tasks(summaries: dict[str, Summary], evals: dict[str, pd.DataFrame],
     optimizers = list(dict.fromkeys(o for s in summaries.values() for o in s.colours))
     rows, notes = [], []
     for task, summary in summaries.items():
-        accuracy = summary.has_accuracy
-        metric = f"{summary.split}_{'accuracy' if accuracy else 'loss'}"
+        metric = f"{summary.split}_{summary.metric}"
         target = targets.get(task)
-        per_setting = times_to_target(evals[task], summary.final, metric, target, accuracy) \
+        per_setting = times_to_target(evals[task], summary.final, metric, target, summary.has_accuracy) \
             if target is not None else pd.DataFrame(columns=["optimizer", "lr", "steps", "seconds"])
         for opt in optimizers:
             mine = per_setting[per_setting.optimizer == opt]

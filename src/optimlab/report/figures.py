@@ -211,8 +211,8 @@ def relative_sensitivity(summary: Summary, path: Path) -> Path | None:
 
 
 def tuning(summary: Summary, path: Path) -> Path | None:
-    """The tuning-budget view: the expected best final accuracy on the selection split after k runs
-    drawn at random from each optimizer's grid, against k."""
+    """The tuning-budget view: the expected best final accuracy (lowest loss, without accuracy) on the
+    selection split after k runs drawn at random from each optimizer's grid, against k."""
     t = summary.tuning
     if t.empty or t.k.max() < 2:
         return None
@@ -222,7 +222,7 @@ def tuning(summary: Summary, path: Path) -> Path | None:
         ax.plot(g.k, g.expected_best, marker="o", ms=3, label=opt, color=summary.colours.get(opt))
     ax.set_xscale("log", base=2)
     return _one_panel(fig, ax, path, "runs drawn at random from the grid (k)",
-                      f"expected best final {summary.split_label} accuracy",
+                      f"expected best final {summary.split_label} {summary.metric}",
                       "Tuning budget: what a random search of k runs of each grid finds")
 
 

@@ -135,8 +135,8 @@ CAPTIONS = {
     "learning_curves": "Learning curves at each optimizer's best learning rate.",
     "convergence": "Steps to the target accuracy at each optimizer's best learning rate.",
     "heatmap": "Mean final metric of every optimizer and learning rate.",
-    "tuning": "Tuning budget: the expected best final accuracy after k runs drawn at random from each "
-              "optimizer's grid (from the runs made; Dodge et al. 2019).",
+    "tuning": "Tuning budget: the expected best final accuracy (lowest loss, without accuracy) after k runs "
+              "drawn at random from each optimizer's grid (from the runs made; Dodge et al. 2019).",
     "constrained": "Training loss, batch accuracy, multipliers and violations against the step: the lowest "
                    "seed of each optimizer and dual learning rate, at its best learning rate.",
 }
@@ -196,7 +196,8 @@ def _summary_blocks(summary: Summary, figures: dict[str, Path], out: Path, level
     h, hashes = f"h{level}", "#" * level
     sections = [("Ranking", ranking_rows(summary)), ("Every optimizer and learning rate", cell_rows(summary))]
     if not summary.tuning.empty:
-        heading = f"Tuning budget (expected best final {summary.split_label} accuracy of k random runs)"
+        heading = (f"Tuning budget (expected best final {summary.split_label} {summary.metric} of k random "
+                   "runs)")
         sections.append((heading, tuning_rows(summary)))
     if len(summary.missing):
         sections.append(("Runs not finished", missing_rows(summary)))
@@ -257,7 +258,7 @@ def task_rows(tasks: dict[str, dict], summaries: dict[str, Summary], targets: di
     for name, t in tasks.items():
         st, summary = t.get("settings", {}), summaries[name]
         budget = _plural(st["epochs"], "epoch") if st.get("epochs") else _plural(st.get("iterations"), "step")
-        metric = f"{summary.split_label} {'accuracy' if summary.has_accuracy else 'loss'}"
+        metric = f"{summary.split_label} {summary.metric}"
         target = targets.get(name)
         scaled = ""
         if "suite" in t:

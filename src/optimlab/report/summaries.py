@@ -62,21 +62,26 @@ def tuning_budget(final: pd.DataFrame, split: str = "test", k_max: int | None = 
     """Per optimizer (series), the expected best final accuracy on ``split`` after k runs drawn at
     random from its grid (each run one draw: a learning rate and a seed; a diverged run, and in a
     constrained study an infeasible one, counts as accuracy 0), for k = 1 .. ``k_max`` (default: the
-    size of its grid), computed from the runs made, no new ones. Columns ``optimizer, k,
-    expected_best, runs``; empty without accuracies."""
-    column = f"final_{split}_accuracy"
+    size of its grid), computed from the runs made, no new ones. Without accuracies, the expected
+    lowest final loss on ``split``, a diverged (or infeasible) run counting as the worst final loss of
+    any run. Columns ``optimizer, k, expected_best, runs``; empty without either."""
+    accuracy = f"final_{split}_accuracy"
+    column = accuracy if final[accuracy].notna().any() else f"final_{split}_loss"
     if final.empty or final[column].isna().all():
         return pd.DataFrame(columns=["optimizer", "k", "expected_best", "runs"])
+    higher = column == accuracy
+    worst = 0.0 if higher else float(final[column].max())
+    sign = 1.0 if higher else -1.0  # the expected lowest loss is minus the expected highest of -loss
     rows = []
     for opt, g in final.groupby("optimizer", sort=False):
         bad = (g.status == "diverged") | (~g.feasible.astype(bool) if "feasible" in g else False)
-        values = g[column].where(~bad, 0.0).fillna(0.0).tolist()
+        values = (sign * g[column].where(~bad, worst).fillna(worst)).tolist()
         top = len(values) if k_max is None else k_max
         if top > len(values):
             raise OptimlabError(f"a tuning budget of {top} draws is more than the {len(values)} runs of "
                                 f"{opt}'s grid: the view says what a random search of the grid finds")
-        rows += [{"optimizer": opt, "k": k, "expected_best": expected_best(values, k), "runs": len(values)}
-                 for k in range(1, top + 1)]
+        rows += [{"optimizer": opt, "k": k, "expected_best": sign * expected_best(values, k),
+                  "runs": len(values)} for k in range(1, top + 1)]
     return pd.DataFrame(rows)
 
 
@@ -134,6 +139,11 @@ class Summary:
         """Whether the runs measured an accuracy on the selection split (else they are compared by loss)."""
         column = f"final_{self.split}_accuracy_mean"
         return column in self.cells and bool(self.cells[column].notna().any())
+
+    @property
+    def metric(self) -> str:
+        """What the runs are compared by: "accuracy", or "loss" without one."""
+        return "accuracy" if self.has_accuracy else "loss"
 
     @property
     def split_label(self) -> str:
