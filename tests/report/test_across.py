@@ -167,3 +167,18 @@ def test_the_page_of_tasks_loads_in_a_real_browser_with_every_image_decoded(acro
     title, console = open_in_browser(report.html, tmp_path)
     assert title == f"IMAGES {len(report.figures)}/{len(report.figures)} ERRORS 0", console
     assert not console, console
+
+
+def test_the_tuning_budget_across_tasks_is_the_mean_relative_expected_best(across_store, tmp_path):
+    report = make_report(across_store, tmp_path / "r")
+    t = report.across.tuning.set_index(["optimizer", "k"])
+    # one draw: the mean final metric of the grid's 4 runs. images (accuracy): the best run 0.96;
+    # squares (validation loss): the best run 0.1, relative best / expected
+    assert t.loc[("sgd", 1)].relative == pytest.approx((0.865 / 0.96 + 0.1 / 0.2) / 2)
+    assert t.loc[("adam", 1)].relative == pytest.approx((0.88 / 0.96 + 0.1 / 0.21) / 2)
+    # two draws of squares' sgd: the lower of two of {0.1, 0.1, 0.3, 0.3} is 0.3 only when both are
+    assert t.loc[("sgd", 2)].relative == pytest.approx(
+        ((0.93 * 0.75 + 0.8 * 0.25) / 0.96 + 0.1 / (0.1 * 0.75 + 0.3 * 0.25)) / 2)
+    assert set(t.tasks) == {2} and t.reset_index().k.max() == 4
+    assert "tuning_across" in report.figures
+    assert "Tuning budget across tasks" in report.html.read_text()

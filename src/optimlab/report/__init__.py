@@ -19,7 +19,7 @@ __all__ = ["Across", "Report", "Summary", "make_report", "summarize", "summarize
 class Report:
     """The files written and the numbers behind them. A study of several tasks has ``tasks`` (task
     -> its Summary; ``summary`` is the first's) and ``across`` (:class:`~optimlab.report.across.Across`);
-    its figures are named ``task/figure`` and ``profiles``."""
+    its figures are named ``task/figure``, ``profiles`` and ``tuning_across``."""
 
     html: Path
     markdown: Path
@@ -36,7 +36,7 @@ def make_report(db: str | Path, out: str | Path | None = None, target_fraction: 
     ``out`` (default: ``report/`` beside the store). Works on a study still running or interrupted.
     ``feasibility_tolerance``: a constrained run ends feasible when its largest final violation is
     at most this."""
-    from optimlab.report.figures import all_figures, performance_profiles
+    from optimlab.report.figures import across_figures, all_figures
     from optimlab.report.page import write_pages, write_study_pages
 
     if not 0 < target_fraction <= 1:
@@ -69,13 +69,10 @@ def make_report(db: str | Path, out: str | Path | None = None, target_fraction: 
     _folder(out)
     figures = {task: all_figures(s, out / task) for task, s in summaries.items()}
     first = next(iter(summaries.values()))
-    profile_figure = performance_profiles(across, first.colours, out / "profiles.png")
+    overall = across_figures(across, first.colours, out)
     tasks = {t: results.task_definition(t) for t in summaries}
-    page, notes = write_study_pages(summaries, figures, across, profile_figure, tasks, targets, out, title,
-                                    meta)
-    flat = {f"{t}/{k}": p for t, f in figures.items() for k, p in f.items()}
-    if profile_figure is not None:
-        flat["profiles"] = profile_figure
+    page, notes = write_study_pages(summaries, figures, across, overall, tasks, targets, out, title, meta)
+    flat = {**overall, **{f"{t}/{k}": p for t, f in figures.items() for k, p in f.items()}}
     return Report(page, notes, flat, first, summaries, across)
 
 

@@ -15,12 +15,17 @@ t(a, w) / min_b t(b, w) (infinite where a misses, and for every optimizer where 
 1 / (r_max - 1) * integral_1^r_max rho_a(tau) d tau with r_max = 4, which for the step function rho
 is the mean over tasks of max(0, r_max - r(a, w)) / (r_max - 1): 1 is fastest everywhere, 0 never
 within r_max of the fastest. An optimizer that was not run on a task misses it.
+
+The *tuning budget across tasks*: each task's expected best final metric of k random runs of an
+optimizer's grid (:func:`optimlab.report.summaries.tuning_budget`) relative to the best run of any
+optimizer on the task (accuracy / best; for a loss best / loss, which needs positive losses), averaged
+over the tasks, for k up to the smallest grid: 1 is "as good as the best run, on every task".
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -45,6 +50,7 @@ class Across:
     profiles: pd.DataFrame
     r_max: float = R_MAX
     notes: tuple[str, ...] = ()
+    tuning: pd.DataFrame = field(default_factory=pd.DataFrame)  # optimizer, k, relative, tasks
 
 
 def times_to_target(evals: pd.DataFrame, final: pd.DataFrame, metric: str, target: float,
@@ -132,4 +138,39 @@ def across_tasks(summaries: dict[str, Summary], evals: dict[str, pd.DataFrame],
     scores = scores.sort_values(["score_steps", "score_seconds"], ascending=False).reset_index(drop=True)
     profiles = pd.concat(profiles, ignore_index=True) if profiles else pd.DataFrame(
         columns=["optimizer", "tau", "rho_steps", "rho_seconds"])
-    return Across(times, scores, profiles, r_max, tuple(dict.fromkeys(notes)))
+    tuning, skipped = tuning_across(summaries)
+    notes += [f"{task}: left out of the tuning budget across tasks (a loss that is not positive cannot be "
+              "taken relative to the best)" for task in skipped]
+    return Across(times, scores, profiles, r_max, tuple(dict.fromkeys(notes)), tuning)
+
+
+def tuning_across(summaries: dict[str, Summary]) -> tuple[pd.DataFrame, list[str]]:
+    """Per optimizer and k, the mean over tasks of the expected best of k random runs relative to the
+    task's best run (columns ``optimizer, k, relative, tasks``), and the tasks left out (a loss that is
+    not positive)."""
+    parts, skipped = [], []
+    for task, summary in summaries.items():
+        t = summary.tuning
+        if t.empty:
+            continue
+        final = summary.final
+        runs = final[final.feasible.astype(bool)] if "feasible" in final else final
+        values = runs[f"final_{summary.split}_{summary.metric}"]  # NaN where a run diverged
+        if summary.has_accuracy:
+            best = values.max()
+            relative = t.expected_best / best if best > 0 else None
+        else:
+            best = values.min()
+            relative = best / t.expected_best if best > 0 else None
+        if relative is None:
+            skipped.append(task)
+            continue
+        parts.append(t.assign(relative=relative, task=task))
+    if not parts:
+        return pd.DataFrame(columns=["optimizer", "k", "relative", "tasks"]), skipped
+    every = pd.concat(parts, ignore_index=True)
+    k_max = int(every.groupby(["task", "optimizer"]).k.max().min())  # every task has the draws
+    every = every[every.k <= k_max]
+    out = every.groupby(["optimizer", "k"], sort=False).agg(relative=("relative", "mean"),
+                                                            tasks=("task", "nunique")).reset_index()
+    return out, skipped

@@ -307,3 +307,28 @@ def performance_profiles(across, colours: dict[str, str], path: Path) -> Path | 
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=8)
     return _save(fig, path)
+
+
+def tuning_across(across, colours: dict[str, str], path: Path) -> Path | None:
+    """The tuning budget across tasks: each optimizer's mean relative expected best against k."""
+    t = across.tuning
+    if t.empty or t.k.max() < 2:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for opt, g in t.groupby("optimizer", sort=False):
+        ax.plot(g.k, g.relative, marker="o", ms=3, label=opt, color=colours.get(opt))
+    ax.set_xscale("log", base=2)
+    return _one_panel(fig, ax, path, "runs drawn at random from the grid (k)",
+                      "expected best / the task's best run (mean over tasks)",
+                      "Tuning budget across tasks")
+
+
+def across_figures(across, colours: dict[str, str], folder: Path) -> dict[str, Path]:
+    """The figures across tasks that the data allow: performance profiles, tuning budget."""
+    made = {}
+    for name, draw in (("profiles", performance_profiles), ("tuning_across", tuning_across)):
+        path = draw(across, colours, folder / f"{name}.png")
+        if path is not None:
+            made[name] = path
+    return made

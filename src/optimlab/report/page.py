@@ -104,18 +104,19 @@ def cell_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def tuning_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
-    """The tuning-budget view at k = 1, 2, 4, ... and the whole grid."""
-    t = summary.tuning
+def tuning_rows(t: pd.DataFrame, value: str = "expected_best", count: str = "runs",
+                count_head: str = "runs in the grid") -> tuple[list[str], list[list[str]]]:
+    """A tuning-budget view (a frame of ``optimizer, k, value, count``) at k = 1, 2, 4, ... and the
+    largest k."""
     if t.empty:
         return [], []
     top = int(t.k.max())
     ks = sorted({2 ** i for i in range(top.bit_length()) if 2 ** i <= top} | {top})
-    head = ["optimizer", "runs in the grid"] + [f"best of {k}" for k in ks]
+    head = ["optimizer", count_head] + [f"best of {k}" for k in ks]
     rows = []
     for opt, g in t.groupby("optimizer", sort=False):
-        by_k = dict(zip(g.k, g.expected_best, strict=True))
-        rows.append([opt, str(int(g.runs.iloc[0]))] + [_num(by_k.get(k)) for k in ks])
+        by_k = dict(zip(g.k, g[value], strict=True))
+        rows.append([opt, str(int(g[count].iloc[0]))] + [_num(by_k.get(k)) for k in ks])
     return head, rows
 
 
@@ -137,6 +138,10 @@ CAPTIONS = {
     "heatmap": "Mean final metric of every optimizer and learning rate.",
     "tuning": "Tuning budget: the expected best final accuracy (lowest loss, without accuracy) after k runs "
               "drawn at random from each optimizer's grid (from the runs made; Dodge et al. 2019).",
+    "profiles": "Performance profiles across the tasks (Dolan and Moré; AlgoPerf's score is their mean over "
+                "tau in [1, r_max]).",
+    "tuning_across": "Tuning budget across tasks: the expected best final metric of k random runs of each "
+                     "optimizer's grid, relative to the task's best run, the mean over the tasks.",
     "constrained": "Training loss, batch accuracy, multipliers and violations against the step: the lowest "
                    "seed of each optimizer and dual learning rate, at its best learning rate.",
 }
@@ -198,7 +203,7 @@ def _summary_blocks(summary: Summary, figures: dict[str, Path], out: Path, level
     if not summary.tuning.empty:
         heading = (f"Tuning budget (expected best final {summary.split_label} {summary.metric} of k random "
                    "runs)")
-        sections.append((heading, tuning_rows(summary)))
+        sections.append((heading, tuning_rows(summary.tuning)))
     if len(summary.missing):
         sections.append(("Runs not finished", missing_rows(summary)))
     parts = [f"<p>{html.escape(lead)}</p>"] if lead else []
@@ -323,7 +328,7 @@ ACROSS = ("Across tasks. A task's time to target: the step (and wall time) at wh
 
 
 def write_study_pages(summaries: dict[str, Summary], figures: dict[str, dict[str, Path]], across,
-                      profile_figure: Path | None, tasks: dict[str, dict], targets: dict, out: Path,
+                      across_figures: dict[str, Path], tasks: dict[str, dict], targets: dict, out: Path,
                       title: str, meta: dict) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.md`` of a study of several tasks: the tasks, the ranking
     across them (scores, performance profiles, a table per task and optimizer), then each task's
@@ -337,13 +342,16 @@ def write_study_pages(summaries: dict[str, Summary], figures: dict[str, dict[str
     md += ["## Ranking across tasks", "", ACROSS, ""]
     parts += [f"<p class='note'>{html.escape(n)}</p>" for n in across.notes]
     md += [f"> {n}\n" for n in across.notes]
-    for name, (head, rows) in (("Scores", score_rows(across)),
-                               ("Each task and optimizer", per_task_rows(across, summaries))):
-        parts.append(f"<h3>{name}</h3>{_html_table(head, rows)}")
+    tables = [("Scores", score_rows(across)), ("Each task and optimizer", per_task_rows(across, summaries))]
+    if not across.tuning.empty:
+        tables.append(("Tuning budget across tasks (the expected best final metric of k random runs, "
+                       "relative to the task's best run, the mean over tasks)",
+                       tuning_rows(across.tuning, "relative", "tasks", "tasks")))
+    for name, (head, rows) in tables:
+        parts.append(f"<h3>{html.escape(name)}</h3>{_html_table(head, rows)}")
         md += [f"### {name}", "", _md_table(head, rows), ""]
-    if profile_figure is not None:
-        block, line = _figure("profiles", profile_figure, out, "Performance profiles across the tasks "
-                              "(Dolan and Moré; AlgoPerf's score is their mean over tau in [1, r_max]).")
+    for key, path in across_figures.items():
+        block, line = _figure(key, path, out)
         parts.append(block)
         md.append(line)
     for name, summary in summaries.items():
