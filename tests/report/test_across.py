@@ -34,6 +34,11 @@ def test_ratios_profiles_and_scores_by_hand():
     rho = profile(r[times.optimizer == "b"], taus)
     assert np.trapezoid(rho, taus) / 3 == pytest.approx(2 / 9, abs=1e-3)
     assert score([1.0]) == 1.0 and score([4.0]) == 0.0 and score([INF]) == 0.0
+    # one task, one optimizer: the fastest by definition when it reaches the target, else nowhere
+    alone = pd.DataFrame({"task": ["u"], "optimizer": ["a"], "steps": [30.0]})
+    assert ratios(alone, "steps").tolist() == [1.0] and score(ratios(alone, "steps")) == 1.0
+    missed = alone.assign(steps=[INF])
+    assert ratios(missed, "steps").tolist() == [INF] and profile(ratios(missed, "steps"), [4.0]) == [0.0]
 
 
 def test_a_setting_takes_the_median_over_seeds_and_a_miss_or_divergence_is_infinite():
