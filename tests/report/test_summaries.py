@@ -183,3 +183,20 @@ def test_a_width_is_measured_where_the_curve_crosses_the_threshold_not_at_grid_p
         [0.1, final[lr]]))))
     # 0.89 is crossed 0.01 / 0.05 of the decade below 1e-2 and 0.01 / 0.04 above it
     assert s.robustness.width_accuracy_decades.iloc[0] == pytest.approx(0.2 + 0.25)
+
+
+def test_without_accuracy_ties_are_intervals_of_the_validation_loss_overlapping_the_lowest(make_store):
+    losses = {"sgd": [0.10, 0.11, 0.12], "adam": [0.115, 0.125, 0.135], "adagrad": [0.5, 0.51, 0.52]}
+
+    def outcome(opt, lr, seed):
+        loss = losses[opt][seed]
+        rows = evals([0.0, 0.0], losses=[1.0, loss], val=[0.0, 1.0 - loss])  # val_loss = loss
+        return [{**r, "test_accuracy": None, "val_accuracy": None} for r in rows]
+
+    s = summarize(load_results(make_store(list(losses), [0.1], [0, 1, 2], outcome)))
+    robust = s.robustness.set_index("optimizer")
+    assert robust.index.tolist() == ["sgd", "adam", "adagrad"]  # lowest validation loss first
+    low, high = bootstrap_interval(losses["sgd"]), bootstrap_interval(losses["adam"])
+    assert robust.loc["sgd"].best_final_val_loss_high == pytest.approx(low[1])
+    assert low[1] >= high[0]  # sgd's interval reaches above adam's lower end: a tie
+    assert robust.tied_with_best.tolist() == [True, True, False]

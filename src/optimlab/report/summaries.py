@@ -236,7 +236,8 @@ def cell_table(final: pd.DataFrame, split: str = "test") -> pd.DataFrame:
             row[f"{m}_mean"] = ok[m].mean() if len(ok) else np.nan
             row[f"{m}_std"] = ok[m].std(ddof=1) if len(ok) else np.nan
         chosen = f"final_{split}_accuracy"
-        row[f"{chosen}_low"], row[f"{chosen}_high"] = bootstrap_interval(ok[chosen])
+        for metric in (chosen, f"final_{split}_loss"):  # the loss: what a task without accuracy is chosen by
+            row[f"{metric}_low"], row[f"{metric}_high"] = bootstrap_interval(ok[metric])
         if "feasible" in g:
             row["feasible"] = int(g.feasible.sum())
             row["final_violation_mean"] = ok.final_violation.mean() if len(ok) else np.nan
@@ -325,6 +326,8 @@ def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
             "best_final_test_accuracy_std": g.final_test_accuracy_std[best],
             "best_final_train_loss": loss[best],
             f"best_final_{split}_loss": split_loss[best],
+            f"best_final_{split}_loss_low": g[f"final_{split}_loss_low"][best],
+            f"best_final_{split}_loss_high": g[f"final_{split}_loss_high"][best],
             "best_final_test_loss": g.final_test_loss_mean[best],
             "best_final_test_loss_std": g.final_test_loss_std[best],
             "epochs_to_target": g.epochs_to_target_mean[best],
@@ -352,20 +355,19 @@ def robustness_table(cells: pd.DataFrame, accuracy_tolerance: float = 0.01,
             by, ascending = ["best_final_train_loss", "width_loss_decades"], [True, False]
         table = table.sort_values(by, ascending=ascending, na_position="last").reset_index(drop=True)
         table.insert(0, "rank", range(1, len(table) + 1))
-        table["tied_with_best"] = _ties(table, f"best_{chosen}")
+        table["tied_with_best"] = _ties(table, by[0], higher=not ascending[0])
     return table
 
 
-def _ties(table: pd.DataFrame, column: str) -> list[bool]:
-    """Whether each row's interval of ``column`` overlaps the first row's (the first: True)."""
+def _ties(table: pd.DataFrame, column: str, higher: bool) -> list[bool]:
+    """Whether each row's interval of ``column`` overlaps the first row's (the first: True), the
+    first being the best (the highest when ``higher``, else the lowest)."""
     if f"{column}_low" not in table or table[column].isna().all():
         return [i == 0 for i in range(len(table))]
-    top_low = table[f"{column}_low"].iloc[0]
-    out = []
-    for i, r in enumerate(table.itertuples()):
-        high = getattr(r, f"{column}_high")
-        out.append(i == 0 or (pd.notna(high) and pd.notna(top_low) and high >= top_low))
-    return out
+    top = table[f"{column}_low" if higher else f"{column}_high"].iloc[0]
+    near = table[f"{column}_high" if higher else f"{column}_low"]
+    return [i == 0 or bool(pd.notna(v) and pd.notna(top) and (v >= top if higher else v <= top))
+            for i, v in enumerate(near)]
 
 
 def learning_curves(results: StudyResults, final: pd.DataFrame, best_lr: dict,
