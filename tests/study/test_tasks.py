@@ -232,3 +232,18 @@ def test_an_accuracy_target_that_can_never_be_reached_is_refused_before_writing(
     assert not (tmp_path / "out").exists()
     loss = HEAD + '[[tasks]]\nname = "l"\ndataset = "lls"\nmodel = "linear"\ntarget = 1.5\niterations = 2\n'
     assert run_study(parse_study(loss), out=tmp_path / "l", executor="sequential").completed == 1
+
+
+def test_extending_with_another_task_keeps_the_first_tasks_definition(reference, tmp_path):
+    digits, lines = TASKS.split("[[tasks]]\nname = \"lines\"")
+    lines_only = digits.split("[[tasks]]")[0] + "[[tasks]]\nname = \"lines\"" + lines
+    run_study(parse_study(digits), out=tmp_path, executor="sequential")
+    run_study(parse_study(lines_only), out=tmp_path, extend=True, executor="sequential")
+    definition = json.loads(StudyStore.open(tmp_path / "study.db", readonly=True).meta("definition"))
+    assert set(definition["tasks"]) == {"digits", "lines"} and len(definition["grid"]) == 16
+    assert definition["tasks"]["digits"]["settings"]["model"] == "logreg"
+    assert definition["tasks"]["digits"]["target"] == 0.9
+    # either file again: its runs are all in the store, nothing to add, no --extend needed
+    for text in (digits, lines_only, TASKS):
+        assert run_study(parse_study(text), out=tmp_path, executor="sequential").completed == 16
+    assert rows(load_results(tmp_path / "study.db")).equals(rows(reference))

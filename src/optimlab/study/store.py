@@ -112,6 +112,18 @@ CLAIM_HISTORY = """CREATE TABLE IF NOT EXISTS claim_history (
 )"""
 
 
+def _holds(old: dict, new: dict) -> bool:
+    """Whether the study definition ``old`` holds the study ``new``: the same but for grid points and
+    tasks it has besides (a store extended with another file, run again with an earlier one)."""
+    rest = ("grid", "tasks")
+    if {k: v for k, v in old.items() if k not in rest} != {k: v for k, v in new.items() if k not in rest}:
+        return False
+    points = {json.dumps(g) for g in old.get("grid", [])}
+    tasks = old.get("tasks", {})
+    return (("tasks" in old) == ("tasks" in new) and all(json.dumps(g) in points for g in new.get("grid", []))
+            and all(tasks.get(name) == t for name, t in new.get("tasks", {}).items()))
+
+
 class StoreNotWritable(OptimlabError):
     """The store cannot be written (read-only file or folder, full disk, I/O error). Nothing was half
     written: the transaction that failed left the store as it was; the run continues once the cause is
@@ -545,10 +557,11 @@ class StudyStore:
             existed = cls._create_tables(path, spec, code)
         store = cls.open(path)
         with store.transaction():
+            definition = spec.definition()
             if existed:
-                store._check_same_study(spec, extend)
+                definition = store._check_same_study(spec, extend)
                 store._check_same_code(code, code_changed)
-            store._set_meta(study_file=spec.text, definition=spec.definition(),
+            store._set_meta(study_file=spec.text, definition=definition,
                             environment=json.dumps(environment()),
                             code=json.dumps(code or {}, sort_keys=True))
             store._insert_runs(spec.grid, spec.configs())
@@ -633,11 +646,16 @@ class StudyStore:
                 "code and the new would be mixed in one study: use another --out, or pass --code-changed "
                 "to go on anyway (the store then records the new fingerprint)")
 
-    def _check_same_study(self, spec: StudySpec, extend: bool) -> None:
-        old = json.loads(self.meta("definition") or "{}")
-        new = json.loads(spec.definition())
+    def _check_same_study(self, spec: StudySpec, extend: bool) -> str:
+        """The definition the store is to hold for ``spec``: its own where it holds that study (or,
+        extended, a study whose runs include all of this file's), else with ``extend`` the union of
+        the two (grid points, tasks), else refused."""
+        stored = self.meta("definition") or "{}"
+        old, new = json.loads(stored), json.loads(spec.definition())
         if old == new:
-            return
+            return stored
+        if _holds(old, new):  # a file of a study extended before: all its runs are here
+            return stored
         if not extend:
             raise OptimlabError(
                 f"{self.path} holds another study (name {old.get('name')!r}) or another version of this "
@@ -666,7 +684,7 @@ class StudyStore:
                         f"({', '.join(differ)}); its runs were trained with the old ones. Give the changed "
                         "task another name to add it beside the old one")
             merged["tasks"] = {**old["tasks"], **new["tasks"]}  # targets: the file's
-        self._set_meta(definition=json.dumps(merged, sort_keys=True))
+        return json.dumps(merged, sort_keys=True)
 
     def close(self) -> None:
         self.conn.close()
