@@ -176,8 +176,9 @@ pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
 """
 
 
-def _figure(key: str, path: Path, out: Path, caption: str | None = None) -> tuple[str, str]:
-    caption = caption or CAPTIONS.get(key, key)
+def _figure(key: str, path: Path, out: Path) -> tuple[str, str]:
+    """A figure inlined in the page, and its line in the markdown (a path relative to ``out``)."""
+    caption = CAPTIONS.get(key, key)
     data = base64.b64encode(path.read_bytes()).decode()
     return (f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(caption)}'>"
             f"<figcaption>{html.escape(caption)}</figcaption></figure>",
