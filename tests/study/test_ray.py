@@ -79,3 +79,19 @@ def test_a_data_set_that_is_nowhere_stops_the_study_with_its_message(tmp_path, m
     spec = parse_study(STUDY.replace('"mnist-10k"', '"cifar10"').replace('"logreg"', '"cnn"'))
     with pytest.raises(OptimlabError, match="data set 'cifar10' was not found"):
         run_study(spec, out=tmp_path / "s", executor=ExecutorSpec(kind="ray", workers=1))
+
+
+def test_ray_trains_a_study_of_tasks_to_the_sequential_numbers(tmp_path):
+    from test_tasks import TASKS
+
+    spec = parse_study(TASKS)
+    ref = load_results(run_study(spec, out=tmp_path / "ref", executor=ExecutorSpec(kind="sequential")).store)
+    outcome = run_study(spec, out=tmp_path / "ray", executor=ExecutorSpec(kind="ray", workers=2))
+    assert (outcome.completed, outcome.failed) == (16, 0)
+    mine = load_results(outcome.store)
+    key = ["task", "optimizer", "lr", "seed", "step"]
+    a = ref.evals.sort_values(key).reset_index(drop=True)
+    b = mine.evals.sort_values(key).reset_index(drop=True)
+    assert a[key].equals(b[key])
+    for col in ("val_loss", "test_loss"):
+        assert (a[col] - b[col]).abs().max() <= 1e-5 * a[col].abs().max()
