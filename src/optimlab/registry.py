@@ -27,6 +27,7 @@ import is a warning naming its package; everything else goes on.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import inspect
 import warnings
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from optimlab.baselines import BASELINES
 from optimlab.constrained.named import NamedConstraint, add_measure
 from optimlab.constrained.named import parse_constraint as parse_named
 from optimlab.data import Dataset, load_dataset
@@ -119,8 +121,9 @@ def reload_plugins() -> None:
 # ------------------------------------------------------------------------------------- optimizers
 
 def optimizer_entries() -> dict[str, OptimizerEntry]:
-    """Every optimizer name: the built-in ones, then the plugins' (built-in names win)."""
-    return {**plugins().optimizers, **OPTIMIZERS}
+    """Every optimizer name: torch.optim's, the baselines' (:mod:`optimlab.baselines`), then the
+    plugins' (built-in names win)."""
+    return {**plugins().optimizers, **OPTIMIZERS, **BASELINES}
 
 
 def optimizer_names() -> list[str]:
@@ -235,6 +238,10 @@ def _probed(entry: OptimizerEntry, options: dict | None = None) -> OptimizerEntr
     if any(entry is e for e in OPTIMIZERS.values()) or not entry.stackable:
         return entry
     problem = _probe_once(entry, options or {})
+    if problem and entry.name in BASELINES and entry.source == BASELINES[entry.name].source:
+        # a baseline's declaration holds at its defaults; some options break it (Lion's decoupled
+        # weight decay divides by the initial lr): those runs are trained one by one
+        return dataclasses.replace(entry, lr_linear=False, elementwise=False)
     if problem and entry.source.startswith("plugin"):  # not the user's declaration: the plugin's to fix
         raise OptimlabError(
             f"optimizer {entry.name!r} is declared lr_linear by {entry.source}, but {problem}; the "

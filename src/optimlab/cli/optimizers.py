@@ -14,16 +14,20 @@ def add_to(sub) -> None:
 
 
 def _optimizers(args: argparse.Namespace) -> int:
+    from optimlab.baselines import EXTRA, installed
     from optimlab.optimizers import LOCAL_FLOW
     from optimlab.registry import optimizer_entries
 
     for name, entry in optimizer_entries().items():
-        hp = ", ".join(f"{k}={v!r}" for k, v in entry.hyperparameters().items())
         stacked = "stacked" if entry.stackable else "one by one"
-        print(f"{name:<10} [{entry.source}; {'lr-linear' if entry.lr_linear else 'not lr-linear'}; "
+        if installed(entry):
+            hp = ", ".join(f"{k}={v!r}" for k, v in entry.hyperparameters().items())
+        else:
+            hp = f"(not installed: pip install 'optimlab[{EXTRA}]')"
+        print(f"{name:<18} [{entry.source}; {'lr-linear' if entry.lr_linear else 'not lr-linear'}; "
               f"vectorized: {stacked}] {hp}")
     for name in LOCAL_FLOW:
         hp = ", ".join(f"{k}={v!r}" for k, v in hyperparameters(name).items())
-        print(f"{name:<10} [optimlab.localflow; vectorized: one by one] {hp}")
+        print(f"{name:<18} [optimlab.localflow; vectorized: one by one] {hp}")
     print("or any torch.optim.Optimizer class of your own by import path: package.module:Class(key=value)")
     return 0

@@ -20,6 +20,7 @@ from optimlab.devices import resolve_device
 from optimlab.engine.build import check_batch_size, init_model, load_data, task_of, total_steps
 from optimlab.engine.config import TrainConfig, check_schedule_budget, config_differences
 from optimlab.engine.loop import run_loop
+from optimlab.engine.modes import evaluation_point, has_modes, to_evaluation_point
 from optimlab.engine.records import (
     RunProgress,
     RunResult,
@@ -90,6 +91,8 @@ def train(
                    overwrite)
         run.bar = bar = progress_bar(run.total, run.step, progress)
         run_loop(run, run.total, run.per_epoch, config.eval_every, config.log_every, bar)
+        if keep_model and has_modes(run.stepper.optimizer):  # the model evaluated, not the one trained
+            to_evaluation_point(run.stepper.optimizer, run.model, run.data.x_train, config.batch_size)
         return run_result(config, run.state, device, run.model if keep_model else None)
 
 
@@ -189,13 +192,15 @@ class _Run:
         return loss
 
     def record_eval(self, batch_loss: float | None) -> None:
-        d, task = self.data, self.task
-        train_metrics = evaluate(self.model, d.x_train, d.y_train, task) if self.config.eval_train else None
-        test_metrics = evaluate(self.model, d.x_test, d.y_test, task)
-        val_metrics = evaluate(self.model, d.x_val, d.y_val, task) if d.x_val is not None else None
+        d, task, model = self.data, self.task, self.model
+        with evaluation_point(self.stepper.optimizer, model, d.x_train, self.config.batch_size):
+            train_metrics = evaluate(model, d.x_train, d.y_train, task) if self.config.eval_train else None
+            test_metrics = evaluate(model, d.x_test, d.y_test, task)
+            val_metrics = evaluate(model, d.x_val, d.y_val, task) if d.x_val is not None else None
+            extra = self.stepper.now()
         row = eval_row(self.state.step, self.per_epoch, batch_loss, train_metrics, test_metrics, self.lr(),
                        time.perf_counter() - self.started, val_metrics)
-        row.update(self.stepper.now())
+        row.update(extra)
         self.state.evals.append(row)
         if self.on_eval is not None:
             self.on_eval(row)

@@ -17,7 +17,10 @@ from torch import nn
 from optimlab import registry
 from optimlab.constrained.named import parse_constraint
 from optimlab.engine.config import TrainConfig, local_flow_name
+from optimlab.engine.modes import has_modes
+from optimlab.errors import OptimlabError
 from optimlab.optimizers import LOCAL_FLOW, OptimizerSpec
+from optimlab.schedules import Schedule
 from optimlab.tasks import Task
 
 
@@ -154,6 +157,11 @@ def make_stepper(config: TrainConfig, model: nn.Module, task: Task, device):
     if local_flow_name(config.optimizer):
         return LocalFlowStepper(config, model, task)
     optimizer = registry.build_optimizer(config.optimizer, model.parameters(), lr=config.lr)
+    if has_modes(optimizer) and not Schedule.parse(config.schedule).constant:
+        raise OptimlabError(
+            f"optimizer {registry.optimizer_label(config.optimizer)} is schedule-free (it has train() and "
+            f"eval()): it replaces a learning-rate schedule, so schedule {config.schedule!r} is refused; "
+            "use schedule = 'constant' and its own warmup_steps option to warm up")
     if config.constraints:
         return ConstrainedStepper(config, model, optimizer, task, device)
     return PlainStepper(model, optimizer, task)
