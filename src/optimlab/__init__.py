@@ -16,4 +16,12 @@ os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
 from optimlab.errors import OptimlabError  # noqa: E402
 
-__all__ = ["OptimlabError", "__version__"]
+__all__ = ["OptimlabError", "__version__", "lr_find"]
+
+
+def __getattr__(name: str):
+    if name == "lr_find":  # imported when first used: ``import optimlab`` stays light
+        from optimlab.rangetest import lr_find
+
+        return lr_find
+    raise AttributeError(f"module 'optimlab' has no attribute {name!r}")

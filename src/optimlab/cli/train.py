@@ -9,7 +9,6 @@ from pathlib import Path
 from optimlab.cli.arguments import THREADS_HELP, count_or_fraction, options, path_arg
 from optimlab.errors import OptimlabError
 from optimlab.models import model_names
-from optimlab.optimizers import optimizer_names
 
 
 def add_to(sub) -> None:
@@ -19,6 +18,50 @@ def add_to(sub) -> None:
         "accuracy at every evaluation; write metrics (JSON, CSV) and a checkpoint every epoch.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    add_problem_arguments(t)
+    t.add_argument("--lr", type=str, default=None,
+                   help="learning rate (default: torch's default for the optimizer)")
+    budget = t.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, default=None, help="budget in epochs (default 1)")
+    budget.add_argument("--iterations", type=int, default=None, help="budget in iterations")
+    t.add_argument("--eval-every", type=int, default=None,
+                   help="evaluate every N iterations (default: at the end of every epoch)")
+    t.add_argument("--log-every", type=int, default=10,
+                   help="record the training batch loss every K iterations")
+    t.add_argument("--schedule", default="constant", metavar="SCHEDULE",
+                   help="the learning rate's schedule over the budget: constant (default), "
+                   "cosine(warmup=0.05), linear(warmup=100, final=0.0), "
+                   "step(milestones=[0.5, 0.75], gamma=0.1)")
+    t.add_argument("--validation", type=count_or_fraction, default=None, metavar="SIZE",
+                   help="hold out a validation set from the training set, evaluated beside the test set: "
+                   "a fraction in (0, 1) or a count (default: none)")
+    t.add_argument("--no-eval-train", action="store_true",
+                   help="evaluate on the test set only (faster)")
+    t.add_argument("--constraint", action="append", default=[], metavar="NAME<=BOUND",
+                   help="train under a constraint, e.g. 'l2norm<=1' (the squared L2 norm of the "
+                   "parameters, as seed 001); repeatable; names: l2norm, l1norm")
+    t.add_argument("--dual-optimizer", default="sgd", help="the multipliers' optimizer (it ascends)")
+    t.add_argument("--dual-lr", type=str, default="1e-3", help="the multipliers' learning rate")
+    t.add_argument("--formulation", default="lagrangian",
+                   help="how the constraints enter the loss: lagrangian, augmented_lagrangian or "
+                   "quadratic_penalty (no multipliers)")
+    t.add_argument("--penalty", type=float, default=None,
+                   help="the penalty coefficient c of augmented_lagrangian and quadratic_penalty "
+                   "(None: c = 1)")
+    t.add_argument("--out", type=path_arg, default=None,
+                   help="output folder for metrics and checkpoints (default: runs/NAME-OF-RUN)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in --out (an interrupted run ends with "
+                   "exactly the metrics of an uninterrupted one)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out folder that holds a run already (its files are replaced)")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no lines")
+    t.set_defaults(func=_train)
+
+
+def add_problem_arguments(t) -> None:
+    """The flags that say what is trained (data, model, loss, optimizer, batches, seed, device):
+    ``optimlab train`` and ``optimlab lr-find`` take them alike."""
     t.add_argument("--dataset", default="mnist-10k",
                    help="data set name, e.g. mnist-10k, fashion-mnist, mnist-10k:0,1, "
                    "lls:n=1000,p=50,cond=1e3 (see `optimlab data list`)")
@@ -36,73 +79,27 @@ def add_to(sub) -> None:
                    help="a folder of your own code (for import paths such as mypkg.nets:SmallCNN); "
                    "repeatable")
     t.add_argument("--optimizer", default="sgd",
-                   help=f"a name, optionally with hyperparameters, e.g. 'adam(betas=(0.9, 0.99))'; "
-                   f"names: {', '.join(optimizer_names())}")
-    t.add_argument("--lr", type=str, default=None,
-                   help="learning rate (default: torch's default for the optimizer)")
+                   help="a name, optionally with hyperparameters, e.g. 'adam(betas=(0.9, 0.99))' "
+                   "(`optimlab optimizers` lists the names: torch.optim's, the baselines', the local "
+                   "flow's), or an import path package.module:Class")
     t.add_argument("--batch-size", type=int, default=100)
-    budget = t.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int, default=None, help="budget in epochs (default 1)")
-    budget.add_argument("--iterations", type=int, default=None, help="budget in iterations")
-    t.add_argument("--eval-every", type=int, default=None,
-                   help="evaluate every N iterations (default: at the end of every epoch)")
-    t.add_argument("--log-every", type=int, default=10,
-                   help="record the training batch loss every K iterations")
-    t.add_argument("--schedule", default="constant", metavar="SCHEDULE",
-                   help="the learning rate's schedule over the budget: constant (default), "
-                   "cosine(warmup=0.05), linear(warmup=100, final=0.0), "
-                   "step(milestones=[0.5, 0.75], gamma=0.1)")
-    t.add_argument("--validation", type=count_or_fraction, default=None, metavar="SIZE",
-                   help="hold out a validation set from the training set, evaluated beside the test set: "
-                   "a fraction in (0, 1) or a count (default: none)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--drop-last", action="store_true", help="drop the last, smaller batch")
     t.add_argument("--no-normalize", action="store_true",
                    help="scale pixels to [0, 1] only, without the data set's mean and std")
-    t.add_argument("--no-eval-train", action="store_true",
-                   help="evaluate on the test set only (faster)")
-    t.add_argument("--constraint", action="append", default=[], metavar="NAME<=BOUND",
-                   help="train under a constraint, e.g. 'l2norm<=1' (the squared L2 norm of the "
-                   "parameters, as seed 001); repeatable; names: l2norm, l1norm")
-    t.add_argument("--dual-optimizer", default="sgd", help="the multipliers' optimizer (it ascends)")
-    t.add_argument("--dual-lr", type=str, default="1e-3", help="the multipliers' learning rate")
-    t.add_argument("--formulation", default="lagrangian",
-                   help="how the constraints enter the loss: lagrangian, augmented_lagrangian or "
-                   "quadratic_penalty (no multipliers)")
-    t.add_argument("--penalty", type=float, default=None,
-                   help="the penalty coefficient c of augmented_lagrangian and quadratic_penalty "
-                   "(None: c = 1)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     t.add_argument("--data-dir", type=path_arg, default=None,
                    help="folder holding data sets as DATA_DIR/NAME/ (also: OPTIMLAB_DATA)")
-    t.add_argument("--out", type=path_arg, default=None,
-                   help="output folder for metrics and checkpoints (default: runs/NAME-OF-RUN)")
-    t.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoint in --out (an interrupted run ends with "
-                   "exactly the metrics of an uninterrupted one)")
-    t.add_argument("--overwrite", action="store_true",
-                   help="start afresh in an --out folder that holds a run already (its files are replaced)")
     t.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
-    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no lines")
-    t.set_defaults(func=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from optimlab.study.spec import add_to_python_path
     from optimlab.training import TrainConfig, train
 
-    add_to_python_path(str(Path(p).resolve()) for p in args.python_path)
-    model_options = options(args.model_option, "--model-option")
-    if args.hidden is not None:
-        model_options["hidden"] = args.hidden
     config = TrainConfig(
-        dataset=args.dataset, model=args.model, optimizer=args.optimizer,
-        lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, iterations=args.iterations,
-        eval_every=args.eval_every, log_every=args.log_every, seed=args.seed,
-        drop_last=args.drop_last, normalize=not args.no_normalize,
-        eval_train=not args.no_eval_train, device=args.device,
-        model_options=model_options, dataset_options=options(args.dataset_option, "--dataset-option"),
-        loss=args.loss, constraints=args.constraint, dual_optimizer=args.dual_optimizer, dual_lr=args.dual_lr,
+        **problem_fields(args), lr=args.lr, epochs=args.epochs, iterations=args.iterations,
+        eval_every=args.eval_every, log_every=args.log_every, eval_train=not args.no_eval_train,
+        constraints=args.constraint, dual_optimizer=args.dual_optimizer, dual_lr=args.dual_lr,
         formulation=args.formulation, penalty=args.penalty, validation=args.validation,
         schedule=args.schedule,
     )
@@ -145,6 +142,21 @@ def _train(args: argparse.Namespace) -> int:
         print(f"done: {result.steps} iterations, {summary}, {result.wall_time:.1f} s on "
               f"{result.device}; metrics in {out}")
     return 0
+
+
+def problem_fields(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields of :func:`add_problem_arguments`' flags (the user's folders of code put
+    on the Python path first)."""
+    from optimlab.study.spec import add_to_python_path
+
+    add_to_python_path(str(Path(p).resolve()) for p in args.python_path)
+    model_options = options(args.model_option, "--model-option")
+    if args.hidden is not None:
+        model_options["hidden"] = args.hidden
+    return dict(dataset=args.dataset, model=args.model, optimizer=args.optimizer, batch_size=args.batch_size,
+                seed=args.seed, drop_last=args.drop_last, normalize=not args.no_normalize, device=args.device,
+                model_options=model_options, dataset_options=options(args.dataset_option, "--dataset-option"),
+                loss=args.loss)
 
 
 def _run_name(config) -> str:
