@@ -162,7 +162,9 @@ OPTIMIZERS: dict[str, OptimizerEntry] = {e.name: e for e in (
 # optimizers of the local problem (optimlab.localflow), by name -> their hyperparameters and defaults.
 # They need more than the parameters (the model, the batch, the loss): the training loop builds them.
 LOCAL_FLOW: dict[str, dict] = {
-    "localflow-sgd": {"momentum": 0.0, "every": 10, "method": "hvp", "eps": 1e-4},  # SGD + curvature lr
+    # SGD + curvature lr, each measured rate checked on its batch (optimlab.localflow.scheduler)
+    "localflow-sgd": {"momentum": 0.0, "every": 10, "method": "hvp", "eps": 1e-4, "guard": "armijo",
+                      "armijo": 0.25, "backtracks": 10},
     "exact-flow": {"rtol": 1e-6, "atol": 1e-9},  # linear models: the exact flow of each batch
 }
 LOCAL_FLOW_LR = 0.1

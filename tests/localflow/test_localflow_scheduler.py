@@ -209,6 +209,9 @@ def test_state_dict_round_trip():
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"every": 0}, "every"), ({"method": "bfgs"}, "unknown method"), ({"eps": -1.0}, "eps"),
+    ({"guard": "trust"}, "unknown guard 'trust'; valid: armijo, none"), ({"armijo": 0.0}, r"in \(0, 1\)"),
+    ({"armijo": 1.0}, r"in \(0, 1\)"), ({"armijo": True}, "armijo"), ({"backtracks": 0}, "integer >= 1"),
+    ({"backtracks": 2.5}, "backtracks"),
 ])
 def test_bad_settings_are_refused(kwargs, match):
     theta = nn.Parameter(torch.zeros(2))
@@ -251,3 +254,87 @@ def test_any_model_mlp_at_a_huge_lr_where_plain_sgd_diverges(mnist01, method):
     plain, _ = train(False)
     assert loss < 0.1 and all(0 < r["lr"] < 50.0 for r in sched.records)
     assert not plain < 1.0  # plain SGD at lr 50 is far off (or NaN)
+
+
+class Hyperbola(nn.Module):
+    """l(theta) = sqrt(1 + theta^2): a gradient that tends to sign(theta), a curvature (1 + theta^2)^-1.5
+    that collapses away from 0 (as a saturated logistic loss's does)."""
+
+    def __init__(self, theta0: float):
+        super().__init__()
+        self.theta = nn.Parameter(torch.tensor([theta0], dtype=F64))
+
+    def loss(self):
+        return torch.sqrt(1 + self.theta ** 2).sum()
+
+
+def test_the_guard_keeps_a_collapsing_curvature_finite():
+    def run(guard):
+        model = Hyperbola(2.0)
+        sched = CurvatureScheduler(torch.optim.SGD(model.parameters(), lr=100.0), guard=guard)
+        losses = []
+        for _ in range(12):
+            losses.append(float(sched.step(model.loss)))
+            torch.optim.SGD.step(sched.optimizer)
+        return losses, sched.records, float(model.theta.detach())
+
+    # unguarded the rate is about min(1/lambda, h) = min((1 + theta^2)^1.5, 100): theta 2 -> -8 -> 82.3
+    # -> -17.7 -> ..., bouncing between the walls, the loss 4x to 37x the initial one for good
+    losses, records, theta = run("none")
+    assert losses[1] > 3.5 * losses[0] and all(v > 3.5 * losses[0] for v in losses[1:])
+    # guarded, each step falls by at least a quarter of the linear model's decrease: monotone, to the
+    # minimum l(0) = 1
+    losses, records, theta = run("armijo")
+    assert all(b <= a for a, b in zip(losses, losses[1:])) and losses[-1] == pytest.approx(1, abs=1e-9)
+    assert abs(theta) < 1e-4
+    assert records[0]["event"] == "guarded" and records[0]["backtracks"] >= 1
+    assert all(math.isfinite(r["lr"]) and r["lr"] <= 100.0 for r in records)
+    # the first rate, by hand: f_h(lambda) at theta = 2 (lambda = 5^-1.5), halved until the check holds
+    lam, g = 5 ** -1.5, 2 / math.sqrt(5)
+    lr = (1 - math.exp(-100 * lam)) / lam
+    halvings = 0
+    while math.sqrt(1 + (2 - lr * g) ** 2) > math.sqrt(5) - 0.25 * lr * g * g:
+        lr, halvings = lr / 2, halvings + 1
+    assert records[0]["backtracks"] == halvings and records[0]["lr"] == pytest.approx(lr, rel=1e-12)
+
+
+@pytest.mark.parametrize("h", [0.5, 100.0])
+def test_on_a_quadratic_the_guard_never_bites(h):
+    def run(guard):
+        X, y, model = _lls_batch()
+        sched = CurvatureScheduler(torch.optim.SGD(model.parameters(), lr=h), every=1, guard=guard)
+        for _ in range(20):
+            sched.step(lambda: 0.5 * torch.mean((model(X) - y) ** 2))
+            sched.optimizer.step()
+        return [p.detach().clone() for p in model.parameters()], sched.records
+
+    guarded, records = run("armijo")
+    plain, _ = run("none")
+    assert {r["event"] for r in records} == {"measured"} and all(r["backtracks"] == 0 for r in records)
+    assert all(torch.equal(a, b) for a, b in zip(guarded, plain, strict=True))
+
+
+def test_the_check_leaves_dropout_draws_and_batchnorm_statistics_as_they_were(mnist01):
+    x, y = mnist01[0][:256].float(), mnist01[1][:256]
+
+    def run(guard):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                              nn.Dropout(0.5), nn.Linear(32, 2))
+        sched = CurvatureScheduler(torch.optim.SGD(model.parameters(), lr=1e-3), every=2, guard=guard,
+                                   model=model)
+        for i in range(0, 256, 32):
+            sched.step(lambda i=i: nn.functional.cross_entropy(model(x[i:i + 32]), y[i:i + 32]))
+            sched.optimizer.step()
+        return model.state_dict(), torch.get_rng_state()
+
+    (guarded, rng), (plain, plain_rng) = run("armijo"), run("none")
+    assert all(torch.equal(guarded[k], plain[k]) for k in plain) and torch.equal(rng, plain_rng)
+
+
+def test_a_checkpoint_from_before_the_guard_resumes_unguarded():
+    X, y, model = _lls_batch()
+    sched = CurvatureScheduler(torch.optim.SGD(model.parameters(), lr=0.3))
+    old = {k: v for k, v in sched.state_dict().items() if k not in ("guard", "armijo", "backtracks")}
+    sched.load_state_dict(old)
+    assert sched.guard == "none"

@@ -87,6 +87,12 @@ def test_bad_uses_are_refused_clearly(lls):
         build_optimizer("exact-flow", [torch.nn.Parameter(torch.ones(1))], lr=0.1)
     with pytest.raises(OptimlabError, match="no hyperparameter foo; valid: momentum, every"):
         TrainConfig(optimizer="localflow-sgd(foo=1)")
+    for options, match in (("guard='trust'", "unknown guard 'trust'; valid: armijo, none"),
+                           ("armijo=1.5", r"armijo is the fraction .* in \(0, 1\)"),
+                           ("backtracks=0", "backtracks .* integer >= 1")):
+        with pytest.raises(OptimlabError, match=match):
+            train(TrainConfig(dataset="lls:n=100,p=5", model="linear", optimizer=f"localflow-sgd({options})",
+                              iterations=1, device="cpu"))
 
 
 def test_a_study_compares_them_with_sgd_run_by_run(tmp_path):

@@ -38,6 +38,10 @@ def add_to(sub) -> None:
     sch.add_argument("--every", type=int, default=10, help="measure the curvature every k steps")
     sch.add_argument("--method", default="hvp", choices=("hvp", "secant"))
     sch.add_argument("--momentum", type=float, default=0.0)
+    sch.add_argument("--guard", default="armijo", choices=("armijo", "none"),
+                     help="check each measured rate on its batch, halving it until the loss falls by "
+                     "--armijo times the linear model's decrease (none: take it as measured)")
+    sch.add_argument("--armijo", type=float, default=0.25, help="the check's fraction, in (0, 1)")
     sch.add_argument("--out", type=path_arg, default=None, help="also write every step's record as JSON here")
     sch.set_defaults(func=_localflow_schedule)
     lf.set_defaults(func=lambda a: (lf.print_help(), 2)[1])
@@ -75,8 +79,11 @@ def _localflow_schedule(args: argparse.Namespace) -> int:
         raise OptimlabError(f"--momentum must be in [0, 1); got {args.momentum}")
     if args.out:
         check_writable(Path(args.out).resolve().parent)
+    if not 0 < args.armijo < 1:
+        raise OptimlabError(f"--armijo is the fraction of the linear model's decrease a step must achieve, "
+                            f"in (0, 1); got {args.armijo}")
     run = schedule_run(args.dataset, args.model, args.lr, args.epochs, args.batch_size, args.every,
-                       args.method, args.momentum, args.seed)
+                       args.method, args.momentum, args.seed, guard=args.guard, armijo=args.armijo)
     for epoch, h in enumerate(run["hs"], 1):
         print(f"epoch {epoch}: lr {h:.6g}")
     if run["diverged_at"] is not None:
@@ -84,6 +91,11 @@ def _localflow_schedule(args: argparse.Namespace) -> int:
               "are those of the steps before it")
     else:
         print(f"final training loss {run['train_loss']:.6g}, test loss {run['test_loss']:.6g}")
+    guarded = [r for r in run["records"] if r["event"] == "guarded"]
+    if guarded:
+        measured = sum(r["event"] in ("measured", "guarded") for r in run["records"])
+        print(f"the guard halved {len(guarded)} of {measured} measured rates (by up to "
+              f"{2 ** max(r['backtracks'] for r in guarded)}x)")
     if args.out:
         atomic_write_text(Path(args.out), json.dumps(run, indent=1))
         print(f"records: {args.out}")

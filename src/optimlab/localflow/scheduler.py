@@ -10,6 +10,17 @@ Every ``every`` steps it measures lambda = q^T H_B q, q = g / |g| (g the batch g
 Hessian-vector product (double backward) or a gradient secant q . (grad(theta + eps q) - grad(theta)) / eps,
 and sets each group's lr to f_h(lambda) = (1 - exp(-h lambda)) / lambda (h when lambda <= 0), h the
 group's initial lr: one SGD step along q is then the exact flow of the local quadratic model along q.
+
+The guard (``guard="armijo"``, the default): the quadratic model is only as good as lambda, and a
+lambda that collapses (a network whose curvature along g vanishes for a batch, saturated logits)
+promises a far minimum that is not there (0.024 gave lr 38 on an MLP, which then diverged). So a
+measured step checks the rate it chose on the same batch before taking it (measure, then choose):
+the loss at theta - lr g must fall by at least ``armijo`` times the linear model's decrease,
+L(theta - lr g) <= L(theta) - armijo * sum_groups lr |g|^2, else the rates are halved, up to
+``backtracks`` times. On an exact quadratic the check never bites for ``armijo`` < 1/2 (the step
+f_h(lambda) < 1/lambda decreases the loss by at least half the linear model's decrease), so it changes
+nothing where the local model is right; each check costs one forward pass of the batch (no backward),
+with the same dropout draws as the measurement and BatchNorm buffers restored (``model``).
 Why a closure returning the loss (without backward): the scheduler needs the loss's graph for the
 Hessian-vector product, and on the measured steps it reuses that same forward/backward for the
 gradient it leaves in ``.grad``, so a measured step costs one forward, one backward and one HVP.
@@ -17,6 +28,7 @@ gradient it leaves in ``.grad``, so a measured step costs one forward, one backw
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 from collections.abc import Callable
@@ -28,6 +40,7 @@ from optimlab.localflow.exact import check_flow_time
 from optimlab.localflow.flows import flow_factor
 
 METHODS = ("hvp", "secant")
+GUARDS = ("armijo", "none")
 
 
 def _flat(tensors) -> torch.Tensor:
@@ -39,18 +52,32 @@ class CurvatureScheduler:
 
     ``every``: measure on steps 0, k, 2k, ... and keep the last lr in between. ``method``: ``"hvp"``
     or ``"secant"`` (for models without double backward); ``eps``: the secant's step, relative to
-    1 + |theta|. ``records``: one dict per step, {"step", "lr", "curvature", "event"} with event
-    "measured", "kept", "nan-curvature" (lambda not finite: lr = h) or "zero-gradient" (lr = h).
+    1 + |theta|. ``guard``: ``"armijo"`` (the module docstring; ``armijo`` in (0, 1), ``backtracks``
+    >= 1 halvings at most) or ``"none"``; ``model``: the module the closure runs, whose buffers
+    (BatchNorm's statistics) the guard's and the secant's extra forward passes leave unchanged.
+    ``records``: one dict per step, {"step", "lr", "curvature", "event", "backtracks"} with event
+    "measured", "guarded" (the check halved the rate ``backtracks`` times), "kept", "nan-curvature"
+    (lambda not finite: lr = h) or "zero-gradient" (lr = h).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, every: int = 1, method: str = "hvp",
-                 eps: float = 1e-4):
+                 eps: float = 1e-4, guard: str = "armijo", armijo: float = 0.25, backtracks: int = 10,
+                 model: torch.nn.Module | None = None):
         if not (isinstance(every, int) and every >= 1):
             raise OptimlabError(f"CurvatureScheduler: every must be an integer >= 1; got {every!r}")
         if method not in METHODS:
             raise OptimlabError(f"CurvatureScheduler: unknown method {method!r}; valid: {', '.join(METHODS)}")
         if not (math.isfinite(eps) and eps > 0):
             raise OptimlabError(f"CurvatureScheduler: eps must be finite and > 0; got {eps}")
+        if guard not in GUARDS:
+            raise OptimlabError(f"CurvatureScheduler: unknown guard {guard!r}; valid: {', '.join(GUARDS)}")
+        if isinstance(armijo, bool) or not isinstance(armijo, int | float) or not 0 < armijo < 1:
+            raise OptimlabError(f"CurvatureScheduler: armijo is the fraction of the linear model's decrease a "
+                                f"step must achieve, in (0, 1) (0.25 by default); got {armijo!r}")
+        if isinstance(backtracks, bool) or not isinstance(backtracks, int) or backtracks < 1:
+            raise OptimlabError(f"CurvatureScheduler: backtracks (halvings at most) must be an integer >= 1; "
+                                f"got {backtracks!r}")
+        self.guard, self.armijo, self.backtracks, self.model = guard, float(armijo), backtracks, model
         self.optimizer = optimizer
         self.flow_times = [check_flow_time(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
         self.every, self.method, self.eps = every, method, eps
@@ -91,7 +118,9 @@ class CurvatureScheduler:
             for p, s in zip(params, shifts, strict=True):
                 p.add_(s.view_as(p))
         try:
-            g2 = torch.autograd.grad(closure(), params, allow_unused=True)
+            with buffers_kept(self.model):
+                loss2 = closure()
+            g2 = torch.autograd.grad(loss2, params, allow_unused=True)
             g2 = _flat([torch.zeros_like(p) if v is None else v for p, v in zip(params, g2, strict=True)])
         finally:
             with torch.no_grad():
@@ -106,10 +135,15 @@ class CurvatureScheduler:
         not call backward). Returns the loss, detached.
         """
         params = self._params()
+        backtracks = 0
         if self.step_count % self.every == 0:
+            rng = _rng_state(params)
             loss, grads, lam = self.measure(closure)
             if math.isfinite(lam):
                 lrs, event = [self.learning_rate(lam, h) for h in self.flow_times], "measured"
+                if self.guard == "armijo":
+                    lrs, backtracks = self._checked(closure, loss.detach(), grads, lrs, rng)
+                    event = "guarded" if backtracks else event
             else:
                 lrs = list(self.flow_times)
                 event = "zero-gradient" if all(bool((d == 0).all()) for d in grads) else "nan-curvature"
@@ -126,9 +160,34 @@ class CurvatureScheduler:
         for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr
         self._last_lr = list(lrs)
-        self.records.append({"step": self.step_count, "lr": lrs[0], "curvature": lam, "event": event})
+        self.records.append({"step": self.step_count, "lr": lrs[0], "curvature": lam, "event": event,
+                             "backtracks": backtracks})
         self.step_count += 1
         return loss.detach()
+
+    def _checked(self, closure, loss: torch.Tensor, grads: list, lrs: list[float], rng) -> tuple[list, int]:
+        """The rates ``lrs`` halved until the step -lr g passes the Armijo check on this batch (or
+        ``backtracks`` times); and how many halvings it took."""
+        groups = [[p for p in g["params"] if p.requires_grad] for g in self.optimizer.param_groups]
+        by_param = dict(zip(self._params(), grads, strict=True))
+        squares = [sum(float((by_param[p].double() ** 2).sum()) for p in group) for group in groups]
+        start = [p.detach().clone() for p in by_param]
+        for halvings in range(self.backtracks + 1):
+            if halvings:
+                lrs = [lr / 2 for lr in lrs]
+            with torch.no_grad():
+                for group, lr in zip(groups, lrs, strict=True):
+                    for p in group:
+                        p.sub_(lr * by_param[p])
+                with buffers_kept(self.model), torch.random.fork_rng(devices=rng[1]):
+                    _set_rng_state(rng)  # the measurement's dropout draws: the same batch function
+                    trial = float(closure())
+                for p, saved in zip(by_param, start, strict=True):
+                    p.copy_(saved)
+            decrease = self.armijo * sum(lr * sq for lr, sq in zip(lrs, squares, strict=True))
+            if math.isfinite(trial) and trial <= float(loss) - decrease:
+                return lrs, halvings
+        return lrs, self.backtracks
 
     @staticmethod
     def learning_rate(lam: float, h: float) -> float:
@@ -146,14 +205,44 @@ class CurvatureScheduler:
 
     def state_dict(self) -> dict:
         return {"flow_times": list(self.flow_times), "every": self.every, "method": self.method,
-                "eps": self.eps, "step_count": self.step_count, "last_curvature": self.last_curvature,
+                "eps": self.eps, "guard": self.guard, "armijo": self.armijo, "backtracks": self.backtracks,
+                "step_count": self.step_count, "last_curvature": self.last_curvature,
                 "last_lr": list(self._last_lr), "records": [dict(r) for r in self.records]}
 
     def load_state_dict(self, state: dict) -> None:
         self.flow_times, self.every = list(state["flow_times"]), state["every"]
         self.method, self.eps, self.step_count = state["method"], state["eps"], state["step_count"]
+        # a checkpoint from before the guard: its run had none
+        self.guard = state.get("guard", "none")
+        self.armijo, self.backtracks = state.get("armijo", self.armijo), state.get("backtracks", self.backtracks)
         self.last_curvature, self._last_lr = state["last_curvature"], list(state["last_lr"])
         self.records = [dict(r) for r in state["records"]]
+
+
+@contextlib.contextmanager
+def buffers_kept(model: torch.nn.Module | None):
+    """Inside, ``model``'s buffers may change (BatchNorm's statistics in train mode); afterwards they
+    are as before. A no-op without a model."""
+    saved = {k: b.clone() for k, b in model.named_buffers()} if model is not None else {}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for k, b in (model.named_buffers() if saved else ()):
+                b.copy_(saved[k])
+
+
+def _rng_state(params: list[torch.Tensor]) -> tuple:
+    """The global random state now (CPU and the parameters' CUDA devices), to replay draws."""
+    devices = sorted({p.device for p in params if p.device.type == "cuda"}, key=str)
+    return torch.get_rng_state(), devices, [torch.cuda.get_rng_state(d) for d in devices]
+
+
+def _set_rng_state(state: tuple) -> None:
+    cpu, devices, cuda = state
+    torch.set_rng_state(cpu)
+    for device, s in zip(devices, cuda, strict=True):
+        torch.cuda.set_rng_state(s, device)
 
 
 def epoch_lrs(lrs: list[float], steps_per_epoch: int) -> list[float]:
