@@ -48,10 +48,10 @@ def picture_at(dataset: str | Dataset, model: str = "logreg", batch_size: int = 
 def schedule_run(dataset: str | Dataset, model: str = "logreg", lr: float = 1.0, epochs: int = 3,
                  batch_size: int = 64, every: int = 10, method: str = "hvp", momentum: float = 0.0,
                  seed: int = 0, guard: str = "armijo", armijo: float = 0.25) -> dict:
-    """Train with SGD (flow time ``lr``) under the curvature scheduler (its ``guard``); returns the per-epoch learning
-    rates ``hs`` (medians), every step's record, and the final training and test loss. A run whose
-    batch loss becomes non-finite stops there: ``diverged_at`` is that step (counted from 1; else
-    None) and ``hs`` covers the steps before it."""
+    """Train with SGD (flow time ``lr``) under the curvature scheduler (its ``guard``); returns the
+    per-epoch learning rates ``hs`` (medians), every step's record, and the final training and test
+    loss. A run whose batch loss becomes non-finite stops there: ``diverged_at`` is that step (counted
+    from 1; else None) and ``hs`` covers the steps before it."""
     data, net, loss_fn = _setup(dataset, model, seed, batch_size)
     opt = torch.optim.SGD(net.parameters(), lr=check_flow_time(lr), momentum=momentum)
     sched = CurvatureScheduler(opt, every=every, method=method, guard=guard, armijo=armijo, model=net)

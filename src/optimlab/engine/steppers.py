@@ -68,7 +68,8 @@ class LocalFlowStepper(PlainStepper):
             self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=options["momentum"])
             self.scheduler = CurvatureScheduler(
                 self.optimizer, every=options["every"], method=options["method"], eps=options["eps"],
-                guard=options["guard"], armijo=options["armijo"], backtracks=options["backtracks"], model=model)
+                guard=options["guard"], armijo=options["armijo"], backtracks=options["backtracks"],
+                model=model)
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         if self.scheduler is None:

@@ -72,8 +72,8 @@ class CurvatureScheduler:
         if guard not in GUARDS:
             raise OptimlabError(f"CurvatureScheduler: unknown guard {guard!r}; valid: {', '.join(GUARDS)}")
         if isinstance(armijo, bool) or not isinstance(armijo, int | float) or not 0 < armijo < 1:
-            raise OptimlabError(f"CurvatureScheduler: armijo is the fraction of the linear model's decrease a "
-                                f"step must achieve, in (0, 1) (0.25 by default); got {armijo!r}")
+            raise OptimlabError(f"CurvatureScheduler: armijo is the fraction of the linear model's decrease "
+                                f"a step must achieve, in (0, 1) (0.25 by default); got {armijo!r}")
         if isinstance(backtracks, bool) or not isinstance(backtracks, int) or backtracks < 1:
             raise OptimlabError(f"CurvatureScheduler: backtracks (halvings at most) must be an integer >= 1; "
                                 f"got {backtracks!r}")
@@ -214,7 +214,8 @@ class CurvatureScheduler:
         self.method, self.eps, self.step_count = state["method"], state["eps"], state["step_count"]
         # a checkpoint from before the guard: its run had none
         self.guard = state.get("guard", "none")
-        self.armijo, self.backtracks = state.get("armijo", self.armijo), state.get("backtracks", self.backtracks)
+        self.armijo = state.get("armijo", self.armijo)
+        self.backtracks = state.get("backtracks", self.backtracks)
         self.last_curvature, self._last_lr = state["last_curvature"], list(state["last_lr"])
         self.records = [dict(r) for r in state["records"]]
 
