@@ -148,3 +148,20 @@ def test_the_command_writes_the_curve_and_the_figure(tmp_path, capsys):
         assert f"{name:<11} {saved['suggestions'][name]:.3g}" in lines
     assert (out / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert lines[-1] == f"curve in {out / 'lr_find.json'}, figure in {out / 'lr_find.png'}"
+
+
+def test_lr_find_takes_the_users_own_module_and_optimizer_class(digits):
+    from optimlab import lr_find
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 16), torch.nn.BatchNorm1d(16),
+                              torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    result = lr_find(model=net, optimizer=torch.optim.RMSprop, batch_size=100, device="cpu", data=digits,
+                     start=1e-5, end=1.0, steps=20, skip_start=2, skip_end=2)
+    assert result.settings["optimizer"] == "rmsprop" and len(result.lrs) >= 10
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # a copy was trained
+    first = torch.randperm(2000, generator=torch.Generator().manual_seed(0))[:100]  # seed 0's first batch
+    with torch.no_grad():
+        loss = TASKS["classification"].loss(net.train()(digits.x_train[first]), digits.y_train[first])
+    assert result.losses[0] == pytest.approx(float(loss), rel=1e-6)
