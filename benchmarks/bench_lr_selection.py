@@ -86,7 +86,7 @@ def range_test(task: str, out: Path) -> dict:
 
 
 def study_text(task: str, suggestions: dict, seeds: list[int]) -> str:
-    optimizers = [f'{{ name = "sgd", learning_rates = {GRID} }}', f'{{ name = "adam", learning_rates = {GRID} }}']
+    optimizers = [f'{{ name = "{name}", learning_rates = {GRID} }}' for name in ("sgd", "adam")]
     for rule, label in SUGGESTIONS.items():
         if suggestions.get(rule):
             optimizers.append(f'{{ name = "{label}", class = "torch.optim:SGD", '
@@ -97,7 +97,8 @@ def study_text(task: str, suggestions: dict, seeds: list[int]) -> str:
         optimizers.append(f'{{ name = "exact-flow", learning_rates = {FLOW_TIMES} }}')
     lines = [f'name = "lr-selection-{task}"', 'device = "cpu"', "eval_train = false",
              f"learning_rates = {GRID}", f"seeds = {seeds}",
-             "optimizers = [\n    " + ",\n    ".join(optimizers) + ",\n]", "", "[[tasks]]", f'suite = "{task}"']
+             "optimizers = [\n    " + ",\n    ".join(optimizers) + ",\n]", "",
+             "[[tasks]]", f'suite = "{task}"']
     lines += [f"{k} = {toml_value(v)}" for k, v in TASKS[task].items()]
     return "\n".join(lines) + '\n\n[executor]\nkind = "vectorized"\n'
 
@@ -154,8 +155,9 @@ def contest(task: str, db: Path, sweep: dict) -> pd.DataFrame:
         rows.append(row)
     order = ["grid: sgd", "grid: adam", *SUGGESTIONS.values(), *FREE]
     table = pd.DataFrame(rows)
-    table = table.sort_values("way", key=lambda c: c.map(lambda w: (order.index(w) if w in order else len(order),
-                                                                    w))).reset_index(drop=True)
+    rank = {w: i for i, w in enumerate(order)}
+    table = table.sort_values("way", key=lambda c: c.map(lambda w: f"{rank.get(w, len(order)):02d} {w}"))
+    table = table.reset_index(drop=True)
     best = better(table.loc[table.way.str.startswith("grid"), "mean"])
     table["gap"] = (table["mean"] - best) if accuracy else (table["mean"] / best)
     table.insert(0, "task", task)
@@ -181,13 +183,14 @@ def markdown(table: pd.DataFrame) -> str:
         metric = t.metric.iloc[0]
         unit = "test accuracy %" if metric == "accuracy" else "test loss"
         gap = "gap (points)" if metric == "accuracy" else "x grid's best"
-        lines += [f"\n**{task}** ({unit}; grid's best = the better of SGD's and Adam's, chosen on validation)\n",
+        lines += [f"\n**{task}** ({unit}; grid's best = the better of SGD's and Adam's, chosen on "
+                  "validation)\n",
                   f"| way | lr | {unit} (min..max) | {gap} | diverged | runs x steps | seconds |",
                   "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
         for r in t.itertuples():
             scale = 100 if metric == "accuracy" else 1
-            value = (f"{scale * r.mean:.2f} ({scale * r.low:.2f}..{scale * r.high:.2f})" if metric == "accuracy"
-                     else f"{r.mean:.4g} ({r.low:.4g}..{r.high:.4g})")
+            value = (f"{scale * r.mean:.2f} ({scale * r.low:.2f}..{scale * r.high:.2f})"
+                     if metric == "accuracy" else f"{r.mean:.4g} ({r.low:.4g}..{r.high:.4g})")
             g = f"{100 * r.gap:+.2f}" if metric == "accuracy" else f"{r.gap:.3g}"
             lines.append(f"| {r.way} | {r.lr:.3g} | {value} | {g} | {r.diverged}/{r.seeds} | "
                          f"{r.runs_x_steps:,} | {r.seconds:.1f} |")
