@@ -11,14 +11,16 @@ not the schedule; the schedule-free methods take none):
 * learning-rate-free, at their defaults: prodigy, dadapt-adam, dadapt-sgd, dog, schedulefree-adamw,
   schedulefree-sgd;
 * the local flow: localflow-sgd (guarded) at flow time h = 0.1 (its default) and h = 10 (large: the
-  curvature sets the rate); exact-flow at h = 0.1 and 10 where the model is linear.
+  curvature sets the rate), and at h = 10 measuring every step (``every=1``); exact-flow at h = 0.1
+  and 10 where the model is linear.
 
 Per task and way: the final test metric (accuracy, or loss for a task without one) as mean and
 min..max over the seeds, its gap to the grid's best (the better of SGD's and Adam's, chosen on
 validation), the runs diverged, and the compute spent choosing and training: runs x steps (the grid
 counts every run of its 11 rates, the range test its sweep's steps) and wall time (a vectorized group's
-time shared equally by its runs; the range test timed apart). One CPU thread. Stores are kept in
-``OUT/<task>/study.db``; a task whose store is complete is not run again (delete it to redo).
+time shared equally by its runs; the range test timed apart). A mean is over the seeds that did not
+diverge. One CPU thread. Stores are kept in ``OUT/<task>/study.db``; a second run trains only what
+the store lacks (delete it to redo).
 
 Run: python benchmarks/bench_lr_selection.py [--tasks ...] [--seeds 0 1 2] [--out DIR]
                                              [--figures docs/figures] [--table docs/lr_selection.md]
@@ -93,6 +95,8 @@ def study_text(task: str, suggestions: dict, seeds: list[int]) -> str:
                               f'learning_rates = [{suggestions[rule]:.6g}] }}')
     optimizers += [f'{{ name = "{name}", learning_rates = [{default_lr(name):g}] }}' for name in FREE]
     optimizers.append(f'{{ name = "localflow-sgd", learning_rates = {FLOW_TIMES} }}')
+    # measuring (and checking) every step: a rate held over 9 unchecked batches can blow up
+    optimizers.append(f'{{ name = "localflow-sgd(every=1)", learning_rates = {FLOW_TIMES[-1:]} }}')
     if task in LINEAR:
         optimizers.append(f'{{ name = "exact-flow", learning_rates = {FLOW_TIMES} }}')
     lines = [f'name = "lr-selection-{task}"', 'device = "cpu"', "eval_train = false",
@@ -113,7 +117,7 @@ def way(optimizer: str, lr: float) -> str | None:
     """The way of choosing a rate that a run belongs to (None: a grid run)."""
     if optimizer in ("sgd", "adam"):
         return None
-    if optimizer in ("localflow-sgd", "exact-flow"):
+    if optimizer.startswith(("localflow-sgd", "exact-flow")):
         return f"{optimizer} h={lr:g}"
     return optimizer
 
@@ -191,7 +195,7 @@ def markdown(table: pd.DataFrame) -> str:
             scale = 100 if metric == "accuracy" else 1
             value = (f"{scale * r.mean:.2f} ({scale * r.low:.2f}..{scale * r.high:.2f})"
                      if metric == "accuracy" else f"{r.mean:.4g} ({r.low:.4g}..{r.high:.4g})")
-            g = f"{100 * r.gap:+.2f}" if metric == "accuracy" else f"{r.gap:.3g}"
+            g = f"{100 * r.gap:+.2f}" if metric == "accuracy" else f"{r.gap:.3f}"
             lines.append(f"| {r.way} | {r.lr:.3g} | {value} | {g} | {r.diverged}/{r.seeds} | "
                          f"{r.runs_x_steps:,} | {r.seconds:.1f} |")
     return "\n".join(lines) + "\n"
@@ -256,8 +260,8 @@ def main() -> None:
         started = time.perf_counter()
         sweep = range_test(task, out)
         spec = parse_study(study_text(task, sweep["suggestions"], args.seeds))
-        outcome = run_study(spec, out=out, executor="vectorized", progress=False) \
-            if not (out / "study.db").exists() else None
+        # a store from an earlier run gains the ways added since (the runs it has are kept)
+        outcome = run_study(spec, out=out, executor="vectorized", extend=(out / "study.db").exists())
         if outcome is not None and outcome.failed:
             print(f"note: {task}: {outcome.failed} runs failed")
         table = contest(task, out / "study.db", sweep)

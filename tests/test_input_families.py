@@ -41,6 +41,8 @@ BASES = {
     "localflow picture": ["localflow", "picture", "--out", "{t}/out.png"],
     "localflow schedule": ["localflow", "schedule", "--dataset", "lls", "--model", "linear", "--epochs", "1",
                            "--out", "{t}/out.json"],
+    "lr-find": ["lr-find", "--dataset", "mnist-10k:0,1", "--model", "logreg", "--steps", "12", "--skip-start",
+                "2", "--skip-end", "2", "--out", "{t}/out"],
 }
 # options that need another base: the budget given as epochs, a hidden layer, constraints
 EXTRA = {
@@ -48,6 +50,7 @@ EXTRA = {
     ("train", "--hidden"): ["--model", "mlp"],
     ("train", "--dual-lr"): ["--constraint", "l2norm<=1"],
     ("train", "--penalty"): ["--constraint", "l2norm<=1", "--formulation", "augmented_lagrangian"],
+    ("lr-find", "--hidden"): ["--model", "mlp"],
 }
 NUMERIC_TEXT = {"--lr", "--dual-lr", "--validation"}  # numbers read by a function of their own
 VALID = {
@@ -59,6 +62,9 @@ VALID = {
     ("localflow picture", "--spread"): {"0", "1.5"},
     ("localflow schedule", "--seed"): {"0"}, ("localflow schedule", "--lr"): {"1.5"},
     ("localflow schedule", "--momentum"): {"0"},
+    ("lr-find", "--seed"): {"0"}, ("lr-find", "--start"): {"1.5"}, ("lr-find", "--end"): {"1.5"},
+    ("lr-find", "--smooth"): {"0"}, ("lr-find", "--diverge"): {"1.5"}, ("lr-find", "--skip-start"): {"0"},
+    ("lr-find", "--skip-end"): {"0"},
 }
 
 

@@ -115,7 +115,7 @@ def test_a_non_finite_loss_stops_the_sweep():
     (["--start", "0"], "start learning rate must be a finite number > 0"),
     (["--steps", "9"], "at least 10 steps"),
     (["--smooth", "1"], r"smooth is the weight .* in \[0, 1\)"),
-    (["--diverge", "1"], "diverge is a factor > 1"),
+    (["--diverge", "1"], "diverge is a finite factor > 1"),
     (["--skip-start", "50", "--skip-end", "49"], "leave fewer than 3 of the 100 points"),
     (["--optimizer", "localflow-sgd"], "localflow-sgd sets its own learning rate"),
     (["--optimizer", "nosuch"], "unknown optimizer 'nosuch'"),

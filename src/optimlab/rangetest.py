@@ -100,9 +100,9 @@ def check_settings(start: float, end: float, steps: int, smooth: float, diverge:
     if isinstance(smooth, bool) or not isinstance(smooth, int | float) or not 0 <= smooth < 1:
         raise OptimlabError(f"smooth is the weight of the new loss in the running average, in [0, 1) (0: no "
                             f"smoothing; 0.05 is torch-lr-finder's); got {smooth!r}")
-    if isinstance(diverge, bool) or not isinstance(diverge, int | float) or not diverge > 1:
-        raise OptimlabError(f"diverge is a factor > 1 of the lowest loss at which the sweep stops (5 is "
-                            f"torch-lr-finder's); got {diverge!r}")
+    if isinstance(diverge, bool) or not isinstance(diverge, int | float) or not 1 < diverge < math.inf:
+        raise OptimlabError(f"diverge is a finite factor > 1 of the lowest loss at which the sweep stops (5 "
+                            f"is torch-lr-finder's); got {diverge!r}")
     for name, value in (("skip_start", skip_start), ("skip_end", skip_end)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise OptimlabError(f"{name} is a number of points >= 0; got {value!r}")
