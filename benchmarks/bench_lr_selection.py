@@ -195,10 +195,45 @@ def markdown(table: pd.DataFrame) -> str:
             scale = 100 if metric == "accuracy" else 1
             value = (f"{scale * r.mean:.2f} ({scale * r.low:.2f}..{scale * r.high:.2f})"
                      if metric == "accuracy" else f"{r.mean:.4g} ({r.low:.4g}..{r.high:.4g})")
-            g = f"{100 * r.gap:+.2f}" if metric == "accuracy" else f"{r.gap:.3f}"
+            g = _gap(r.gap, metric)
+            if r.diverged == r.seeds:
+                value = "every seed diverged"
             lines.append(f"| {r.way} | {r.lr:.3g} | {value} | {g} | {r.diverged}/{r.seeds} | "
                          f"{r.runs_x_steps:,} | {r.seconds:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def _gap(gap: float, metric: str) -> str:
+    if not math.isfinite(gap):
+        return "-"
+    return f"{100 * gap:+.2f}" if metric == "accuracy" else f"{gap:.3f}"
+
+
+def summary(table: pd.DataFrame) -> str:
+    """Way x task: the gap to the grid's best (points of accuracy, or the loss as a multiple of the
+    grid's best), with the seeds diverged; then each way's runs x steps and wall time as multiples of
+    Prodigy's (one run per seed), the median over the tasks."""
+    tasks = list(dict.fromkeys(table.task))
+    units = {t: "points" if table[table.task == t].metric.iloc[0] == "accuracy" else "x loss" for t in tasks}
+    head = ["| way | " + " | ".join(f"{t} ({units[t]})" for t in tasks) + " | runs x steps | wall time |",
+            "| --- |" + " ---: |" * (len(tasks) + 2)]
+    rows = []
+    for w in dict.fromkeys(table.way):
+        cells, cost, seconds = [], [], []
+        for t in tasks:
+            r = table[(table.task == t) & (table.way == w)]
+            if r.empty:
+                cells.append("")
+                continue
+            r = r.iloc[0]
+            text = "diverged" if r.diverged == r.seeds else _gap(r.gap, r.metric)
+            cells.append(text + (f" ({r.diverged}/{r.seeds} div.)" if 0 < r.diverged < r.seeds else ""))
+            one = table[(table.task == t) & (table.way == "prodigy")].iloc[0]
+            cost.append(r.runs_x_steps / one.runs_x_steps)
+            seconds.append(r.seconds / one.seconds)
+        rows.append(f"| {w} | " + " | ".join(cells)
+                    + f" | {np.median(cost):.2g}x | {np.median(seconds):.2g}x |")
+    return "\n".join(head + rows) + "\n"
 
 
 def figure(table: pd.DataFrame, path: Path) -> None:
@@ -271,8 +306,9 @@ def main() -> None:
         print(markdown(table))
     table = pd.concat(tables, ignore_index=True)
     table.to_csv(Path(args.out) / "contest.csv", index=False)
+    print(summary(table))
     if args.table:
-        Path(args.table).write_text(markdown(table))
+        Path(args.table).write_text(summary(table) + markdown(table))
     folder = Path(args.figures) if args.figures else Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
     figure(table, folder / "lr_selection.png")

@@ -61,15 +61,46 @@ class RangeTest:
 
     def save(self, out: str | Path) -> tuple[Path, Path]:
         """``lr_find.json`` (the curve, the suggestions, the settings) and ``lr_find.png`` in ``out``."""
-        from optimlab.report.figures import range_test_figure
         from optimlab.runfiles import atomic_write_text
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         path = out / "lr_find.json"
         atomic_write_text(path, json.dumps(_json_safe(self.to_dict()), indent=1) + "\n")
-        figure = range_test_figure(self, out / "lr_find.png")
-        return path, figure
+        return path, self.plot(out / "lr_find.png")
+
+    def plot(self, path: str | Path) -> Path:
+        """The loss against the learning rate (log axis): the batch losses faint, the smoothed curve,
+        each suggestion marked on it; written as a PNG to ``path``."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        ax.plot(self.lrs, self.losses, color="0.75", linewidth=0.8, label="batch loss")
+        smooth = self.settings.get("smooth", 0)
+        ax.plot(self.lrs, self.smoothed, color="C0", label=f"smoothed (weight {smooth:g})")
+        for i, (name, lr) in enumerate(self.suggestions.items()):
+            if lr is None:
+                continue
+            k = min(range(len(self.lrs)), key=lambda j, lr=lr: abs(math.log(self.lrs[j] / lr)))
+            ax.axvline(lr, color=f"C{i + 1}", linestyle="--", linewidth=1)
+            ax.plot([lr], [self.smoothed[k]], "o", color=f"C{i + 1}", label=f"{name}: {lr:.3g}")
+        ax.set_xscale("log")
+        finite = [s for s in self.smoothed if math.isfinite(s)]
+        if finite:  # the diverging tail and a huge first loss would squash the curve
+            low, high = min(finite), max(finite[: max(len(finite) // 2, 1)])
+            ax.set_ylim(low - 0.1 * (high - low + 1e-12), high + 0.3 * (high - low + 1e-12))
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("training batch loss")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title(f"range test: {self.settings.get('optimizer', '')} on {self.settings.get('model', '')}")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return Path(path)
 
 
 def _json_safe(value):

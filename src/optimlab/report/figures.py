@@ -333,25 +333,3 @@ def across_figures(across, colours: dict[str, str], folder: Path) -> dict[str, P
             made[name] = path
     return made
 
-
-def range_test_figure(test, path: Path) -> Path:
-    """A range test's loss against the learning rate (log axis): the batch losses faint, the smoothed
-    curve, and each suggestion marked on it (:class:`optimlab.rangetest.RangeTest`)."""
-    fig, ax = _plt().subplots(figsize=(6.5, 4.2))
-    ax.plot(test.lrs, test.losses, color="0.75", linewidth=0.8, label="batch loss")
-    smooth = test.settings.get("smooth", 0)
-    ax.plot(test.lrs, test.smoothed, color="C0", label=f"smoothed (weight {smooth:g})")
-    for i, (name, lr) in enumerate(test.suggestions.items()):
-        if lr is None:
-            continue
-        k = min(range(len(test.lrs)), key=lambda j, lr=lr: abs(math.log(test.lrs[j] / lr)))
-        y = test.smoothed[k]
-        ax.axvline(lr, color=f"C{i + 1}", linestyle="--", linewidth=1)
-        ax.plot([lr], [y], "o", color=f"C{i + 1}", label=f"{name}: {lr:.3g}")
-    ax.set_xscale("log")
-    finite = [s for s in test.smoothed if math.isfinite(s)]
-    if finite:  # the diverging tail and a huge first loss would squash the curve
-        low, high = min(finite), max(finite[: max(len(finite) // 2, 1)])
-        ax.set_ylim(low - 0.1 * (high - low + 1e-12), high + 0.3 * (high - low + 1e-12))
-    title = f"range test: {test.settings.get('optimizer', '')} on {test.settings.get('model', '')}".strip()
-    return _one_panel(fig, ax, path, "learning rate", "training batch loss", title)
