@@ -59,3 +59,34 @@ def count_or_fraction(text: str) -> int | float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a count or a fraction; got {text!r}") from None
+
+
+def store_path(text: str):
+    """The study store a command reads, from what the user has at hand: the store itself, the study's
+    folder (holding ``study.db``) or the study file (whose store ``optimlab study run FILE`` keeps in
+    ``runs/NAME/study.db``). Anything else is passed on as a path, for the store to judge."""
+    import tomllib
+    from pathlib import Path
+
+    path = Path(text)
+    if path.is_dir():
+        if not (path / "study.db").is_file():
+            raise OptimlabError(f"{text} is a folder without a study store (study.db): give the store, "
+                                "the folder of a study (where `optimlab study run` wrote study.db) or the "
+                                "study file")
+        return path / "study.db"
+    if path.suffix == ".toml" and path.is_file():
+        try:
+            name = tomllib.loads(path.read_text(encoding="utf-8")).get("name")
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise OptimlabError(f"{text} is not a TOML study file ({e})") from None
+        if not isinstance(name, str) or not name:
+            raise OptimlabError(f"the study file {text} has no name, so it has no store; give the store "
+                                "itself")
+        store = Path("runs") / name / "study.db"
+        if not store.is_file():
+            raise OptimlabError(f"the study file {text} has no store at {store} (its default place): run "
+                                f"`optimlab study run {text}` first, or give the store or folder that --out "
+                                "chose")
+        return store
+    return path

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from optimlab.optimizers import hyperparameters
-
 
 def add_to(sub) -> None:
     o = sub.add_parser("optimizers", help="the optimizer names and their hyperparameters",
@@ -15,7 +13,7 @@ def add_to(sub) -> None:
 
 def _optimizers(args: argparse.Namespace) -> int:
     from optimlab.baselines import EXTRA, installed
-    from optimlab.optimizers import LOCAL_FLOW
+    from optimlab.optimizers import LOCAL_FLOW, hyperparameters
     from optimlab.registry import optimizer_entries
 
     for name, entry in optimizer_entries().items():

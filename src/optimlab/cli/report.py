@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from optimlab.cli.arguments import path_arg
+from optimlab.cli.arguments import path_arg, store_path
+from optimlab.cli.study import STORE_HELP
 
 
 def add_to(sub) -> None:
@@ -12,7 +13,7 @@ def add_to(sub) -> None:
                         description="Summarize a study store: final metrics, convergence speed, "
                         "robustness to the learning rate, a ranking; figures; report.html and report.md. "
                         "Works on a study that is still running or was interrupted.")
-    rp.add_argument("db", type=path_arg, help="the study's store (study.db)")
+    rp.add_argument("db", type=path_arg, help=STORE_HELP)
     rp.add_argument("--out", type=path_arg, default=None,
                     help="folder for the report (default: report/ beside the store)")
     rp.add_argument("--target-fraction", type=float, default=0.95,
@@ -30,7 +31,7 @@ def add_to(sub) -> None:
 def _report(args: argparse.Namespace) -> int:
     from optimlab.report import make_report
 
-    report = make_report(args.db, args.out, target_fraction=args.target_fraction,
+    report = make_report(store_path(args.db), args.out, target_fraction=args.target_fraction,
                          target_accuracy=args.target_accuracy,
                          **({} if args.feasibility_tolerance is None else
                             {"feasibility_tolerance": args.feasibility_tolerance}))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from optimlab.cli.arguments import THREADS_HELP, path_arg
+from optimlab.cli.arguments import THREADS_HELP, path_arg, store_path
+
+STORE_HELP = "the study's store (study.db), its folder, or the study file (its store in runs/NAME)"
 
 
 def add_to(sub) -> None:
@@ -41,12 +42,14 @@ def add_to(sub) -> None:
     r.set_defaults(func=_study_run)
     st = ssub.add_parser("status", help="what is done, running, diverged, failed or missing",
                          description="Counts of the runs of a study store by status.")
-    st.add_argument("db", type=path_arg, help="the study's store (study.db)")
+    st.add_argument("db", type=path_arg, help=STORE_HELP)
+    st.add_argument("--summary", action="store_true",
+                    help="the counts per task and optimizer instead of a line per unfinished run")
     st.set_defaults(func=_study_status)
     ck = ssub.add_parser("check", help="check a study store for damage",
                          description="SQLite's full integrity check of a study store, and whether every "
                          "row of every table can be read. Exit status 1 when something is damaged.")
-    ck.add_argument("db", type=path_arg, help="the study's store (study.db)")
+    ck.add_argument("db", type=path_arg, help=STORE_HELP)
     ck.set_defaults(func=_study_check)
     sv = ssub.add_parser("salvage", help="copy what is intact of a damaged store into a new one",
                          description="Copy the study's definition and every finished run whose rows can "
@@ -58,7 +61,7 @@ def add_to(sub) -> None:
     e = ssub.add_parser("export", help="write runs, evals and train_log as CSV or Parquet",
                         description="Write the runs, evaluation rows and training-loss rows of a "
                         "study store as files.")
-    e.add_argument("db", type=path_arg, help="the study's store (study.db)")
+    e.add_argument("db", type=path_arg, help=STORE_HELP)
     e.add_argument("--format", default="csv", choices=("csv", "parquet"))
     e.add_argument("--out", type=path_arg, default=None,
                    help="folder for the files (default: next to the store)")
@@ -94,7 +97,7 @@ def _study_status(args: argparse.Namespace) -> int:
     from optimlab.study import axes
     from optimlab.study.store import StudyStore
 
-    store = StudyStore.open(args.db, readonly=True)
+    store = StudyStore.open(store_path(args.db), readonly=True)
     try:
         runs, claims, name = store.runs(), store.claims(), store.meta("name")
     finally:
@@ -108,7 +111,9 @@ def _study_status(args: argparse.Namespace) -> int:
     if not counts["interrupted"]:
         counts.pop("interrupted")
     print(f"{name}: {len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    for r in runs:
+    if args.summary:
+        _summary(runs)
+    for r in [] if args.summary else runs:
         if r["status"] not in ("completed", "diverged"):
             extra = f" ({r['error'].strip().splitlines()[-1]})" if r["error"] else ""
             print(f"  {r['status']:<11} {axes.label(axes.of_row(r))} steps={r['steps']}{extra}")
@@ -126,6 +131,7 @@ def _study_status(args: argparse.Namespace) -> int:
 def _study_check(args: argparse.Namespace) -> int:
     from optimlab.study.store import check_store
 
+    args.db = str(store_path(args.db))
     found = check_store(args.db)
     for table, rows in found["tables"].items():
         print(f"  {table:<12} {rows if isinstance(rows, str) else f'{rows} rows, readable'}")
@@ -147,10 +153,25 @@ def _study_salvage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _summary(runs: list[dict]) -> None:
+    """One line per task and optimizer: finished of all, and the other statuses that occur."""
+    groups: dict[tuple, list[str]] = {}
+    for r in runs:
+        groups.setdefault((r.get("task") or "", r["optimizer"]), []).append(r["status"])
+    width = max(len(" ".join(k).strip()) for k in groups)
+    for key, statuses in groups.items():
+        done = sum(s in ("completed", "diverged") for s in statuses)
+        rest = [f"{statuses.count(s)} {s}" for s in ("diverged", "running", "interrupted", "pending",
+                                                      "failed") if statuses.count(s)]
+        label = " ".join(key).strip()
+        print(f"  {label:<{width}}  {done}/{len(statuses)} done" + (f" ({', '.join(rest)})" if rest else ""))
+
+
 def _study_export(args: argparse.Namespace) -> int:
     from optimlab.study.results import export_results
 
-    out = args.out or str(Path(args.db).resolve().parent / "export")
-    for path in export_results(args.db, out, args.format):
+    db = store_path(args.db)
+    out = args.out or str(db.resolve().parent / "export")
+    for path in export_results(db, out, args.format):
         print(path)
     return 0

@@ -8,7 +8,10 @@ from pathlib import Path
 
 from optimlab.cli.arguments import THREADS_HELP, count_or_fraction, options, path_arg
 from optimlab.errors import OptimlabError
-from optimlab.models import model_names
+
+# optimlab.models.MODELS' names, written out so that building the parser imports no torch (tested)
+MODEL_NAMES = ("logreg", "mlp", "cnn", "linear", "quadratic-deep", "deepobs-2c2d", "deepobs-mlp",
+               "deepobs-logreg")
 
 
 def add_to(sub) -> None:
@@ -65,7 +68,7 @@ def add_problem_arguments(t) -> None:
     t.add_argument("--dataset", default="mnist-10k",
                    help="data set name, e.g. mnist-10k, fashion-mnist, mnist-10k:0,1, "
                    "lls:n=1000,p=50,cond=1e3 (see `optimlab data list`)")
-    t.add_argument("--model", default="mlp", help=f"one of: {', '.join(model_names())}, or an import "
+    t.add_argument("--model", default="mlp", help=f"one of: {', '.join(MODEL_NAMES)}, or an import "
                    "path package.module:Class of your own")
     t.add_argument("--hidden", type=int, default=None, help="hidden units of the mlp (100)")
     t.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
