@@ -19,6 +19,10 @@ def add_to(sub) -> None:
         description="Run every run of the study file that is not finished in its store: completed "
         "runs are skipped, interrupted ones continue from their last checkpoint.")
     r.add_argument("file", type=path_arg, help="the study file (TOML)")
+    r.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="set a field of the file: epochs=3, executor.kind=sequential, "
+                   "'optimizers=[\"adam\", \"sgd\"]', tasks.0.batch_size=64 (TOML values; recorded in the "
+                   "store)")
     r.add_argument("--out", type=path_arg, default=None, help="the study's folder, holding study.db "
                    "(default: runs/NAME)")
     r.add_argument("--executor", default=None,
@@ -73,7 +77,7 @@ def _study_run(args: argparse.Namespace) -> int:
     from optimlab.study.runner import executor_from_options, run_study
     from optimlab.study.spec import load_study
 
-    spec = load_study(args.file)
+    spec = load_study(args.file, args.overrides)
     executor = executor_from_options(spec, args.executor, args.workers, args.address)
     outcome = run_study(spec, out=args.out, executor=executor, extend=args.extend,
                         data_dir=args.data_dir, progress=not args.quiet, verbose=args.verbose,

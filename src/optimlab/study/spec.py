@@ -53,6 +53,7 @@ import json
 import math
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -236,8 +237,9 @@ class StudySpec:
         return list(dict.fromkeys(paths))
 
 
-def load_study(path: str | Path) -> StudySpec:
-    """Read and validate a study file."""
+def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
+    """Read and validate a study file, with ``overrides`` (``key=value``, :mod:`optimlab.study.overrides`)
+    set over its fields."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -246,17 +248,22 @@ def load_study(path: str | Path) -> StudySpec:
     except UnicodeDecodeError as e:
         raise OptimlabError(f"{path} is not a study file: not UTF-8 text (byte {e.start}); a study file is "
                             "TOML") from None
-    return parse_study(text, str(path), base=path.resolve().parent)
+    return parse_study(text, str(path), base=path.resolve().parent, overrides=overrides)
 
 
-def parse_study(text: str, source: str = "<study>", base: str | Path | None = None) -> StudySpec:
-    """Validate a study file's text; ``base``: the folder ``python_path`` is relative to (default:
-    the working directory)."""
+def parse_study(text: str, source: str = "<study>", base: str | Path | None = None,
+                overrides: Sequence[str] = ()) -> StudySpec:
+    """Validate a study file's text, with ``overrides`` set over its fields; ``base``: the folder
+    ``python_path`` is relative to (default: the working directory)."""
+    from optimlab.study.overrides import apply_overrides, recorded
+
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise OptimlabError(f"{source}: malformed TOML: {e}") from None
-    return _from_fields(doc, source, base, text)
+    if overrides:
+        doc = apply_overrides(doc, overrides, list(FIELDS), source)
+    return _from_fields(doc, source, base, recorded(text, overrides))
 
 
 def build_study(**fields) -> StudySpec:
