@@ -6,6 +6,12 @@ import argparse
 
 from optimlab.cli.arguments import THREADS_HELP, path_arg, store_path
 
+# optimlab.study.templates.TEMPLATES, written out so that building the parser imports no torch (tested)
+TEMPLATE_NAMES = ("quickstart", "lr-robustness", "constrained", "suite", "own-code")
+TEMPLATE_HELP = ("quickstart (4 optimizers x 5 learning rates x 2 seeds of an MLP on the bundled digits), "
+                 "lr-robustness (seed 004's study on a CPU), constrained (seed 001's constrained logistic "
+                 "regression), suite (DeepOBS's problems, ranked across tasks), own-code (your network, "
+                 "loader and optimizer by import path; writes mycode/ beside the file).")
 STORE_HELP = "the study's store (study.db), its folder, or the study file (its store in runs/NAME)"
 
 
@@ -44,6 +50,14 @@ def add_to(sub) -> None:
     r.add_argument("-v", "--verbose", action="store_true", help="a line per finished run")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_study_run)
+    init = ssub.add_parser("init", help="write a commented study file to start from",
+                           description="Write a study file from a template shipped with optimlab (the "
+                           "repository's examples): " + TEMPLATE_HELP)
+    init.add_argument("file", nargs="?", type=path_arg, default=None,
+                      help="the study file to write (default: TEMPLATE.toml here)")
+    init.add_argument("--template", default="quickstart", help=f"one of: {', '.join(TEMPLATE_NAMES)}")
+    init.add_argument("--force", action="store_true", help="replace files that exist")
+    init.set_defaults(func=_study_init)
     st = ssub.add_parser("status", help="what is done, running, diverged, failed or missing",
                          description="Counts of the runs of a study store by status.")
     st.add_argument("db", type=path_arg, help=STORE_HELP)
@@ -71,6 +85,16 @@ def add_to(sub) -> None:
                    help="folder for the files (default: next to the store)")
     e.set_defaults(func=_study_export)
     s.set_defaults(func=lambda a: (s.print_help(), 2)[1])
+
+
+def _study_init(args: argparse.Namespace) -> int:
+    from optimlab.study.templates import write_template
+
+    written = write_template(args.template, args.file, force=args.force)
+    for path in written:
+        print(f"wrote {path}")
+    print(f"next: optimlab study run {written[0]} --report")
+    return 0
 
 
 def _study_run(args: argparse.Namespace) -> int:
