@@ -80,7 +80,9 @@ def add_to(sub) -> None:
                         description="Write the runs, evaluation rows and training-loss rows of a "
                         "study store as files.")
     e.add_argument("db", type=path_arg, help=STORE_HELP)
-    e.add_argument("--format", default="csv", choices=("csv", "parquet"))
+    e.add_argument("--format", default="csv", choices=("csv", "parquet", "tensorboard"),
+                   help="csv or parquet: runs, evals and train_log tables; tensorboard: one TensorBoard run "
+                   "per configuration (scalars per step, hyperparameters in HParams)")
     e.add_argument("--out", type=path_arg, default=None,
                    help="folder for the files (default: next to the store)")
     e.set_defaults(func=_study_export)
@@ -199,6 +201,13 @@ def _study_export(args: argparse.Namespace) -> int:
     from optimlab.study.results import export_results
 
     db = store_path(args.db)
+    if args.format == "tensorboard":
+        from optimlab.study.tensorboard import export_tensorboard
+
+        out = args.out or str(db.resolve().parent / "tensorboard")
+        folders = export_tensorboard(db, out)
+        print(f"{len(folders)} TensorBoard runs in {out}; view them with: tensorboard --logdir {out}")
+        return 0
     out = args.out or str(db.resolve().parent / "export")
     for path in export_results(db, out, args.format):
         print(path)
