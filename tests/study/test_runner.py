@@ -228,3 +228,44 @@ def test_units_are_groups_of_runs_that_differ_only_in_lr_and_seed_but_cnns_run_a
     cnn = parse_study(STUDY.replace('model = "logreg"', 'model = "cnn"'))
     runs = [{"id": i + 1, "config": json.dumps(c.to_dict())} for i, c in enumerate(cnn.configs())]
     assert [u.kind for u in plan_units(runs, groups=True)] == ["run"] * 6
+
+
+def test_progress_is_shown_per_step_inside_a_unit(tmp_path, capsys):
+    """The bar moves with the steps of the unit being trained, not only when it ends: its runs still
+    training, their best batch loss and the unit's time left."""
+    import textwrap
+
+    from optimlab.study.spec import parse_study
+
+    text = textwrap.dedent("""
+        name = "steps"
+        dataset = "mnist-10k:0,1"
+        model = "logreg"
+        batch_size = 50
+        iterations = 40
+        log_every = 5
+        device = "cpu"
+        optimizers = ["sgd"]
+        learning_rates = [0.1, 1e6]
+        seeds = [0, 1]
+        """)
+    run_study(parse_study(text), out=tmp_path / "s", executor="vectorized", progress=True)
+    err = capsys.readouterr().err
+    assert "now: 4 of 4 runs at step 5/40, best batch loss" in err
+    assert "runs at step 40/40" in err
+
+
+def test_on_step_reports_every_look_with_each_runs_last_loss():
+    from optimlab.engine.group import train_group
+    from optimlab.training import TrainConfig, train
+
+    calls = []
+    configs = [TrainConfig(dataset="lls:n=500,p=5", model="linear", optimizer="sgd", lr=lr, batch_size=50,
+                           iterations=20, log_every=5, device="cpu") for lr in (0.01, 1e4)]
+    results = train_group(configs, on_step=lambda step, total, losses: calls.append((step, total, losses)))
+    assert [(s, t) for s, t, _ in calls] == [(5, 20), (10, 20), (15, 20), (20, 20)]
+    assert all(len(losses) == 2 and losses[0] is not None for _, _, losses in calls)
+    assert results[1].status == "diverged" and calls[-1][2][1] is None  # a diverged run reports None
+    single = []
+    train(configs[0], on_step=lambda step, total, loss: single.append((step, loss)))
+    assert [s for s, _ in single] == [5, 10, 15, 20] and single[-1][1] == calls[-1][2][0]

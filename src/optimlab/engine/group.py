@@ -174,6 +174,7 @@ def train_group(
     on_eval: Callable[[int, dict], None] | None = None,
     progress: bool = False,
     keep_models: bool = True,
+    on_step: Callable[[int, int, list], None] | None = None,
 ) -> list[RunResult]:
     """Train the runs of ``configs`` (equal but for lr, seed, dual_lr and penalty) together; one
     result per config, in order, each as :func:`optimlab.training.train` of that config alone would
@@ -185,7 +186,8 @@ def train_group(
     and the dual optimizer's state) holds only tensors and plain values, and ``resume_from=ckpt``
     continues from it to the same numbers as an uninterrupted group. ``wall_time``: the group's.
     ``keep_models``: each result's ``model`` holds its slice's final parameters (for a diverged
-    run: those it had when the divergence was seen, as :func:`train` returns them).
+    run: those it had when the divergence was seen, as :func:`train` returns them). ``on_step(step,
+    total, losses)``: at every look at the losses, each run's last batch loss (None: diverged).
     """
     configs = list(configs)
     check_group(configs)
@@ -199,7 +201,7 @@ def train_group(
     group = _Group(configs, data, device)
     if resume_from is not None:
         group.restore(resume_from)
-    return group.run(on_checkpoint, on_eval, progress, keep_models)
+    return group.run(on_checkpoint, on_eval, progress, keep_models, on_step)
 
 
 @dataclass(frozen=True)
@@ -474,13 +476,13 @@ class _Group:
 
     # -- the loop, step by step as optimlab.training.train --------------------------------------
 
-    def run(self, on_checkpoint, on_eval, progress: bool, keep_models: bool) -> list[RunResult]:
+    def run(self, on_checkpoint, on_eval, progress: bool, keep_models: bool, on_step=None) -> list[RunResult]:
         """Train the group with the engine's loop, as :func:`optimlab.training.train` trains a run."""
         self.on_eval, self.on_checkpoint = on_eval, on_checkpoint
         self.started = time.perf_counter() - self.wall_time
         cfg = self.base
         bar = progress_bar(self.total, self.step, progress)
-        run_loop(self, self.total, self.per_epoch, cfg.eval_every, cfg.log_every, bar)
+        run_loop(self, self.total, self.per_epoch, cfg.eval_every, cfg.log_every, bar, on_step)
         return self.results(keep_models)
 
     # -- the loop's Trainee protocol (optimlab.engine.loop) -------------------------------------

@@ -64,9 +64,11 @@ class Trainee(Protocol):
 
 
 def run_loop(trainee: Trainee, total: int, per_epoch: int, eval_every: int | None, log_every: int,
-             bar) -> None:
+             bar, on_step=None) -> None:
     """Train ``trainee`` up to ``total`` steps (``per_epoch`` a pass over the data), with the
-    cadence of the module docstring; ``bar``: a tqdm bar over the steps (updated at every look)."""
+    cadence of the module docstring; ``bar``: a tqdm bar over the steps (updated at every look);
+    ``on_step(step, total, last)``: called at every look too, ``last`` what ``flush`` returned (the
+    last batch loss, or each run's: None for a run that diverged)."""
     if trainee.step == 0 and not trainee.has_evaluations():
         trainee.record_eval(None)
     epoch_start = trainee.order_state()
@@ -85,6 +87,8 @@ def run_loop(trainee: Trainee, total: int, per_epoch: int, eval_every: int | Non
             if step % log_every == 0 or at_eval or end:
                 last = trainee.flush(pending)
                 bar.update(step - bar.n)
+                if on_step is not None:
+                    on_step(step, total, last)
                 if not trainee.running():
                     break
                 if at_eval or (step == total and not trainee.evaluated()):

@@ -61,6 +61,7 @@ def train(
     resume_from: dict | None = None,
     on_checkpoint: Callable[[dict, RunResult], None] | None = None,
     overwrite: bool = False,
+    on_step: Callable[[int, int, float], None] | None = None,
 ) -> RunResult:
     """Train one model as ``config`` says and return what happened.
 
@@ -74,7 +75,8 @@ def train(
     start, evaluations included, summed over resumptions).
 
     A folder that holds a run already (its checkpoint) is refused unless ``resume`` (continue it) or
-    ``overwrite`` (start afresh over it).
+    ``overwrite`` (start afresh over it). ``on_step(step, total, batch_loss)`` is called every time the
+    losses are looked at (every ``log_every`` steps), for a progress display.
 
     Without a folder: ``on_checkpoint(checkpoint, result_so_far)`` receives the checkpoint (a dict
     of tensors and plain values, a snapshot) at the same moments, and ``resume_from`` continues
@@ -90,7 +92,7 @@ def train(
         run = _Run(config, out, resume, data, data_dir, device, resume_from, on_checkpoint, on_eval,
                    overwrite)
         run.bar = bar = progress_bar(run.total, run.step, progress)
-        run_loop(run, run.total, run.per_epoch, config.eval_every, config.log_every, bar)
+        run_loop(run, run.total, run.per_epoch, config.eval_every, config.log_every, bar, on_step)
         if keep_model and has_modes(run.stepper.optimizer):  # the model evaluated, not the one trained
             to_evaluation_point(run.stepper.optimizer, run.model, run.data.x_train, config.batch_size)
         return run_result(config, run.state, device, run.model if keep_model else None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 import traceback
 from dataclasses import dataclass
@@ -207,7 +208,8 @@ def _run_here(units: list[Unit], store: StudyStore, board: _Board, data_dir: str
         if claim is None:  # another process has it (or has finished it) meanwhile
             continue
         try:
-            train_unit(unit, claim.checkpoint, board.receiver(unit), data_dir=data_dir)
+            train_unit(unit, claim.checkpoint, board.receiver(unit), data_dir=data_dir,
+                       on_step=board.stepper(unit))
         except LostClaim:
             board.lost(unit)
         except OptimlabError:
@@ -241,8 +243,33 @@ class _Board:
             count = sum(len(u.run_ids) for u in units if u.engine == reason)
             self.bar.write(f"note: {count} run{'s' if count > 1 else ''} {reason}")
 
-    def _postfix(self) -> None:
-        self.bar.set_postfix(diverged=self.diverged, failed=self.failed_runs, refresh=False)
+    def _postfix(self, unit: str = "") -> None:
+        text = f"diverged={self.diverged}, failed={self.failed_runs}"
+        self.bar.set_postfix_str(f"{text}; {unit}" if unit else text, refresh=False)
+
+    def stepper(self, unit: Unit):
+        """What the unit trained in this process calls at every look at its losses: the bar shows its
+        steps, the runs still training, their best current batch loss and the unit's time left (at
+        most twice a second)."""
+        clock = {"start": None, "shown": 0.0}
+
+        def show(step: int, total: int, losses: list) -> None:
+            now = time.perf_counter()
+            if clock["start"] is None:
+                clock["start"] = (now, step)
+            if now - clock["shown"] < 0.5 and step < total:
+                return
+            clock["shown"] = now
+            alive = [v for v in losses if v is not None and math.isfinite(v)]
+            (t0, s0) = clock["start"]
+            left = (now - t0) / (step - s0) * (total - step) if step > s0 else math.nan
+            runs = f"{len(alive)} of {len(losses)} runs" if len(losses) > 1 else "1 run"
+            best = f", best batch loss {min(alive):.4g}" if alive else ""
+            eta = f", {left:.0f} s left" if math.isfinite(left) else ""
+            self._postfix(f"now: {runs} at step {step}/{total}{best}{eta}")
+            self.bar.refresh()
+
+        return show
 
     def receiver(self, unit: Unit):
         def emit(checkpoint: bytes, results: list[dict], finished: bool) -> None:
@@ -258,8 +285,8 @@ class _Board:
                 self.diverged += r["status"] == "diverged"
                 if self.verbose:
                     self.bar.write(self._line(run_id, config, r))
-            self.bar.update(len(results))
             self._postfix()
+            self.bar.update(len(results))
 
     def lost(self, unit: Unit) -> None:
         """Another process took the unit over (this one's lease had expired): its work since the last

@@ -122,8 +122,9 @@ def unit_data(config: TrainConfig, data_dir: str | None = None) -> Dataset:
 
 
 def train_unit(unit: Unit, checkpoint: bytes | None, emit: Emit, data_dir: str | None = None,
-               on_eval: Callable | None = None) -> None:
-    """Train ``unit`` from ``checkpoint`` (None: from the start), reporting through ``emit``."""
+               on_eval: Callable | None = None, on_step: Callable | None = None) -> None:
+    """Train ``unit`` from ``checkpoint`` (None: from the start), reporting through ``emit``;
+    ``on_step(step, total, losses)``: at every look at the batch losses (each run's last one)."""
     first = unit.configs[0]
     data = unit_data(first, data_dir)
     resume = checkpoint_from_bytes(checkpoint) if checkpoint is not None else None
@@ -136,9 +137,10 @@ def train_unit(unit: Unit, checkpoint: bytes | None, emit: Emit, data_dir: str |
 
     if unit.kind == "run":
         train(first, data=data, resume_from=resume, on_checkpoint=report, keep_model=False,
-              on_eval=None if on_eval is None else lambda row: on_eval(0, row))
+              on_eval=None if on_eval is None else lambda row: on_eval(0, row),
+              on_step=None if on_step is None else lambda step, total, loss: on_step(step, total, [loss]))
     else:
         from optimlab.engine.group import train_group
 
         train_group(unit.configs, data=data, resume_from=resume, on_checkpoint=report,
-                    keep_models=False, on_eval=on_eval)
+                    keep_models=False, on_eval=on_eval, on_step=on_step)
