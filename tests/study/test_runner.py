@@ -269,3 +269,27 @@ def test_on_step_reports_every_look_with_each_runs_last_loss():
     single = []
     train(configs[0], on_step=lambda step, total, loss: single.append((step, loss)))
     assert [s for s, _ in single] == [5, 10, 15, 20] and single[-1][1] == calls[-1][2][0]
+
+
+def test_a_runs_wall_time_says_whether_it_is_the_groups(tmp_path):
+    import textwrap
+
+    from optimlab.study.results import load_results
+    from optimlab.study.spec import parse_study
+
+    text = textwrap.dedent("""
+        name = "timed"
+        dataset = "mnist-10k:0,1"
+        model = "logreg"
+        batch_size = 50
+        iterations = 10
+        device = "cpu"
+        optimizers = ["sgd", "asgd"]
+        learning_rates = [0.1, 0.01]
+        seeds = [0]
+        """)
+    runs = load_results(run_study(parse_study(text), out=tmp_path / "s", executor="vectorized").store).runs
+    stacked, alone = runs[runs.optimizer == "sgd"], runs[runs.optimizer == "asgd"]
+    assert stacked.wall_time_of.tolist() == ["group of 2 runs"] * 2 and stacked.wall_time.nunique() == 1
+    assert alone.wall_time_of.tolist() == ["run"] * 2 and alone.wall_time.nunique() == 2
+    assert set(runs.engine.str.split(":").str[0]) == {"vectorized", "one by one"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -16,7 +17,10 @@ RUN_KEYS = ["run_id", "optimizer", "lr", "seed"]
 @dataclass
 class StudyResults:
     """``runs``: one row per run (id, optimizer, lr, seed, status, steps, diverged_at, wall_time,
-    attempts, error); ``evals`` and ``train_log``: one row per record, with the run's optimizer, lr
+    attempts, error, engine, wall_time_of); ``wall_time`` is the seconds of what trained the run:
+    of the run alone, or, where the vectorized engine stacked it with others (``engine``:
+    ``"vectorized: a group of N runs"``), of the whole group, which ``wall_time_of`` says (``"run"``
+    or ``"group of N runs"``); ``evals`` and ``train_log``: one row per record, with the run's optimizer, lr
     and seed beside ``run_id``; ``meta``: the study's name, file, definition and environment. The
     evaluation rows' ``val_loss`` and ``val_accuracy`` are NaN in a study without a validation set.
 
@@ -85,7 +89,8 @@ def load_results(path: str | Path) -> StudyResults:
                 dual, run_dual = dual + f"{axis}, ", run_dual + f"r.{axis}, "
         runs = pd.read_sql_query(
             f"SELECT id AS run_id, optimizer, lr, {dual}seed, status, steps, diverged_at, wall_time, "
-            "attempts, error FROM runs ORDER BY id", conn)
+            "attempts, error, engine FROM runs ORDER BY id", conn)
+        runs["wall_time_of"] = [_timed(e) for e in runs.engine]
         evals = _with_extras(pd.read_sql_query(
             f"SELECT r.id AS run_id, r.optimizer, r.lr, {run_dual}r.seed, e.step, "
             "e.epoch, e.batch_loss, e.train_loss, e.train_accuracy, e.val_loss, e.val_accuracy, "
@@ -104,6 +109,12 @@ def load_results(path: str | Path) -> StudyResults:
     finally:
         store.close()
     return StudyResults(runs, evals, log, meta, constraints, formulation)
+
+
+def _timed(engine: str | None) -> str:
+    """What a run's wall time measures: the run, or the vectorized group it was trained in."""
+    found = re.search(r"a group of (\d+) runs", engine or "")
+    return f"group of {found.group(1)} runs" if found else "run"
 
 
 def _with_extras(frame):
