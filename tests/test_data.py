@@ -705,3 +705,28 @@ def test_epoch_batches_are_seeded():
     assert second.sort().values.tolist() == list(range(100))
     other = torch.cat(epoch_batches(100, 16, torch.Generator().manual_seed(43)))
     assert not torch.equal(first, other)
+
+
+def test_a_download_shows_its_bytes_on_a_terminal(tmp_path, mirror):
+    """A bar of the download's bytes (from Content-Length) on a terminal; nothing on a pipe."""
+    import io
+
+    from optimlab.data.download import fetch
+
+    root, url = mirror
+    (root / "blob.bin").write_bytes(b"x" * 300_000)
+    digest = sha256(root / "blob.bin")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen, pipe = Terminal(), io.StringIO()
+    fetch("blob.bin", [url], digest, tmp_path / "a", stream=screen)
+    fetch("blob.bin", [url], digest, tmp_path / "b", stream=pipe)
+    shown = screen.getvalue()
+    assert "downloading blob.bin" in shown and "/293k [" in shown  # its size, from Content-Length
+    assert pipe.getvalue() == ""
+    counted = []
+    fetch("blob.bin", [url], digest, tmp_path / "c", progress=counted.append)
+    assert sum(counted) == 300_000 and (tmp_path / "c" / "blob.bin").stat().st_size == 300_000
