@@ -212,6 +212,9 @@ PATH_COMMANDS = [
     ["study", "salvage", "{p}", "{t}/salvaged"], ["study", "salvage", "{t}/study.db", "{p}"],
     ["report", "{p}"], ["report", "{t}/study.db", "--out", "{p}"],
     ["localflow", "picture", "--out", "{p}"], ["data", "list", "--data-dir", "{p}"],
+    ["study", "init", "{p}"], ["study", "export", "{t}/study.db", "--format", "tensorboard", "--out", "{p}"],
+    ["lr-find", "--dataset", "mnist-10k:0,1", "--model", "logreg", "--steps", "12", "--skip-start", "2",
+     "--skip-end", "2", "--out", "{p}"],
 ]
 
 
