@@ -12,8 +12,13 @@ mean one step of the given ``torch.optim`` optimizers (the dual ones are set to 
 * ``dual_then_primal``: ascend lambda with g(theta_t), then descend theta on L(theta_t, lambda_{t+1});
   one forward and one backward through the model (the dual backward touches only the multipliers).
 * ``extragradient``: an extrapolation step of both from (theta_t, lambda_t), then the update step
-  from (theta_t, lambda_t) with the gradients at the extrapolated point (optimizer states restored
-  in between: with SGD this is the extragradient method). Two forwards and two backwards.
+  from (theta_t, lambda_t) with the gradients at the extrapolated point. Two forwards and two
+  backwards. ``extrapolation_states="kept"`` (the default): the optimizers' states advance at both
+  half-steps, which with Adam is ExtraAdam and with SGD ExtraSGD (Gidel et al. 2019, and Cooper's
+  ``ExtraAdam``/``ExtraSGD``): the update step's moments, momentum and step count include the
+  extrapolation's. ``"restored"``: the states go back to theirs at (theta_t, lambda_t) before the
+  update step, so each iteration advances them once, with the extrapolated gradients. Both are the
+  extragradient method with plain SGD.
 * ``unconstrained``: descend theta on f + the penalty terms; for problems without multipliers.
 
 After every dual step the inequality multipliers are projected onto lambda >= 0, and penalty
@@ -40,6 +45,7 @@ from optimlab.constrained.problem import Evaluation, Observed, Problem
 from optimlab.errors import OptimlabError
 
 SCHEMES = ("simultaneous", "primal_then_dual", "dual_then_primal", "extragradient", "unconstrained")
+EXTRAPOLATION_STATES = ("kept", "restored")
 FORMAT = "optimlab.constrained.optimizer/1"
 Optimizers = torch.optim.Optimizer | Sequence[torch.optim.Optimizer]
 
@@ -96,11 +102,12 @@ class _Snapshot:
             self.items.append((o, params, values, state))
 
     @torch.no_grad()
-    def restore(self) -> None:
+    def restore(self, states: bool = True) -> None:
         for o, params, values, state in self.items:
             for p, v in zip(params, values, strict=True):
                 p.copy_(v)
-            o.state = defaultdict(dict, state)
+            if states:
+                o.state = defaultdict(dict, state)
 
 
 class ConstrainedOptimizer:
@@ -114,7 +121,8 @@ class ConstrainedOptimizer:
     every step (implied by ``tolerances``, which also sets ``StepResult.converged``).
     ``check_finite``: refuse steps with non-finite values (one device sync per step);
     ``on_nonfinite``: ``"raise"`` an :class:`OptimlabError` or ``"skip"`` (return a result with
-    ``skipped=True``).
+    ``skipped=True``). ``extrapolation_states``: ``"kept"`` or ``"restored"``, the extragradient
+    scheme's handling of the optimizers' states (module docstring).
     """
 
     def __init__(
@@ -128,6 +136,7 @@ class ConstrainedOptimizer:
         tolerances: Tolerances | Mapping[str, float] | None = None,
         check_finite: bool = True,
         on_nonfinite: str = "raise",
+        extrapolation_states: str = "kept",
     ):
         if not isinstance(problem, Problem):
             raise OptimlabError(
@@ -136,6 +145,10 @@ class ConstrainedOptimizer:
             raise OptimlabError(f"unknown scheme {scheme!r}; valid: {', '.join(SCHEMES)}")
         if on_nonfinite not in ("raise", "skip"):
             raise OptimlabError(f"on_nonfinite must be 'raise' or 'skip'; got {on_nonfinite!r}")
+        if extrapolation_states not in EXTRAPOLATION_STATES:
+            raise OptimlabError(f"extrapolation_states must be one of {', '.join(EXTRAPOLATION_STATES)} "
+                                f"(kept: ExtraAdam's); got {extrapolation_states!r}")
+        self.extrapolation_states = extrapolation_states
         self.problem, self.scheme = problem, scheme
         if dual is not None and callable(dual) and not isinstance(dual, (torch.optim.Optimizer, Sequence)):
             dual = dual(problem.dual_parameters())
@@ -328,7 +341,8 @@ class ConstrainedOptimizer:
             snapshot.restore()
             return self._refuse(ev2, terms2, "at the extrapolated point ")
         self._backward(total2)
-        snapshot.restore()  # back to (theta_t, lambda_t) and the optimizers' states there
+        # back to (theta_t, lambda_t); the optimizers' states too unless they are kept (ExtraAdam)
+        snapshot.restore(states=self.extrapolation_states == "restored")
         self._primal_step()
         self._dual_step()
         self._after(ev2.observed)
