@@ -39,12 +39,19 @@ class Violation:
     updaters instead of ``value`` (proxy constraints). ``indices``: 1-D long tensor of the observed
     entries in the flattened group (sampled constraints). ``features``: the input of an implicit
     multiplier, one row per observed entry.
+
+    ``contributes_to_primal_update`` / ``contributes_to_dual_update`` (Cooper's flags, per step):
+    False leaves the group's term out of the primal Lagrangian (the model's step ignores it) / out of
+    the dual one (its multipliers get no gradient, so their optimizer leaves them and its state
+    alone). The violation is reported either way; penalty updaters still see it.
     """
 
     value: torch.Tensor
     strict: torch.Tensor | None = None
     indices: torch.Tensor | None = None
     features: torch.Tensor | None = None
+    contributes_to_primal_update: bool = True
+    contributes_to_dual_update: bool = True
 
 
 @dataclass

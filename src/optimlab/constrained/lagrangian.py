@@ -52,7 +52,8 @@ def assemble(loss: torch.Tensor | None, observed: Sequence[Observed], fuse: bool
     for ob in observed:
         c = ob.constraint
         mult = c.multiplier
-        if fuse and c.scalar_lagrangian and ob.strict is None:
+        both = ob.primal and ob.dual
+        if fuse and both and c.scalar_lagrangian and ob.strict is None:
             scalar_w.append(mult.weight)
             scalar_g.append(ob.value)
             scalar_names.append(ob.name)
@@ -67,15 +68,16 @@ def assemble(loss: torch.Tensor | None, observed: Sequence[Observed], fuse: bool
                 lam = _reshape_implicit(ob, lam)
             # the stored weight itself is about to change in place: copy it; lookups are new tensors
             values[ob.name] = lam.detach().clone() if isinstance(lam, nn.Parameter) else lam.detach()
-            if fuse and ob.strict is None and type(form) is Lagrangian:
+            if fuse and both and ob.strict is None and type(form) is Lagrangian:
                 term = _sum(lam * ob.value)
             else:
                 pen = c.penalty_at(ob.indices) if form.uses_penalty else None
-                term = form.primal_term(ob.value, lam.detach(), pen, c.inequality)
-                if with_dual:
+                term = form.primal_term(ob.value, lam.detach(), pen, c.inequality) if ob.primal else None
+                if with_dual and ob.dual:
                     d = _sum(lam * form.dual_signal(ob.true_value, pen))
                     dual = d if dual is None else dual + d
-        primal = term if primal is None else primal + term
+        if term is not None and ob.primal:
+            primal = term if primal is None else primal + term
     if scalar_w:
         if len(scalar_w) == 1:
             lam = scalar_w[0]
@@ -88,6 +90,8 @@ def assemble(loss: torch.Tensor | None, observed: Sequence[Observed], fuse: bool
             values.update(zip(scalar_names, lam.detach().unbind(), strict=True))
             violations.update(zip(scalar_names, g.detach().unbind(), strict=True))
         primal = term if primal is None else primal + term
+    if primal is None and dual is not None:  # only multipliers move at this step
+        primal = dual.detach() * 0
     if primal is None:
         raise OptimlabError("nothing to minimise at this step: no loss and no constraint observed")
     return Terms(primal, dual, values, violations)

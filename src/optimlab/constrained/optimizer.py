@@ -296,7 +296,7 @@ class ConstrainedOptimizer:
         self._primal_step()
         new = self.problem.evaluate_violations(args, kwargs)
         dual = assemble(None, new, fuse=False).dual if any(
-            ob.constraint.multiplier is not None for ob in new) else None
+            ob.constraint.multiplier is not None and ob.dual for ob in new) else None
         if dual is not None:
             if not self._finite(dual):  # a non-finite violation makes lambda * g non-finite
                 snapshot.restore()

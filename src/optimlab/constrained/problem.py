@@ -32,6 +32,8 @@ class Observed:
     strict: torch.Tensor | None
     indices: torch.Tensor | None
     features: torch.Tensor | None
+    primal: bool = True  # contributes to the primal update at this step
+    dual: bool = True  # contributes to the dual update at this step
 
     @property
     def true_value(self) -> torch.Tensor:
@@ -122,7 +124,13 @@ class Problem(nn.Module):
                 else:
                     observed.append(self._check(name, c, v, None, None, None))
             elif isinstance(v, Violation):
-                observed.append(self._check(name, c, v.value, v.strict, v.indices, v.features))
+                ob = self._check(name, c, v.value, v.strict, v.indices, v.features)
+                for flag in ("contributes_to_primal_update", "contributes_to_dual_update"):
+                    if not isinstance(getattr(v, flag), bool):
+                        raise OptimlabError(f"{flag} of {name!r} must be True or False; got "
+                                            f"{getattr(v, flag)!r}")
+                ob.primal, ob.dual = v.contributes_to_primal_update, v.contributes_to_dual_update
+                observed.append(ob)
             else:
                 raise OptimlabError(
                     f"the violation of {name!r} must be a torch.Tensor (or a Violation); got "
