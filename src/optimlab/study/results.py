@@ -111,9 +111,10 @@ def load_results(path: str | Path) -> StudyResults:
     return StudyResults(runs, evals, log, meta, constraints, formulation)
 
 
-def _timed(engine: str | None) -> str:
-    """What a run's wall time measures: the run, or the vectorized group it was trained in."""
-    found = re.search(r"a group of (\d+) runs", engine or "")
+def _timed(engine: object) -> str:
+    """What a run's wall time measures: the run, or the vectorized group it was trained in (a run
+    not trained yet, or stored before the store recorded engines: "run")."""
+    found = re.search(r"a group of (\d+) runs", engine) if isinstance(engine, str) else None
     return f"group of {found.group(1)} runs" if found else "run"
 
 
