@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import time
 from pathlib import Path
 
@@ -42,7 +41,6 @@ import torch
 from optimlab import lr_find
 from optimlab.report.summaries import final_metrics
 from optimlab.study import load_results, parse_study, run_study
-from optimlab.study.store import StudyStore
 from optimlab.study.suite import SUITE
 from optimlab.training import TrainConfig
 
@@ -126,15 +124,11 @@ def contest(task: str, db: Path, sweep: dict) -> pd.DataFrame:
     """One row per way: test metric (mean, min, max), gap to the grid's best, diverged, compute."""
     results = load_results(db)
     final = final_metrics(results)
-    store = StudyStore.open(db, readonly=True)
-    try:
-        engines = {r["id"]: r["engine"] for r in store.runs()}
-        steps = {r["id"]: r["steps"] for r in store.runs()}
-    finally:
-        store.close()
-    final["share"] = [w / _group_size(engines.get(i, "")) for i, w in zip(final.run_id, final.wall_time,
-                                                                            strict=True)]
-    final["steps"] = [steps[i] for i in final.run_id]
+    runs = results.runs.set_index("run_id")
+    # a vectorized group's wall time, shared equally by its runs ("group of N runs")
+    size = runs.wall_time_of.str.extract(r"group of (\d+) runs", expand=False).fillna(1).astype(int)
+    final["share"] = final.wall_time / final.run_id.map(size)
+    final["steps"] = final.run_id.map(runs.steps)
     accuracy = final.final_test_accuracy.notna().any()
     metric = "accuracy" if accuracy else "loss"
     better = max if accuracy else min
@@ -167,11 +161,6 @@ def contest(task: str, db: Path, sweep: dict) -> pd.DataFrame:
     table.insert(0, "task", task)
     table["metric"] = metric
     return table
-
-
-def _group_size(engine: str) -> int:
-    m = re.search(r"a group of (\d+) runs", engine)
-    return int(m.group(1)) if m else 1
 
 
 def _row(label: str, chosen: pd.DataFrame, metric: str, spent: pd.DataFrame, lr: float) -> dict:

@@ -238,7 +238,7 @@ def _probed(entry: OptimizerEntry, options: dict | None = None) -> OptimizerEntr
     if any(entry is e for e in OPTIMIZERS.values()) or not entry.stackable:
         return entry
     problem = _probe_once(entry, options or {})
-    if problem and entry.name in BASELINES and entry.source == BASELINES[entry.name].source:
+    if problem and entry is BASELINES.get(entry.name):
         # a baseline's declaration holds at its defaults; some options break it (Lion's decoupled
         # weight decay divides by the initial lr): those runs are trained one by one
         return dataclasses.replace(entry, lr_linear=False, elementwise=False)

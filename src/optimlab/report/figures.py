@@ -213,17 +213,21 @@ def relative_sensitivity(summary: Summary, path: Path) -> Path | None:
 def tuning(summary: Summary, path: Path) -> Path | None:
     """The tuning-budget view: the expected best final accuracy (lowest loss, without accuracy) on the
     selection split after k runs drawn at random from each optimizer's grid, against k."""
-    t = summary.tuning
+    return _tuning_lines(summary.tuning, "expected_best", summary.colours, path,
+                         f"expected best final {summary.split_label} {summary.metric}",
+                         "Tuning budget: what a random search of k runs of each grid finds")
+
+
+def _tuning_lines(t, column: str, colours: dict[str, str], path: Path, ylabel: str,
+                  title: str) -> Path | None:
+    """``column`` of a tuning table against k (log 2), a line per optimizer; None below k = 2."""
     if t.empty or t.k.max() < 2:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = _plt().subplots(figsize=(6.5, 4))
     for opt, g in t.groupby("optimizer", sort=False):
-        ax.plot(g.k, g.expected_best, marker="o", ms=3, label=opt, color=summary.colours.get(opt))
+        ax.plot(g.k, g[column], marker="o", ms=3, label=opt, color=colours.get(opt))
     ax.set_xscale("log", base=2)
-    return _one_panel(fig, ax, path, "runs drawn at random from the grid (k)",
-                      f"expected best final {summary.split_label} {summary.metric}",
-                      "Tuning budget: what a random search of k runs of each grid finds")
+    return _one_panel(fig, ax, path, "runs drawn at random from the grid (k)", ylabel, title)
 
 
 def _one_panel(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
@@ -311,17 +315,9 @@ def performance_profiles(across, colours: dict[str, str], path: Path) -> Path | 
 
 def tuning_across(across, colours: dict[str, str], path: Path) -> Path | None:
     """The tuning budget across tasks: each optimizer's mean relative expected best against k."""
-    t = across.tuning
-    if t.empty or t.k.max() < 2:
-        return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for opt, g in t.groupby("optimizer", sort=False):
-        ax.plot(g.k, g.relative, marker="o", ms=3, label=opt, color=colours.get(opt))
-    ax.set_xscale("log", base=2)
-    return _one_panel(fig, ax, path, "runs drawn at random from the grid (k)",
-                      "expected best / the task's best run (mean over tasks)",
-                      "Tuning budget across tasks")
+    return _tuning_lines(across.tuning, "relative", colours, path,
+                         "expected best / the task's best run (mean over tasks)",
+                         "Tuning budget across tasks")
 
 
 def across_figures(across, colours: dict[str, str], folder: Path) -> dict[str, Path]:
