@@ -137,7 +137,7 @@ class CurvatureScheduler:
         params = self._params()
         backtracks = 0
         if self.step_count % self.every == 0:
-            rng = _rng_state(params)
+            rng = _rng_state(params) if self.guard == "armijo" else None  # to replay the draws
             loss, grads, lam = self.measure(closure)
             if math.isfinite(lam):
                 lrs, event = [self.learning_rate(lam, h) for h in self.flow_times], "measured"
