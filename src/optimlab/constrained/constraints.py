@@ -40,6 +40,12 @@ class Violation:
     entries in the flattened group (sampled constraints). ``features``: the input of an implicit
     multiplier, one row per observed entry.
 
+    ``strict_indices`` / ``strict_features`` (Cooper's ``strict_constraint_features``): where the
+    strict measurement observes other entries than the differentiable one, the entries of ``strict``
+    (its shape is then that of ``strict_indices``) / the implicit multiplier's input for them. The
+    dual update, the reported multipliers and violations, the diagnostics and the penalty updaters
+    then use these entries; the primal update uses ``indices``/``features``. They need ``strict``.
+
     ``contributes_to_primal_update`` / ``contributes_to_dual_update`` (Cooper's flags, per step):
     False leaves the group's term out of the primal Lagrangian (the model's step ignores it) / out of
     the dual one (its multipliers get no gradient, so their optimizer leaves them and its state
@@ -50,6 +56,8 @@ class Violation:
     strict: torch.Tensor | None = None
     indices: torch.Tensor | None = None
     features: torch.Tensor | None = None
+    strict_indices: torch.Tensor | None = None
+    strict_features: torch.Tensor | None = None
     contributes_to_primal_update: bool = True
     contributes_to_dual_update: bool = True
 

@@ -65,16 +65,23 @@ def assemble(loss: torch.Tensor | None, observed: Sequence[Observed], fuse: bool
         else:
             lam = mult.value(ob.indices, ob.features)
             if lam.shape != ob.value.shape:
-                lam = _reshape_implicit(ob, lam)
+                lam = _reshape_implicit(ob, lam, ob.value)
+            pen = c.penalty_at(ob.indices) if form.uses_penalty else None
+            if ob.separate_strict:  # the dual side observes entries of its own
+                lam_d = mult.value(ob.strict_indices, ob.strict_features)
+                if lam_d.shape != ob.strict.shape:
+                    lam_d = _reshape_implicit(ob, lam_d, ob.strict)
+                pen_d = c.penalty_at(ob.strict_indices) if form.uses_penalty else None
+            else:
+                lam_d, pen_d = lam, pen
             # the stored weight itself is about to change in place: copy it; lookups are new tensors
-            values[ob.name] = lam.detach().clone() if isinstance(lam, nn.Parameter) else lam.detach()
+            values[ob.name] = lam_d.detach().clone() if isinstance(lam_d, nn.Parameter) else lam_d.detach()
             if fuse and both and ob.strict is None and type(form) is Lagrangian:
                 term = _sum(lam * ob.value)
             else:
-                pen = c.penalty_at(ob.indices) if form.uses_penalty else None
                 term = form.primal_term(ob.value, lam.detach(), pen, c.inequality) if ob.primal else None
                 if with_dual and ob.dual:
-                    d = _sum(lam * form.dual_signal(ob.true_value, pen))
+                    d = _sum(lam_d * form.dual_signal(ob.true_value, pen_d))
                     dual = d if dual is None else dual + d
         if term is not None and ob.primal:
             primal = term if primal is None else primal + term
@@ -97,10 +104,10 @@ def assemble(loss: torch.Tensor | None, observed: Sequence[Observed], fuse: bool
     return Terms(primal, dual, values, violations)
 
 
-def _reshape_implicit(ob: Observed, lam: torch.Tensor) -> torch.Tensor:
-    if lam.numel() == ob.value.numel() and lam.dim() == ob.value.dim() + 1 and lam.shape[-1] == 1:
-        return lam.reshape(ob.value.shape)
+def _reshape_implicit(ob: Observed, lam: torch.Tensor, violation: torch.Tensor) -> torch.Tensor:
+    if lam.numel() == violation.numel() and lam.dim() == violation.dim() + 1 and lam.shape[-1] == 1:
+        return lam.reshape(violation.shape)
     raise OptimlabError(
         f"the multiplier of {ob.name!r} has shape {tuple(lam.shape)} but its violation has shape "
-        f"{tuple(ob.value.shape)}: an implicit multiplier must give one value per observed entry"
+        f"{tuple(violation.shape)}: an implicit multiplier must give one value per observed entry"
     )

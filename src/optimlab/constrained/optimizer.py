@@ -245,7 +245,7 @@ class ConstrainedOptimizer:
                 c = ob.constraint
                 u = c.updater if c.formulation.uses_penalty else None
                 if u is not None and self.steps % u.every == 0:
-                    u.update_(c.penalty, c.penalty_init, ob.true_value, c.inequality, ob.indices)
+                    u.update_(c.penalty, c.penalty_init, ob.true_value, c.inequality, ob.dual_indices)
 
     def _kkt(self, ev: Evaluation, terms: Terms) -> KKT | None:
         if not self.diagnostics:

@@ -34,11 +34,23 @@ class Observed:
     features: torch.Tensor | None
     primal: bool = True  # contributes to the primal update at this step
     dual: bool = True  # contributes to the dual update at this step
+    strict_indices: torch.Tensor | None = None
+    strict_features: torch.Tensor | None = None
+    separate_strict: bool = False  # the strict measurement observes entries of its own
 
     @property
     def true_value(self) -> torch.Tensor:
         """The strict violation when given, else the violation (no gradient)."""
         return (self.strict if self.strict is not None else self.value).detach()
+
+    @property
+    def dual_indices(self) -> torch.Tensor | None:
+        """The entries of ``true_value``: the strict indices where given, else the indices."""
+        return self.strict_indices if self.separate_strict else self.indices
+
+    @property
+    def dual_features(self) -> torch.Tensor | None:
+        return self.strict_features if self.separate_strict else self.features
 
 
 @dataclass(slots=True)
@@ -124,7 +136,8 @@ class Problem(nn.Module):
                 else:
                     observed.append(self._check(name, c, v, None, None, None))
             elif isinstance(v, Violation):
-                ob = self._check(name, c, v.value, v.strict, v.indices, v.features)
+                ob = self._check(name, c, v.value, v.strict, v.indices, v.features,
+                                 v.strict_indices, v.strict_features)
                 for flag in ("contributes_to_primal_update", "contributes_to_dual_update"):
                     if not isinstance(getattr(v, flag), bool):
                         raise OptimlabError(f"{flag} of {name!r} must be True or False; got "
@@ -138,23 +151,12 @@ class Problem(nn.Module):
                 )
         return observed
 
-    def _check(self, name, c: Constraint, value, strict, indices, features) -> Observed:
+    def _check(self, name, c: Constraint, value, strict, indices, features, strict_indices=None,
+               strict_features=None) -> Observed:
         if not isinstance(value, torch.Tensor):
             raise OptimlabError(f"the violation of {name!r} must be a torch.Tensor; got {_describe(value)}")
         kind = c.multiplier.kind if c.multiplier is not None else "none"
-        if indices is not None:
-            if not (isinstance(indices, torch.Tensor) and indices.dtype == torch.long and indices.dim() == 1):
-                raise OptimlabError(
-                    f"indices of {name!r} must be a 1-D torch.long tensor of entries of the flattened "
-                    f"group; got {_describe(indices)}"
-                )
-            expected = tuple(indices.shape)
-        elif kind == "indexed":
-            raise OptimlabError(
-                f"constraint {name!r} has an indexed multiplier: return Violation(value, indices=...)"
-            )
-        else:
-            expected = c.shape
+        expected = _expected_shape(name, c, kind, indices, "indices")
         if kind != "implicit" and tuple(value.shape) != expected:
             what = "the observed indices" if indices is not None else f"its multiplier ({kind})"
             raise OptimlabError(
@@ -162,12 +164,41 @@ class Problem(nn.Module):
                 f"{expected}; declare Constraint(..., shape={tuple(value.shape)}) or observe "
                 "some entries with Violation(value, indices=...)"
             )
-        if strict is not None and (not isinstance(strict, torch.Tensor) or strict.shape != value.shape):
+        separate = strict_indices is not None or strict_features is not None
+        if separate:
+            if strict is None:
+                raise OptimlabError(
+                    f"strict_indices/strict_features of {name!r} say which entries the strict "
+                    "violation observes: give the strict violation too, "
+                    "Violation(value, strict=..., strict_indices=...)"
+                )
+            if kind == "implicit" and strict_indices is not None:
+                raise OptimlabError(
+                    f"constraint {name!r} has an implicit multiplier, which is addressed by features: give "
+                    "strict_features (one row per entry of the strict violation), not strict_indices")
+            if kind != "implicit" and strict_features is not None:
+                raise OptimlabError(
+                    f"constraint {name!r} has a {kind} multiplier, addressed by index: give strict_indices, "
+                    "not strict_features")
+            if kind == "implicit":
+                if not isinstance(strict, torch.Tensor):
+                    raise OptimlabError(f"the strict violation of {name!r} must be a tensor; got "
+                                        f"{_describe(strict)}")
+            else:
+                s_expected = _expected_shape(name, c, kind, strict_indices, "strict_indices")
+                if not isinstance(strict, torch.Tensor) or tuple(strict.shape) != s_expected:
+                    raise OptimlabError(
+                        f"the strict violation of {name!r} must have the shape of its strict_indices "
+                        f"{s_expected}; got {_describe(strict)}"
+                    )
+        elif strict is not None and (not isinstance(strict, torch.Tensor) or strict.shape != value.shape):
             raise OptimlabError(
                 f"the strict violation of {name!r} must be a tensor of the violation's shape "
-                f"{tuple(value.shape)}; got {_describe(strict)}"
+                f"{tuple(value.shape)} (or give strict_indices for the entries it observes); got "
+                f"{_describe(strict)}"
             )
-        return Observed(name, c, value, strict, indices, features)
+        return Observed(name, c, value, strict, indices, features, strict_indices=strict_indices,
+                        strict_features=strict_features, separate_strict=separate)
 
     # -- parameters and values --------------------------------------------------------------------
 
@@ -242,6 +273,21 @@ class Problem(nn.Module):
                                 "supported")
         self.check_state_dict(state_dict)
         return super().load_state_dict(state_dict, strict=strict)
+
+
+def _expected_shape(name: str, c: Constraint, kind: str, indices, field: str) -> tuple[int, ...]:
+    """The shape a violation observed at ``indices`` must have (checking the indices themselves)."""
+    if indices is None:
+        if kind == "indexed":
+            raise OptimlabError(
+                f"constraint {name!r} has an indexed multiplier: return Violation(value, {field}=...)")
+        return c.shape
+    if not (isinstance(indices, torch.Tensor) and indices.dtype == torch.long and indices.dim() == 1):
+        raise OptimlabError(
+            f"{field} of {name!r} must be a 1-D torch.long tensor of entries of the flattened group; got "
+            f"{_describe(indices)}"
+        )
+    return tuple(indices.shape)
 
 
 def _describe(x: object) -> str:
