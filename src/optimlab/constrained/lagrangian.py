@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from optimlab.constrained.formulations import Lagrangian
 from optimlab.constrained.problem import Observed
@@ -54,7 +53,7 @@ def assemble(loss: torch.Tensor | None, observed: Sequence[Observed], fuse: bool
         mult = c.multiplier
         both = ob.primal and ob.dual
         if fuse and both and c.scalar_lagrangian and ob.strict is None:
-            scalar_w.append(mult.weight)
+            scalar_w.append(mult)
             scalar_g.append(ob.value)
             scalar_names.append(ob.name)
             continue
@@ -74,8 +73,9 @@ def assemble(loss: torch.Tensor | None, observed: Sequence[Observed], fuse: bool
                 pen_d = c.penalty_at(ob.strict_indices) if form.uses_penalty else None
             else:
                 lam_d, pen_d = lam, pen
-            # the stored weight itself is about to change in place: copy it; lookups are new tensors
-            values[ob.name] = lam_d.detach().clone() if isinstance(lam_d, nn.Parameter) else lam_d.detach()
+            # the stored weight (or its view) is about to change in place: copy it; lookups are new tensors
+            stored = ob.dual_indices is None and mult.explicit_weight() is not None
+            values[ob.name] = lam_d.detach().clone() if stored else lam_d.detach()
             if fuse and both and ob.strict is None and type(form) is Lagrangian:
                 term = _sum(lam * ob.value)
             else:
@@ -87,14 +87,14 @@ def assemble(loss: torch.Tensor | None, observed: Sequence[Observed], fuse: bool
             primal = term if primal is None else primal + term
     if scalar_w:
         if len(scalar_w) == 1:
-            lam = scalar_w[0]
+            lam = scalar_w[0].weight
             term = lam * scalar_g[0]
             values[scalar_names[0]] = lam.detach().clone()
             violations[scalar_names[0]] = scalar_g[0].detach()
         else:
-            lam, g = torch.stack(scalar_w), torch.stack(scalar_g)
+            lam, g = _stacked(scalar_w), torch.stack(scalar_g)
             term = torch.dot(lam, g) if lam.dtype == g.dtype else (lam * g).sum()
-            values.update(zip(scalar_names, lam.detach().unbind(), strict=True))
+            values.update(zip(scalar_names, lam.detach().clone().unbind(), strict=True))
             violations.update(zip(scalar_names, g.detach().unbind(), strict=True))
         primal = term if primal is None else primal + term
     if primal is None and dual is not None:  # only multipliers move at this step
@@ -102,6 +102,18 @@ def assemble(loss: torch.Tensor | None, observed: Sequence[Observed], fuse: bool
     if primal is None:
         raise OptimlabError("nothing to minimise at this step: no loss and no constraint observed")
     return Terms(primal, dual, values, violations)
+
+
+def _stacked(mults: list) -> torch.Tensor:
+    """The scalar multipliers as one vector: a slice of the problem's buffer when they lie side by
+    side in it (one autograd node), else stacked."""
+    first = mults[0]
+    if first.flat is not None:
+        start = first.span[0]
+        if all(m.flat is not None and m.flat[0] is first.flat[0] and m.span[0] == start + k
+               for k, m in enumerate(mults)):
+            return first.flat[0][start:start + len(mults)]
+    return torch.stack([m.weight for m in mults])
 
 
 def _reshape_implicit(ob: Observed, lam: torch.Tensor, violation: torch.Tensor) -> torch.Tensor:

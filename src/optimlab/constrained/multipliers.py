@@ -24,6 +24,7 @@ class Multiplier(nn.Module):
 
     kind = "multiplier"
     nonnegative: bool = False
+    flat = None  # dense multipliers: (the problem's buffer,) when their values live there
 
     def value(self, indices: torch.Tensor | None = None, features: torch.Tensor | None = None
               ) -> torch.Tensor:
@@ -40,6 +41,10 @@ class DenseMultiplier(Multiplier):
 
     ``value(None)`` is the whole tensor; ``value(indices)`` the entries at ``indices`` (a 1-D long
     tensor into the flattened group), for constraints sampled entry by entry.
+
+    Storage: its own parameter ``weight``, or (set by the :class:`Problem`) a slice of the problem's
+    one flat buffer of dense multipliers, ``weight`` being then a view of it. The state dict holds
+    ``weight`` either way.
     """
 
     kind = "dense"
@@ -54,7 +59,27 @@ class DenseMultiplier(Multiplier):
                 f"multiplier init has shape {tuple(init_t.shape)} but the constraint has shape {shape}; "
                 "give a number or a tensor of the constraint's shape"
             )
-        self.weight = nn.Parameter(init_t.expand(shape).clone())
+        self.shape = shape
+        self.flat: tuple[nn.Parameter] | None = None  # (the problem's buffer,) when stored there
+        self.span = (0, 0)  # its entries in that buffer
+        self._parameters["weight"] = nn.Parameter(init_t.expand(shape).clone())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The multipliers, of the group's shape (a view of the problem's buffer when stored there)."""
+        if self.flat is None:
+            return self._parameters["weight"]
+        start, stop = self.span
+        return self.flat[0][start:stop].view(self.shape)
+
+    @torch.no_grad()
+    def store_in(self, flat: nn.Parameter, start: int) -> int:
+        """Move the values into ``flat[start:]``; from now on ``weight`` is a view. Returns the end."""
+        own = self._parameters.pop("weight")
+        stop = start + own.numel()
+        flat[start:stop] = own.reshape(-1)
+        self.flat, self.span = (flat,), (start, stop)
+        return stop
 
     def value(self, indices: torch.Tensor | None = None, features: torch.Tensor | None = None
               ) -> torch.Tensor:
@@ -64,6 +89,29 @@ class DenseMultiplier(Multiplier):
 
     def explicit_weight(self) -> torch.Tensor:
         return self.weight
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.flat is not None:
+            destination[prefix + "weight"] = self.weight if keep_vars else self.weight.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if self.flat is None:
+            return
+        key = prefix + "weight"
+        if key in unexpected_keys:
+            unexpected_keys.remove(key)
+        if key not in state_dict:
+            missing_keys.append(key)
+        elif tuple(state_dict[key].shape) != self.shape:
+            error_msgs.append(f"size mismatch for {key}: copying a param with shape "
+                              f"{tuple(state_dict[key].shape)}, the shape here is {self.shape}")
+        else:
+            with torch.no_grad():
+                self.weight.copy_(state_dict[key])
 
 
 class IndexedMultiplier(DenseMultiplier):

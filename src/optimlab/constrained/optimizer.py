@@ -40,8 +40,11 @@ from typing import Any
 import torch
 
 from optimlab.constrained.diagnostics import KKT, Tolerances, measure
+from optimlab.constrained.flat import FlatSteps
 from optimlab.constrained.lagrangian import Terms, assemble
+from optimlab.constrained.multipliers import DenseMultiplier
 from optimlab.constrained.problem import Evaluation, Observed, Problem
+from optimlab.constrained.rows import elementwise
 from optimlab.errors import OptimlabError
 
 SCHEMES = ("simultaneous", "primal_then_dual", "dual_then_primal", "extragradient", "unconstrained")
@@ -122,7 +125,13 @@ class ConstrainedOptimizer:
     ``check_finite``: refuse steps with non-finite values (one device sync per step);
     ``on_nonfinite``: ``"raise"`` an :class:`OptimlabError` or ``"skip"`` (return a result with
     ``skipped=True``). ``extrapolation_states``: ``"kept"`` or ``"restored"``, the extragradient
-    scheme's handling of the optimizers' states (module docstring).
+    scheme's handling of the optimizers' states (module docstring). ``flat_multipliers`` (default
+    True): when one parameter group of one dual optimizer holds the dense multipliers of two groups or
+    more, and the optimizer is elementwise (``rows.ELEMENTWISE``: SGD, Adam, AdamW, ...) without state
+    yet, they are moved into one flat parameter, ``problem.dense_multipliers`` (each group's
+    ``multiplier.weight`` a view of its slice), so that the dual step is one step of one tensor and
+    the projection one clamp. Each group is still stepped as its own parameter would be (``flat``):
+    the results are the same. False keeps one parameter per group.
     """
 
     def __init__(
@@ -137,6 +146,7 @@ class ConstrainedOptimizer:
         check_finite: bool = True,
         on_nonfinite: str = "raise",
         extrapolation_states: str = "kept",
+        flat_multipliers: bool = True,
     ):
         if not isinstance(problem, Problem):
             raise OptimlabError(
@@ -159,6 +169,10 @@ class ConstrainedOptimizer:
         self._check_parameters()
         for o in self.dual_optimizers:
             set_maximize(o)
+        if not isinstance(flat_multipliers, bool):
+            raise OptimlabError(f"flat_multipliers must be True or False; got {flat_multipliers!r}")
+        if flat_multipliers and not problem.flat_groups:
+            self._store_flat()
         if isinstance(tolerances, Mapping):
             tolerances = Tolerances(**tolerances)
         self.tolerances = tolerances
@@ -167,14 +181,17 @@ class ConstrainedOptimizer:
         self.steps = 0
         self._primal_params = _params(self.primal_optimizers)
         self._nonneg = [c.multiplier.explicit_weight() for c in problem.constraints.values()
-                        if c.inequality and c.multiplier is not None
+                        if c.inequality and c.multiplier is not None and c.multiplier.flat is None
                         and c.multiplier.explicit_weight() is not None]
+        self._flat = FlatSteps(problem, self.dual_optimizers) if problem.flat_groups else None
+        if self._flat is not None and problem.flat_inequalities:
+            self._nonneg.append(problem.dense_multipliers[:problem.flat_inequalities])
         self._updaters = any(c.formulation.uses_penalty and c.updater is not None
                              for c in problem.constraints.values())
         self._step = getattr(self, "_" + scheme)
 
     def _check_parameters(self) -> None:
-        names = {id(p): name for name, c in self.problem.constraints.items() for p in c.parameters()}
+        names = {id(p): name for name, p in self.problem.named_dual_parameters()}
         dual_ids = {id(p) for p in _params(self.dual_optimizers)}
         in_primal = sorted({names[id(p)] for p in _params(self.primal_optimizers) if id(p) in names})
         if in_primal:
@@ -202,6 +219,27 @@ class ConstrainedOptimizer:
                 f"the multipliers of {', '.join(missing)} are in no dual optimizer; give dual="
                 "torch.optim.SGD(problem.dual_parameters(), lr=...) (or another optimizer)"
             )
+
+    def _store_flat(self) -> None:
+        """Store the dense multipliers in one buffer (``Problem.store_flat``) when one parameter group
+        of one elementwise dual optimizer, without state yet, holds them all (two groups or more)."""
+        dense = {id(c.multiplier.weight): name for name, c in self.problem.constraints.items()
+                 if type(c.multiplier) is DenseMultiplier}
+        if len(dense) < 2:
+            return
+        for o in self.dual_optimizers:
+            for g in o.param_groups:
+                mine = [p for p in g["params"] if id(p) in dense]
+                if not mine:
+                    continue
+                if (len(mine) != len(dense) or not elementwise(o) or any(p in o.state for p in mine)
+                        or len({(p.dtype, p.device) for p in mine}) > 1):
+                    return
+                first = next(i for i, p in enumerate(g["params"]) if id(p) in dense)
+                flat = self.problem.store_flat([dense[id(p)] for p in mine])
+                rest = [p for p in g["params"] if id(p) not in dense]
+                g["params"] = [*rest[:first], flat, *rest[first:]]
+                return
 
     # -- the step ---------------------------------------------------------------------------------
 
@@ -231,9 +269,12 @@ class ConstrainedOptimizer:
             o.step()
 
     @torch.no_grad()
-    def _dual_step(self) -> None:
+    def _dual_step(self, observed: list[Observed]) -> None:
         for o in self.dual_optimizers:
-            o.step()
+            if self._flat is not None and o is self._flat.optimizer:
+                self._flat.step(observed)
+            else:
+                o.step()
         if self._nonneg:
             torch._foreach_clamp_min_(self._nonneg, 0.0)
 
@@ -268,7 +309,7 @@ class ConstrainedOptimizer:
         self._backward(total)  # the one backward pass: primal and dual gradients
         kkt = self._kkt(ev, terms)
         self._primal_step()
-        self._dual_step()
+        self._dual_step(ev.observed)
         self._after(ev.observed)
         return self._result(ev, terms, kkt)
 
@@ -302,7 +343,7 @@ class ConstrainedOptimizer:
                 snapshot.restore()
                 return self._refuse(Evaluation(ev.loss, new, ev.misc), terms, "at the new point ")
             dual.backward()
-        self._dual_step()
+        self._dual_step(new)
         self._after(new)
         return self._result(ev, terms, kkt)
 
@@ -314,7 +355,7 @@ class ConstrainedOptimizer:
             return self._refuse(ev, terms)
         if terms.dual is not None:
             terms.dual.backward()  # only the multipliers' graph: the violations are detached in it
-        self._dual_step()
+        self._dual_step(ev.observed)
         self._backward(assemble(ev.loss, ev.observed, fuse=False, with_dual=False).primal)
         kkt = self._kkt(ev, terms)
         self._primal_step()
@@ -329,22 +370,28 @@ class ConstrainedOptimizer:
         if not self._finite(total):
             return self._refuse(ev, terms)
         snapshot = _Snapshot(self.primal_optimizers + self.dual_optimizers)
+        counts = self._flat.counts.copy() if self._flat is not None else None
         self._backward(total)
         kkt = self._kkt(ev, terms)
         self._primal_step()
-        self._dual_step()  # now at the extrapolated point
+        self._dual_step(ev.observed)  # now at the extrapolated point
         self.zero_grad()
         ev2 = self.problem.evaluate(args, kwargs)
         terms2 = assemble(ev2.loss, ev2.observed, fuse=True)
         total2 = terms2.total
         if not self._finite(total2):
             snapshot.restore()
+            if counts is not None:
+                self._flat.counts = counts
             return self._refuse(ev2, terms2, "at the extrapolated point ")
         self._backward(total2)
         # back to (theta_t, lambda_t); the optimizers' states too unless they are kept (ExtraAdam)
-        snapshot.restore(states=self.extrapolation_states == "restored")
+        restored = self.extrapolation_states == "restored"
+        snapshot.restore(states=restored)
+        if restored and counts is not None:
+            self._flat.counts = counts
         self._primal_step()
-        self._dual_step()
+        self._dual_step(ev2.observed)
         self._after(ev2.observed)
         return self._result(ev, terms, kkt)
 
@@ -375,10 +422,13 @@ class ConstrainedOptimizer:
     def state_dict(self) -> dict:
         """Everything but the model: the problem (multipliers, penalties), every optimizer, the step
         count. Tensors and plain values only (loads with ``torch.load(..., weights_only=True)``)."""
-        return {"format": FORMAT, "scheme": self.scheme, "steps": self.steps,
-                "problem": self.problem.state_dict(),
-                "primal": [o.state_dict() for o in self.primal_optimizers],
-                "dual": [o.state_dict() for o in self.dual_optimizers]}
+        state = {"format": FORMAT, "scheme": self.scheme, "steps": self.steps,
+                 "problem": self.problem.state_dict(),
+                 "primal": [o.state_dict() for o in self.primal_optimizers],
+                 "dual": [o.state_dict() for o in self.dual_optimizers]}
+        if self._flat is not None:
+            state["flat_counts"] = self._flat.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: Mapping) -> None:
         """Restore a :meth:`state_dict`; everything is checked first, and a refused one changes nothing."""
@@ -388,6 +438,14 @@ class ConstrainedOptimizer:
             raise OptimlabError(f"the checkpoint was made with scheme {state_dict['scheme']!r}; this "
                                 f"optimizer uses {self.scheme!r}")
         self.problem.check_state_dict(state_dict["problem"])
+        counts = state_dict.get("flat_counts")
+        if self._flat is not None and self._flat.optimizer is not None:  # maybe one parameter per group
+            i = next(i for i, o in enumerate(self.dual_optimizers) if o is self._flat.optimizer)
+            saved = state_dict["dual"]
+            converted = self._flat.convert(saved[i], self._flat.optimizer) if i < len(saved) else None
+            if converted is not None:
+                state_dict = {**state_dict, "dual": [*saved[:i], converted[0], *saved[i + 1:]]}
+                counts = converted[1]
         for side, opts in (("primal", self.primal_optimizers), ("dual", self.dual_optimizers)):
             saved = state_dict[side]
             if len(saved) != len(opts):
@@ -405,6 +463,8 @@ class ConstrainedOptimizer:
         for o, s in zip(self.dual_optimizers, state_dict["dual"], strict=True):
             o.load_state_dict(s)
             set_maximize(o)
+        if self._flat is not None:
+            self._flat.load_counts(counts)
         self.steps = int(state_dict["steps"])
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from optimlab.constrained.constraints import Constraint, State, Violation
+from optimlab.constrained.multipliers import DenseMultiplier
 from optimlab.errors import OptimlabError
 
 STATE_FORMAT = "optimlab.constrained.problem/1"
@@ -68,6 +69,7 @@ class Problem(nn.Module):
     ``compute_violations``: optional cheaper function of the same arguments returning only the
     violations dict, used where a scheme re-evaluates the constraints at the new point without
     gradients (alternating primal-then-dual); by default ``compute`` is called under ``no_grad``.
+
     """
 
     def __init__(self, compute: Callable[..., State | tuple] | None,
@@ -87,6 +89,34 @@ class Problem(nn.Module):
                 raise OptimlabError(f"constraint {name!r} must be a Constraint; got {type(c).__name__}")
         self.constraints = nn.ModuleDict(constraints)
         self._by_name: dict[str, Constraint] = dict(constraints)
+        self.flat_groups: list[tuple[str, slice]] = []  # (name, its entries in dense_multipliers)
+        self.flat_inequalities = 0  # dense_multipliers[:flat_inequalities] are >= 0
+
+    def store_flat(self, names: list[str]) -> nn.Parameter:
+        """Move the dense multipliers of the groups ``names`` (of one dtype and device) into one flat
+        parameter, ``dense_multipliers`` (inequality groups first, then equality groups, each in the
+        order of ``constraints``); each group's ``multiplier.weight`` becomes a view of its slice.
+        Done by :class:`ConstrainedOptimizer` when one elementwise dual optimizer holds them all."""
+        if self.flat_groups:
+            raise OptimlabError("the problem's dense multipliers are already stored in one buffer")
+        dense = [(n, self._by_name[n]) for n in self._by_name if n in names]
+        bad = [n for n, c in dense
+               if type(c.multiplier) is not DenseMultiplier or c.multiplier.flat is not None]
+        if bad or len(dense) != len(set(names)):
+            raise OptimlabError(f"cannot store the multipliers of {', '.join(bad or names)} in one buffer")
+        first = dense[0][1].multiplier.weight
+        dense.sort(key=lambda nc: not nc[1].inequality)  # stable: inequalities first, in order
+        total = sum(c.multiplier.weight.numel() for _, c in dense)
+        flat = nn.Parameter(torch.empty(total, dtype=first.dtype, device=first.device))
+        start = 0
+        for name, c in dense:
+            stop = c.multiplier.store_in(flat, start)
+            self.flat_groups.append((name, slice(start, stop)))
+            if c.inequality:
+                self.flat_inequalities = stop
+            start = stop
+        self.dense_multipliers = flat
+        return flat
 
     # -- evaluation -------------------------------------------------------------------------------
 
@@ -206,6 +236,15 @@ class Problem(nn.Module):
         """The parameters of the multipliers (what the dual optimizer maximises over)."""
         return list(self.parameters())
 
+    def named_dual_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """(whose multipliers, parameter) for each dual parameter: a constraint's name, or for the flat
+        buffer the names of its groups, ``"a, b"``."""
+        named = []
+        if self.flat_groups:
+            named.append((", ".join(n for n, _ in self.flat_groups), self.dense_multipliers))
+        named += [(name, p) for name, c in self._by_name.items() for p in c.parameters()]
+        return named
+
     def multipliers(self) -> dict[str, torch.Tensor]:
         """Current values of the explicit (dense, indexed) multipliers, by constraint name."""
         out = {}
@@ -223,6 +262,20 @@ class Problem(nn.Module):
 
     def signature(self) -> dict[str, list]:
         return {name: c.signature() for name, c in self._by_name.items()}
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination.pop(prefix + "dense_multipliers", None)  # each group saves its own view
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        flat = self._parameters.pop("dense_multipliers", None)  # loaded through the groups' views
+        try:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                          unexpected_keys, error_msgs)
+        finally:
+            if flat is not None:
+                self._parameters["dense_multipliers"] = flat
 
     def get_extra_state(self) -> dict:
         return {"format": STATE_FORMAT, "constraints": self.signature()}
