@@ -83,8 +83,9 @@ class Constraint(nn.Module):
     ``shape``: the shape of the group (of its violation tensor when fully observed); an int n means
     (n,). ``formulation``: ``"lagrangian"`` (default), ``"quadratic_penalty"`` or
     ``"augmented_lagrangian"`` (or a :class:`Formulation`). ``multiplier``: ``"dense"`` (default),
-    ``"indexed"`` (entries observed by index), or an :class:`ImplicitMultiplier` / ``nn.Module``
-    predicting multipliers from features. ``init``: initial multiplier value(s) (>= 0 for an
+    ``"indexed"`` (entries observed by index; ``IndexedMultiplier(n, dual_step="sparse" | "lazy")`` for
+    a dual step that touches only the observed entries), or an :class:`ImplicitMultiplier` /
+    ``nn.Module`` predicting multipliers from features. ``init``: initial multiplier value(s) (>= 0 for an
     inequality). ``penalty``: the penalty coefficient c >= 0 of the penalty formulations, a number
     (one for the group) or a tensor of the group's shape (one per entry). ``updater``: a
     :class:`PenaltyUpdater` the optimizer applies to c.
@@ -135,6 +136,16 @@ class Constraint(nn.Module):
                 raise OptimlabError(f"the {form.name} formulation has no multiplier; drop multiplier=")
             return None
         if isinstance(spec, Multiplier):
+            w = spec.explicit_weight()
+            if w is not None and tuple(w.shape) != self.shape:
+                raise OptimlabError(
+                    f"the multiplier has shape {tuple(w.shape)} but the constraint has shape "
+                    f"{self.shape}; declare Constraint(kind, {tuple(w.shape)}, ...) or give a multiplier "
+                    "of the constraint's shape"
+                )
+            if w is not None and self.inequality and bool((w < 0).any()):
+                raise OptimlabError("inequality multipliers must start >= 0; the multiplier given has "
+                                    f"negative values (min {w.min().item():.4g})")
             return spec
         if isinstance(spec, nn.Module):
             return ImplicitMultiplier(spec)

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from optimlab.constrained.rows import elementwise, elementwise_names, stateless, step_entries
+from optimlab.constrained.rows import Entries, elementwise, elementwise_names, stateless, step_entries
 from optimlab.errors import OptimlabError
 
 
@@ -45,20 +45,23 @@ class FlatSteps:
         self._rows: dict[tuple[int, ...], torch.Tensor] = {}
         self._synced = True  # the buffer's own step count is every group's
 
-    def step(self, observed) -> None:
+    def step(self, observed, lazy: Entries | None = None) -> None:
+        """The optimizer's step, ``lazy``: entries of its other parameters to step alone (see
+        ``rows.step_entries``)."""
         o, flat = self.optimizer, self.flat
+        lazy = lazy or {}
         stepped = sorted({self.index[ob.name] for ob in observed if ob.dual and ob.name in self.index})
         for k in stepped:
             self.counts[k] += 1
         counts = [self.counts[k] - 1 for k in stepped]  # before this step
         if self.stateless or flat.grad is None:
-            o.step()
+            step_entries(o, lazy)
             return
         if len(stepped) == len(self.counts) and min(counts) == max(counts):
             if not self._synced:
                 self._set_step(counts[0])
                 self._synced = True
-            o.step()
+            step_entries(o, lazy)
             return
         self._synced = False
         by_count: dict[int, list[int]] = defaultdict(list)
@@ -67,17 +70,15 @@ class FlatSteps:
         others = [p for g in o.param_groups for p in g["params"] if p is not flat and p.grad is not None]
         if not by_count:  # a gradient reached the buffer, but no group contributes to the dual update
             flat.grad = None
-            o.step()
+            step_entries(o, lazy)
             return
-        hidden: list[tuple[torch.Tensor, torch.Tensor]] = []
+        hidden = [(p, p.grad) for p in others]
         try:
-            for count, ks in by_count.items():
+            for i, (count, ks) in enumerate(by_count.items()):
                 rows = self._rows_of(tuple(ks))
-                step_entries(o, {flat: (rows, flat.grad[rows])}, step=count)
-                if not hidden:  # the other parameters step once, with the first call
-                    hidden = [(p, p.grad) for p in others]
-                    for p in others:
-                        p.grad = None
+                step_entries(o, {flat: (rows, flat.grad[rows], count), **(lazy if i == 0 else {})})
+                for p in others:  # the other parameters step once, with the first call
+                    p.grad = None
         finally:
             for p, g in hidden:
                 p.grad = g

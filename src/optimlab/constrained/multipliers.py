@@ -5,8 +5,9 @@ h(theta) = 0. The multipliers are *maximised* by the dual optimizer. Explicit mu
 indexed) are projected onto lambda >= 0 after every dual step; an implicit multiplier's output is
 clamped at 0 on the way out instead.
 
-Lookups by index use plain tensor indexing, so gradients are dense (zero where nothing was observed):
-any ``torch.optim`` optimizer works (Adam included), unlike ``nn.Embedding(sparse=True)``.
+Lookups by index give dense gradients (zero where nothing was observed) by default, so any
+``torch.optim`` optimizer works; an indexed multiplier may instead give sparse gradients, or be stepped
+lazily on its observed entries (``IndexedMultiplier(dual_step=...)``).
 """
 
 from __future__ import annotations
@@ -114,19 +115,64 @@ class DenseMultiplier(Multiplier):
                 self.weight.copy_(state_dict[key])
 
 
+DUAL_STEPS = ("dense", "sparse", "lazy")
+
+
 class IndexedMultiplier(DenseMultiplier):
     """A table of ``num_constraints`` multipliers of which each step observes some, by index.
 
     Same storage as :class:`DenseMultiplier` of shape ``(num_constraints,)``; every observation must
-    give ``indices`` (1-D long). Gradients are dense, so Adam and DDP work; an entry never observed
-    gets a zero gradient (a stateless optimizer such as SGD leaves it exactly where it is).
+    give ``indices`` (1-D long). ``dual_step`` says what the dual step touches, chosen by the user:
+
+    * ``"dense"`` (default): a dense gradient, zero at the entries not observed. Any optimizer, DDP
+      included; a stateless one (SGD without momentum or weight decay) leaves unobserved entries
+      exactly where they are, but a stateful one (Adam, momentum) keeps moving them and decays their
+      state, and every step costs time in the size of the table.
+    * ``"sparse"``: a sparse COO gradient of the observed entries (duplicates summed), for the
+      optimizers that take one: ``torch.optim.SGD`` (without weight decay), ``SparseAdam``,
+      ``Adagrad`` and optimlab's ``NuPI``, each with its own semantics for sparse gradients (SparseAdam
+      and NuPI update only the observed entries and their state).
+    * ``"lazy"``: the dual step takes the observed entries through any elementwise stock optimizer
+      (``rows.ELEMENTWISE``: SGD, Adam, AdamW, ...): only they move and only their state changes, as
+      if the optimizer were run on the observed rows alone; the scalar state (Adam's step count) is
+      the table's, counting the dual steps that observed any entry (as torch's SparseAdam does for
+      Adam). Weight decay applies to the observed entries only.
     """
 
     kind = "indexed"
 
     def __init__(self, num_constraints: int, init: float | torch.Tensor = 0.0,
-                 dtype: torch.dtype = torch.float32, device: str | torch.device | None = None):
+                 dtype: torch.dtype = torch.float32, device: str | torch.device | None = None,
+                 dual_step: str = "dense"):
         super().__init__((int(num_constraints),), init, dtype, device)
+        if dual_step not in DUAL_STEPS:
+            raise OptimlabError(f"unknown dual_step {dual_step!r} of an indexed multiplier; valid: "
+                                f"{', '.join(DUAL_STEPS)}")
+        self.dual_step = dual_step
+
+    def value(self, indices: torch.Tensor | None = None, features: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        if indices is None or self.dual_step == "dense":
+            return super().value(indices, features)
+        return _SparseLookup.apply(self.weight, indices)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, dual_step={self.dual_step}"
+
+
+class _SparseLookup(torch.autograd.Function):
+    """weight[indices] forward; backward a sparse COO gradient of weight's shape at ``indices``."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(indices)
+        ctx.size = weight.shape
+        return weight[indices]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (indices,) = ctx.saved_tensors
+        return torch.sparse_coo_tensor(indices[None], grad, ctx.size, check_invariants=False), None
 
 
 class _ProjectedClamp(torch.autograd.Function):

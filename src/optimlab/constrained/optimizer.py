@@ -44,7 +44,7 @@ from optimlab.constrained.flat import FlatSteps
 from optimlab.constrained.lagrangian import Terms, assemble
 from optimlab.constrained.multipliers import DenseMultiplier
 from optimlab.constrained.problem import Evaluation, Observed, Problem
-from optimlab.constrained.rows import elementwise
+from optimlab.constrained.rows import elementwise, elementwise_names, step_entries, takes_sparse
 from optimlab.errors import OptimlabError
 
 SCHEMES = ("simultaneous", "primal_then_dual", "dual_then_primal", "extragradient", "unconstrained")
@@ -180,10 +180,14 @@ class ConstrainedOptimizer:
         self.check_finite, self.on_nonfinite = check_finite, on_nonfinite
         self.steps = 0
         self._primal_params = _params(self.primal_optimizers)
+        self._flat = FlatSteps(problem, self.dual_optimizers) if problem.flat_groups else None
+        # sparse and lazy tables: by optimizer, (weight, lazy, projected on the observed rows only)
+        self._tables = self._check_indexed_steps()
+        by_rows = {id(w) for ws in self._tables.values() for w, _, rows in ws if rows}
         self._nonneg = [c.multiplier.explicit_weight() for c in problem.constraints.values()
                         if c.inequality and c.multiplier is not None and c.multiplier.flat is None
-                        and c.multiplier.explicit_weight() is not None]
-        self._flat = FlatSteps(problem, self.dual_optimizers) if problem.flat_groups else None
+                        and c.multiplier.explicit_weight() is not None
+                        and id(c.multiplier.explicit_weight()) not in by_rows]
         if self._flat is not None and problem.flat_inequalities:
             self._nonneg.append(problem.dense_multipliers[:problem.flat_inequalities])
         self._updaters = any(c.formulation.uses_penalty and c.updater is not None
@@ -268,13 +272,70 @@ class ConstrainedOptimizer:
         for o in self.primal_optimizers:
             o.step()
 
+    def _check_indexed_steps(self) -> dict[int, list[tuple[torch.Tensor, bool, bool]]]:
+        """Check the optimizer of each sparse or lazy indexed multiplier. Returns, by optimizer, its
+        tables: (weight, whether lazy, whether only the observed rows can move, so that only they need
+        the projection onto >= 0: lazy, and sparse but for SGD with momentum)."""
+        tables: dict[int, list[tuple[torch.Tensor, bool, bool]]] = {}
+        for name, c in self.problem.constraints.items():
+            step = getattr(c.multiplier, "dual_step", "dense")
+            if step == "dense":
+                continue
+            w = c.multiplier.weight
+            o = next((o for o in self.dual_optimizers for g in o.param_groups
+                      if any(p is w for p in g["params"])), None)
+            if o is None:
+                continue
+            kind = type(o).__name__
+            if step == "sparse" and not takes_sparse(o):
+                raise OptimlabError(
+                    f"the multiplier of {name!r} gives sparse gradients (dual_step='sparse'), which {kind} "
+                    "does not take (or not with weight decay); use torch.optim.SGD, SparseAdam, Adagrad "
+                    f"or optimlab's NuPI, or IndexedMultiplier(..., dual_step='lazy') to step {kind} on "
+                    "the observed entries"
+                )
+            if step == "lazy" and not elementwise(o):
+                raise OptimlabError(
+                    f"the multiplier of {name!r} is stepped lazily on its observed entries "
+                    f"(dual_step='lazy'), which needs an elementwise optimizer ({elementwise_names()}); "
+                    f"{kind} is not one of them (use dual_step='sparse' or 'dense' with it)"
+                )
+            momentum = isinstance(o, torch.optim.SGD) and any(g["momentum"] for g in o.param_groups)
+            rows_only = c.inequality and (step == "lazy" or not momentum)
+            tables.setdefault(id(o), []).append((w, step == "lazy", rows_only))
+        return tables
+
+    def _observed_rows(self, o: torch.optim.Optimizer) -> tuple[dict, list]:
+        """The observed entries of ``o``'s lazy tables (``rows.step_entries``), and (weight, rows) of
+        its tables to project on their observed rows."""
+        lazy, project = {}, []
+        for w, is_lazy, rows_only in self._tables.get(id(o), ()):
+            g = w.grad
+            if g is None:
+                continue
+            if g.is_sparse:
+                g = g.coalesce()
+                rows, values = g.indices()[0], g.values()
+            else:  # observed whole
+                rows, values = torch.arange(w.shape[0], device=w.device), g
+            if is_lazy:
+                lazy[w] = (rows, values, None)
+            if rows_only:
+                project.append((w, rows))
+        return lazy, project
+
     @torch.no_grad()
     def _dual_step(self, observed: list[Observed]) -> None:
         for o in self.dual_optimizers:
+            lazy, project = self._observed_rows(o) if self._tables else ({}, ())
             if self._flat is not None and o is self._flat.optimizer:
-                self._flat.step(observed)
+                self._flat.step(observed, lazy)
+            elif lazy:
+                step_entries(o, lazy)
             else:
                 o.step()
+            for w, rows in project:
+                w[rows] = w[rows].clamp_min(0)
         if self._nonneg:
             torch._foreach_clamp_min_(self._nonneg, 0.0)
 

@@ -40,18 +40,27 @@ def elementwise_names() -> str:
     return ", ".join(c.__name__ for c in ELEMENTWISE)
 
 
+def takes_sparse(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` steps on sparse gradients: SGD without weight decay, SparseAdam, Adagrad,
+    NuPI."""
+    if isinstance(optimizer, torch.optim.SGD):
+        return all(not g["weight_decay"] for g in optimizer.param_groups)
+    return isinstance(optimizer, (torch.optim.SparseAdam, torch.optim.Adagrad, NuPI))
+
+
+Entries = Mapping[torch.Tensor, tuple[torch.Tensor, torch.Tensor, "int | None"]]
+
+
 @torch.no_grad()
-def step_entries(optimizer: torch.optim.Optimizer,
-                 entries: Mapping[torch.Tensor, tuple[torch.Tensor, torch.Tensor]],
-                 step: int | None = None) -> None:
+def step_entries(optimizer: torch.optim.Optimizer, entries: Entries) -> None:
     """One ``optimizer.step()`` in which each parameter ``p`` of ``entries`` (p -> (rows, gradient of
-    those rows)) moves at ``rows`` only (1-D long, no repeats; rows of the first dimension); the other
-    parameters of the optimizer step as usual with their ``.grad``. ``step``: the step count the
-    stepped rows have taken so far (their state's ``step``), when it is not the parameter's."""
+    those rows, step)) moves at ``rows`` only (1-D long, no repeats; rows of the first dimension);
+    the other parameters of the optimizer step as usual with their ``.grad``. ``step``: the step count
+    those rows have taken so far (their state's ``step``), or None for the parameter's own."""
     groups = optimizer.param_groups
     saved = [g["params"] for g in groups]
     proxies = {}
-    for p, (rows, grad) in entries.items():
+    for p, (rows, grad, step) in entries.items():
         q = p.detach()[rows].clone()
         q.grad = grad.to(q.dtype)
         full = optimizer.state.pop(p, None)
