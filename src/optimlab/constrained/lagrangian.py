@@ -44,8 +44,9 @@ def _sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def assemble(loss: torch.Tensor | None, observed: Sequence[Observed], fuse: bool,
-             with_dual: bool = True) -> Terms:
-    """The Lagrangians of an evaluation (see the module docstring)."""
+             with_dual: bool = True, scale: float = 1) -> Terms:
+    """The Lagrangians of an evaluation (see the module docstring). ``scale``: the factor of the terms
+    of groups observed by entries (the number of ranks under data parallelism; ``distributed``)."""
     primal, dual, values, violations = loss, None, {}, {}
     scalar_w, scalar_g, scalar_names = [], [], []
     for ob in observed:
@@ -61,6 +62,8 @@ def assemble(loss: torch.Tensor | None, observed: Sequence[Observed], fuse: bool
         form = c.formulation
         if mult is None:
             term = form.primal_term(ob.value, None, c.penalty_at(ob.indices), c.inequality)
+            if scale != 1 and ob.indices is not None:
+                term = term * scale
         else:
             lam = mult.value(ob.indices, ob.features)
             if lam.shape != ob.value.shape:
@@ -76,12 +79,19 @@ def assemble(loss: torch.Tensor | None, observed: Sequence[Observed], fuse: bool
             # the stored weight (or its view) is about to change in place: copy it; lookups are new tensors
             stored = ob.dual_indices is None and mult.explicit_weight() is not None
             values[ob.name] = lam_d.detach().clone() if stored else lam_d.detach()
+            by_entries = ob.indices is not None or ob.features is not None
             if fuse and both and ob.strict is None and type(form) is Lagrangian:
                 term = _sum(lam * ob.value)
+                if scale != 1 and by_entries:
+                    term = term * scale
             else:
                 term = form.primal_term(ob.value, lam.detach(), pen, c.inequality) if ob.primal else None
+                if term is not None and scale != 1 and by_entries:
+                    term = term * scale
                 if with_dual and ob.dual:
                     d = _sum(lam_d * form.dual_signal(ob.true_value, pen_d))
+                    if scale != 1 and (ob.dual_indices is not None or ob.dual_features is not None):
+                        d = d * scale
                     dual = d if dual is None else dual + d
         if term is not None and ob.primal:
             primal = term if primal is None else primal + term

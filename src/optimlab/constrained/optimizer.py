@@ -40,6 +40,8 @@ from typing import Any
 import torch
 
 from optimlab.constrained.diagnostics import KKT, Tolerances, measure
+from optimlab.constrained.distributed import Ranks
+from optimlab.constrained.distributed import active as distributed_active
 from optimlab.constrained.flat import FlatSteps
 from optimlab.constrained.lagrangian import Terms, assemble
 from optimlab.constrained.multipliers import DenseMultiplier
@@ -147,6 +149,7 @@ class ConstrainedOptimizer:
         on_nonfinite: str = "raise",
         extrapolation_states: str = "kept",
         flat_multipliers: bool = True,
+        distributed: bool | str = "auto",
     ):
         if not isinstance(problem, Problem):
             raise OptimlabError(
@@ -180,6 +183,10 @@ class ConstrainedOptimizer:
         self.check_finite, self.on_nonfinite = check_finite, on_nonfinite
         self.steps = 0
         self._primal_params = _params(self.primal_optimizers)
+        active = distributed_active(distributed)
+        self._ranks = Ranks(_device(problem, self._primal_params)) if active else None
+        self._scale = self._ranks.world if self._ranks is not None else 1
+        self._names = list(problem.constraints)
         self._flat = FlatSteps(problem, self.dual_optimizers) if problem.flat_groups else None
         # sparse and lazy tables: by optimizer, (weight, lazy, projected on the observed rows only)
         self._tables = self._check_indexed_steps()
@@ -257,8 +264,22 @@ class ConstrainedOptimizer:
         for o in self.dual_optimizers:
             o.zero_grad(set_to_none=True)
 
-    def _finite(self, total: torch.Tensor) -> bool:
-        return not self.check_finite or math.isfinite(total.item())  # .item(): cheaper than isfinite
+    def _evaluate(self, args, kwargs) -> Evaluation:
+        ev = self.problem.evaluate(args, kwargs)
+        self._shared(ev.observed)
+        return ev
+
+    def _shared(self, observed: list[Observed]) -> list[Observed]:
+        """Distributed: check that every rank observed the same groups, and give the groups that need
+        it every rank's violations (``distributed``)."""
+        if self._ranks is not None:
+            self._ranks.share(observed, self._names)
+        return observed
+
+    def _finite(self, total: torch.Tensor, observed: list[Observed]) -> bool:
+        """Whether the step may go on (its Lagrangian finite, on every rank when distributed)."""
+        ok = not self.check_finite or math.isfinite(total.item())  # .item(): cheaper than isfinite
+        return ok if self._ranks is None else not self._ranks.any(not ok)
 
     def _backward(self, total: torch.Tensor) -> None:
         if not total.requires_grad:
@@ -326,6 +347,8 @@ class ConstrainedOptimizer:
 
     @torch.no_grad()
     def _dual_step(self, observed: list[Observed]) -> None:
+        if self._ranks is not None:
+            self._ranks.average_grads(_params(self.dual_optimizers))
         for o in self.dual_optimizers:
             lazy, project = self._observed_rows(o) if self._tables else ({}, ())
             if self._flat is not None and o is self._flat.optimizer:
@@ -340,14 +363,17 @@ class ConstrainedOptimizer:
             torch._foreach_clamp_min_(self._nonneg, 0.0)
 
     def _after(self, observed: list[Observed]) -> None:
-        """Count the step; apply the penalty updaters due at it."""
+        """Count the step; apply the penalty updaters due at it (with every rank's violations)."""
         self.steps += 1
         if self._updaters:
             for ob in observed:
                 c = ob.constraint
                 u = c.updater if c.formulation.uses_penalty else None
                 if u is not None and self.steps % u.every == 0:
-                    u.update_(c.penalty, c.penalty_init, ob.true_value, c.inequality, ob.dual_indices)
+                    value, rows = ob.true_value, ob.dual_indices  # observed whole: shared already
+                    if self._ranks is not None and rows is not None:
+                        rows, value = self._ranks.gather(rows, value)
+                    u.update_(c.penalty, c.penalty_init, value, c.inequality, rows)
 
     def _kkt(self, ev: Evaluation, terms: Terms) -> KKT | None:
         if not self.diagnostics:
@@ -362,10 +388,10 @@ class ConstrainedOptimizer:
 
     def _simultaneous(self, args, kwargs) -> StepResult:
         self.zero_grad()
-        ev = self.problem.evaluate(args, kwargs)
-        terms = assemble(ev.loss, ev.observed, fuse=True)
+        ev = self._evaluate(args, kwargs)
+        terms = assemble(ev.loss, ev.observed, fuse=True, scale=self._scale)
         total = terms.total
-        if not self._finite(total):
+        if not self._finite(total, ev.observed):
             return self._refuse(ev, terms)
         self._backward(total)  # the one backward pass: primal and dual gradients
         kkt = self._kkt(ev, terms)
@@ -376,9 +402,9 @@ class ConstrainedOptimizer:
 
     def _unconstrained(self, args, kwargs) -> StepResult:
         self.zero_grad()
-        ev = self.problem.evaluate(args, kwargs)
-        terms = assemble(ev.loss, ev.observed, fuse=False, with_dual=False)
-        if not self._finite(terms.primal):
+        ev = self._evaluate(args, kwargs)
+        terms = assemble(ev.loss, ev.observed, fuse=False, with_dual=False, scale=self._scale)
+        if not self._finite(terms.primal, ev.observed):
             return self._refuse(ev, terms)
         self._backward(terms.primal)
         kkt = self._kkt(ev, terms)
@@ -388,19 +414,19 @@ class ConstrainedOptimizer:
 
     def _primal_then_dual(self, args, kwargs) -> StepResult:
         self.zero_grad()
-        ev = self.problem.evaluate(args, kwargs)
-        terms = assemble(ev.loss, ev.observed, fuse=False, with_dual=False)
-        if not self._finite(terms.primal):
+        ev = self._evaluate(args, kwargs)
+        terms = assemble(ev.loss, ev.observed, fuse=False, with_dual=False, scale=self._scale)
+        if not self._finite(terms.primal, ev.observed):
             return self._refuse(ev, terms)
         self._backward(terms.primal)
         kkt = self._kkt(ev, terms)
         snapshot = _Snapshot(self.primal_optimizers) if self.check_finite else None
         self._primal_step()
-        new = self.problem.evaluate_violations(args, kwargs)
-        dual = assemble(None, new, fuse=False).dual if any(
+        new = self._shared(self.problem.evaluate_violations(args, kwargs))
+        dual = assemble(None, new, fuse=False, scale=self._scale).dual if any(
             ob.constraint.multiplier is not None and ob.dual for ob in new) else None
         if dual is not None:
-            if not self._finite(dual):  # a non-finite violation makes lambda * g non-finite
+            if not self._finite(dual, new):  # a non-finite violation makes lambda * g non-finite
                 snapshot.restore()
                 return self._refuse(Evaluation(ev.loss, new, ev.misc), terms, "at the new point ")
             dual.backward()
@@ -410,14 +436,15 @@ class ConstrainedOptimizer:
 
     def _dual_then_primal(self, args, kwargs) -> StepResult:
         self.zero_grad()
-        ev = self.problem.evaluate(args, kwargs)
-        terms = assemble(ev.loss, ev.observed, fuse=False)
-        if not self._finite(terms.total):
+        ev = self._evaluate(args, kwargs)
+        terms = assemble(ev.loss, ev.observed, fuse=False, scale=self._scale)
+        if not self._finite(terms.total, ev.observed):
             return self._refuse(ev, terms)
         if terms.dual is not None:
             terms.dual.backward()  # only the multipliers' graph: the violations are detached in it
         self._dual_step(ev.observed)
-        self._backward(assemble(ev.loss, ev.observed, fuse=False, with_dual=False).primal)
+        primal = assemble(ev.loss, ev.observed, fuse=False, with_dual=False, scale=self._scale).primal
+        self._backward(primal)
         kkt = self._kkt(ev, terms)
         self._primal_step()
         self._after(ev.observed)
@@ -425,10 +452,10 @@ class ConstrainedOptimizer:
 
     def _extragradient(self, args, kwargs) -> StepResult:
         self.zero_grad()
-        ev = self.problem.evaluate(args, kwargs)
-        terms = assemble(ev.loss, ev.observed, fuse=True)
+        ev = self._evaluate(args, kwargs)
+        terms = assemble(ev.loss, ev.observed, fuse=True, scale=self._scale)
         total = terms.total
-        if not self._finite(total):
+        if not self._finite(total, ev.observed):
             return self._refuse(ev, terms)
         snapshot = _Snapshot(self.primal_optimizers + self.dual_optimizers)
         counts = self._flat.counts.copy() if self._flat is not None else None
@@ -437,10 +464,10 @@ class ConstrainedOptimizer:
         self._primal_step()
         self._dual_step(ev.observed)  # now at the extrapolated point
         self.zero_grad()
-        ev2 = self.problem.evaluate(args, kwargs)
-        terms2 = assemble(ev2.loss, ev2.observed, fuse=True)
+        ev2 = self._evaluate(args, kwargs)
+        terms2 = assemble(ev2.loss, ev2.observed, fuse=True, scale=self._scale)
         total2 = terms2.total
-        if not self._finite(total2):
+        if not self._finite(total2, ev2.observed):
             snapshot.restore()
             if counts is not None:
                 self._flat.counts = counts
@@ -527,6 +554,13 @@ class ConstrainedOptimizer:
         if self._flat is not None:
             self._flat.load_counts(counts)
         self.steps = int(state_dict["steps"])
+
+
+def _device(problem: Problem, primal: list[torch.Tensor]) -> torch.device:
+    """Where the collectives' small tensors live: the problem's device, else the model's."""
+    for p in [*problem.parameters(), *primal]:
+        return p.device
+    return torch.device("cpu")
 
 
 def set_maximize(o: torch.optim.Optimizer) -> None:
