@@ -25,7 +25,8 @@ from optimlab.errors import OptimlabError
 class FlatSteps:
     """The dual steps of ``problem.dense_multipliers`` by the dual optimizer that holds it.
 
-    ``counts[k]``: the dual steps group k (``problem.flat_groups[k]``) has taken."""
+    ``counts[k]``: the dual steps group k (``problem.flat_groups[k]``) has taken (not kept for a
+    stateless optimizer, SGD without momentum or weight decay, which has no step count)."""
 
     def __init__(self, problem, dual_optimizers: Sequence[torch.optim.Optimizer]):
         self.problem, self.flat = problem, problem.dense_multipliers
@@ -50,11 +51,14 @@ class FlatSteps:
         ``rows.step_entries``)."""
         o, flat = self.optimizer, self.flat
         lazy = lazy or {}
+        if self.stateless:  # a zero gradient moves nothing, and there is no state to keep apart
+            step_entries(o, lazy)
+            return
         stepped = sorted({self.index[ob.name] for ob in observed if ob.dual and ob.name in self.index})
         for k in stepped:
             self.counts[k] += 1
         counts = [self.counts[k] - 1 for k in stepped]  # before this step
-        if self.stateless or flat.grad is None:
+        if flat.grad is None:
             step_entries(o, lazy)
             return
         if len(stepped) == len(self.counts) and min(counts) == max(counts):

@@ -57,6 +57,9 @@ def step_entries(optimizer: torch.optim.Optimizer, entries: Entries) -> None:
     those rows, step)) moves at ``rows`` only (1-D long, no repeats; rows of the first dimension);
     the other parameters of the optimizer step as usual with their ``.grad``. ``step``: the step count
     those rows have taken so far (their state's ``step``), or None for the parameter's own."""
+    if not entries:
+        optimizer.step()
+        return
     groups = optimizer.param_groups
     saved = [g["params"] for g in groups]
     proxies = {}
