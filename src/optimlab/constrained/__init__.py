@@ -6,8 +6,10 @@
     result = opt.step(x, y)   # loss, violations, multipliers, Lagrangian (and KKT measures if asked)
 
 Constraints are groups of any shape, of kind ``"<="`` (g <= 0) or ``"=="`` (h = 0), each with its
-formulation (Lagrangian, quadratic penalty, augmented Lagrangian), multiplier (dense, indexed,
-implicit) and penalty coefficient (with an optional updater). See ``optimizer`` for the schemes.
+formulation (Lagrangian, quadratic penalty, augmented Lagrangian), multiplier (dense, indexed with a
+dense, sparse or lazy dual step, implicit) and penalty coefficient (with an optional updater). See
+``optimizer`` for the schemes, ``flat`` for the one buffer of dense multipliers and ``distributed``
+for data-parallel training.
 """
 
 from optimlab.constrained.constraints import Constraint, State, Violation
