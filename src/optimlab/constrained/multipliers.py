@@ -124,10 +124,10 @@ class IndexedMultiplier(DenseMultiplier):
     Same storage as :class:`DenseMultiplier` of shape ``(num_constraints,)``; every observation must
     give ``indices`` (1-D long). ``dual_step`` says what the dual step touches, chosen by the user:
 
-    * ``"dense"`` (default): a dense gradient, zero at the entries not observed. Any optimizer, DDP
-      included; a stateless one (SGD without momentum or weight decay) leaves unobserved entries
-      exactly where they are, but a stateful one (Adam, momentum) keeps moving them and decays their
-      state, and every step costs time in the size of the table.
+    * ``"dense"`` (default): a dense gradient, zero at the entries not observed. Any optimizer; a
+      stateless one (SGD without momentum or weight decay) leaves unobserved entries exactly where
+      they are, but a stateful one (Adam, momentum) keeps moving them and decays their state, and
+      every step costs time in the size of the table.
     * ``"sparse"``: a sparse COO gradient of the observed entries (duplicates summed), for the
       optimizers that take one: ``torch.optim.SGD`` (without weight decay), ``SparseAdam``,
       ``Adagrad`` and optimlab's ``NuPI``, each with its own semantics for sparse gradients (SparseAdam
