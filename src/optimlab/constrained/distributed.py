@@ -32,7 +32,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 
 from optimlab.errors import OptimlabError
 
@@ -87,7 +86,7 @@ class Ranks:
             return
         parts = [ob.value.reshape(-1) for ob in whole]
         parts += [ob.strict.detach().reshape(-1).to(ob.value.dtype) for ob in whole if ob.strict is not None]
-        total = dist_nn.all_reduce(torch.cat(parts)) / self.world
+        total = _SumOverRanks.apply(torch.cat(parts)) / self.world
         start = 0
         for ob in whole:
             n = ob.value.numel()
@@ -135,3 +134,20 @@ class Ranks:
         dist.all_gather(all_v, pad_v)
         return (torch.cat([r[:n] for r, n in zip(all_r, sizes, strict=True)]),
                 torch.cat([v[:n] for v, n in zip(all_v, sizes, strict=True)]))
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """y = the sum over the ranks of x (every rank gets it); backward the sum over the ranks of the
+    gradients of y, so that each rank's x receives the gradient of every rank's use of y."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        g = grad.clone()
+        dist.all_reduce(g)
+        return g
