@@ -12,11 +12,12 @@ from optimlab.study.vectorized import train_group, vectorizable_key
 from optimlab.training import TrainConfig, train
 
 RTOL = 1e-5  # every recorded metric, relative
-# Final parameters: 99% of the elements of every tensor within rtol 1e-5 + atol 1e-7, and every
-# element within rtol 1e-5 + atol 5e-6. The few others (at most 33 of 12730 here; 1.5e-6 at worst)
-# have a first gradient near 0 made of cancelling terms, which RMSprop or Adagrad divide by
-# sqrt(g^2) + eps: the summation order of the batched kernels moves them by up to ~1e-3 lr.
-PARAM_RTOL, PARAM_ATOL, MOST_ATOL, MOST = 1e-5, 5e-6, 1e-7, 0.99
+# Final parameters: 98% of the elements of every tensor within rtol 1e-5 + atol 1e-7, and every
+# element within rtol 1e-5 + atol 5e-6. The few others (at most 33 of 12730 on a CPU with AMX; 79 of
+# 7840 with AVX-512, whose kernels sum in another order) have a first gradient near 0 made of
+# cancelling terms, which RMSprop or Adagrad divide by sqrt(g^2) + eps, or sit at a weight near 0
+# after momentum: the summation order of the batched kernels moves them by up to ~1e-3 lr.
+PARAM_RTOL, PARAM_ATOL, MOST_ATOL, MOST = 1e-5, 5e-6, 1e-7, 0.98
 METRICS = ("batch_loss", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
 
 # two learning rates a small MLP trains well with, per optimizer
