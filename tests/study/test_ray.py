@@ -81,12 +81,14 @@ def test_a_data_set_that_is_nowhere_stops_the_study_with_its_message(tmp_path, m
         run_study(spec, out=tmp_path / "s", executor=ExecutorSpec(kind="ray", workers=1))
 
 
-def test_ray_trains_a_study_of_tasks_to_the_sequential_numbers(tmp_path):
+def test_ray_trains_a_study_of_tasks_to_the_sequential_numbers(tmp_path, capsys):
     from test_tasks import TASKS
 
     spec = parse_study(TASKS)
     ref = load_results(run_study(spec, out=tmp_path / "ref", executor=ExecutorSpec(kind="sequential")).store)
-    outcome = run_study(spec, out=tmp_path / "ray", executor=ExecutorSpec(kind="ray", workers=2))
+    outcome = run_study(spec, out=tmp_path / "ray", executor=ExecutorSpec(kind="ray", workers=2),
+                        progress=True)
+    assert "now: " in capsys.readouterr().err  # the Ray tasks' steps reach the bar
     assert (outcome.completed, outcome.failed) == (16, 0)
     mine = load_results(outcome.store)
     key = ["task", "optimizer", "lr", "seed", "step"]

@@ -1,4 +1,5 @@
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -79,10 +80,13 @@ def test_a_finished_study_is_skipped_and_a_different_one_refused(reference, tmp_
         run_study(parse_study(changed), out=out, executor=SEQUENTIAL, extend=True)
 
 
-def test_processes_give_the_sequential_numbers(reference, tmp_path):
+def test_processes_give_the_sequential_numbers(reference, tmp_path, capsys):
     outcome = run_study(parse_study(STUDY), out=tmp_path,
-                        executor=ExecutorSpec(kind="processes", workers=2))
+                        executor=ExecutorSpec(kind="processes", workers=2), progress=True)
     assert outcome.completed == 6
+    # the workers' steps reach the bar (at least each unit's last one)
+    assert re.search(r"now: (1 run|\d units, \d+ of \d+ runs,) at steps? [\d/, ]*\d+/\d+",
+                     capsys.readouterr().err)
     mine = load_results(outcome.store)
     a, b = rows(reference, "evals"), rows(mine, "evals")
     assert a[["optimizer", "lr", "seed", "step"]].equals(b[["optimizer", "lr", "seed", "step"]])

@@ -19,7 +19,7 @@ import traceback
 from optimlab.errors import OptimlabError
 from optimlab.study.spec import ExecutorSpec
 from optimlab.study.store import LostClaim
-from optimlab.study.units import Unit, train_unit
+from optimlab.study.units import Unit, throttled, train_unit
 
 POLL_S = 0.2
 
@@ -51,8 +51,11 @@ def _worker(inbox, outbox, parent: int, threads: int, data_dir: str | None) -> N
                 os._exit(1)
             outbox.put(("progress", tag, checkpoint, results, finished))
 
+        def step(s: int, total: int, losses: list, tag=tag) -> None:
+            outbox.put(("step", tag, s, total, losses))
+
         try:
-            train_unit(unit, task["checkpoint"], emit, data_dir=data_dir)
+            train_unit(unit, task["checkpoint"], emit, data_dir=data_dir, on_step=throttled(step))
         except Exception as e:  # reported to the driver, which records it
             fatal = str(e) if isinstance(e, OptimlabError) else None  # the user's to fix: stop
             outbox.put(("error", tag, traceback.format_exc(), fatal))
@@ -77,6 +80,7 @@ def run_in_processes(units: list[Unit], store, board, executor: ExecutorSpec,
     todo = list(units)
     attempts = {u.key: 0 for u in units}
     by_key = {u.key: u for u in units}
+    steppers: dict[str, object] = {}  # unit key -> the bar's per-step display of it
     try:
         while todo or any(s.unit for s in slots):
             for i, slot in enumerate(slots):
@@ -92,6 +96,7 @@ def run_in_processes(units: list[Unit], store, board, executor: ExecutorSpec,
                         continue
                     slot.unit = unit
                     attempts[unit.key] += 1
+                    steppers.pop(unit.key, None)  # a new attempt: its time left is measured afresh
                     slot.inbox.put({"unit": unit.to_message(), "unit_key": unit.key,
                                     "attempt": attempts[unit.key], "checkpoint": claim.checkpoint})
             try:
@@ -101,6 +106,9 @@ def run_in_processes(units: list[Unit], store, board, executor: ExecutorSpec,
             kind, (key, attempt) = msg[0], msg[1]
             slot = next((s for s in slots if s.unit is not None and s.unit.key == key), None)
             if slot is None or attempt != attempts[key]:  # from a worker already given up on
+                continue
+            if kind == "step":
+                steppers.setdefault(key, board.stepper(slot.unit))(*msg[2:])
                 continue
             if kind == "progress":
                 _, _, checkpoint, results, finished = msg

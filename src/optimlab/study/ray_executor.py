@@ -54,6 +54,7 @@ def run_on_ray(units: list[Unit], store, board, executor: ExecutorSpec, data_dir
         limit = executor.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         todo, running, attempts = list(units), {}, {u.key: 0 for u in units}
         lost: set[str] = set()  # units another process took over
+        steppers: dict[str, object] = {}
         by_key = {u.key: u for u in units}
         while todo or running:
             while todo and len(running) < limit:
@@ -68,11 +69,12 @@ def run_on_ray(units: list[Unit], store, board, executor: ExecutorSpec, data_dir
             for ref in [r for r, u in running.items() if u.key in lost]:  # taken over: stop them
                 ray.cancel(ref, force=True)
                 running.pop(ref)
-            _drain(events, by_key, attempts, running, board, lost)
+            _drain(events, by_key, attempts, running, board, lost, steppers)
             done, _ = ray.wait(list(running), timeout=0)
             for ref in done:
                 unit = running.pop(ref)
-                _drain(events, by_key, attempts, {**running, ref: unit}, board, lost)  # its last messages
+                # its last messages
+                _drain(events, by_key, attempts, {**running, ref: unit}, board, lost, steppers)
                 if unit.key in lost:
                     continue
                 try:
@@ -104,26 +106,33 @@ def _code_packages(python_path) -> list[str]:
                   if p.is_dir() and (p / "__init__.py").is_file())
 
 
-def _drain(events, by_key: dict, attempts: dict, running: dict, board, lost: set) -> None:
-    """Store every message waiting in the queue (waiting up to POLL_S for the first); a unit whose
-    claim another process took over goes into ``lost``."""
+def _drain(events, by_key: dict, attempts: dict, running: dict, board, lost: set,
+           steppers: dict) -> None:
+    """Store every message waiting in the queue (waiting up to POLL_S for the first), and show the
+    per-step ones on the bar (``steppers``: unit key -> its display); a unit whose claim another
+    process took over goes into ``lost``."""
     in_flight = {u.key for u in running.values()}
     timeout = POLL_S
     while True:
         try:
-            tag, checkpoint, results, finished = events.get(timeout=timeout)
+            kind, tag, *message = events.get(timeout=timeout)
         except stdlib_queue.Empty:
             return
         except Exception:  # ray.util.queue.Empty subclasses queue.Empty in recent Ray
             return
         timeout = 0.001
         key, attempt = tag
-        if key in in_flight and attempt == attempts[key] and key not in lost:
-            try:
-                board.commit(by_key[key], checkpoint, results, finished)
-            except LostClaim:
-                board.lost(by_key[key])
-                lost.add(key)
+        if key not in in_flight or attempt != attempts[key] or key in lost:
+            continue
+        if kind == "step":
+            steppers.setdefault(key, board.stepper(by_key[key]))(*message)
+            continue
+        checkpoint, results, finished = message
+        try:
+            board.commit(by_key[key], checkpoint, results, finished)
+        except LostClaim:
+            board.lost(by_key[key])
+            lost.add(key)
 
 
 def _ray_task(unit_msg: dict, checkpoint: bytes | None, events, tag, data_dir: str | None):
@@ -131,15 +140,18 @@ def _ray_task(unit_msg: dict, checkpoint: bytes | None, events, tag, data_dir: s
     message of an error the user must fix, else None)."""
     import traceback
 
-    from optimlab.study.units import Unit, train_unit
+    from optimlab.study.units import Unit, throttled, train_unit
 
     unit = Unit.from_message(unit_msg)
 
     def emit(ckpt: bytes, results: list[dict], finished: bool) -> None:
-        events.put((tag, ckpt, results, finished))
+        events.put(("progress", tag, ckpt, results, finished))
+
+    def step(s: int, total: int, losses: list) -> None:
+        events.put(("step", tag, s, total, losses))
 
     try:
-        train_unit(unit, checkpoint, emit, data_dir=data_dir)
+        train_unit(unit, checkpoint, emit, data_dir=data_dir, on_step=throttled(step))
     except Exception as e:
         return traceback.format_exc(), (str(e) if isinstance(e, OptimlabError) else None)
     return None

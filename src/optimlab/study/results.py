@@ -74,40 +74,46 @@ class StudyResults:
 
 def load_results(path: str | Path) -> StudyResults:
     """Read a study store (it may still be running or have been interrupted)."""
-    import pandas as pd
-
     store = StudyStore.open(path, readonly=True)
     try:
-        conn = store.conn
-        definition = json.loads(store.meta("definition") or "{}")
-        named = [parse_constraint(c) for c in definition.get("shared", {}).get("constraints", [])]
-        constraints = {c.key: c.kind for c in named}
-        formulation = definition.get("shared", {}).get("formulation", "lagrangian")
-        dual, run_dual = ("dual_lr, penalty, ", "r.dual_lr, r.penalty, ") if constraints else ("", "")
-        for axis in ("schedule", "batch_size", "task"):  # where the study varies them
-            if conn.execute(f"SELECT COUNT(*) FROM runs WHERE {axis} IS NOT NULL").fetchone()[0]:
-                dual, run_dual = dual + f"{axis}, ", run_dual + f"r.{axis}, "
-        runs = pd.read_sql_query(
-            f"SELECT id AS run_id, optimizer, lr, {dual}seed, status, steps, diverged_at, wall_time, "
-            "attempts, error, engine FROM runs ORDER BY id", conn)
-        runs["wall_time_of"] = [_timed(e) for e in runs.engine]
-        evals = _with_extras(pd.read_sql_query(
-            f"SELECT r.id AS run_id, r.optimizer, r.lr, {run_dual}r.seed, e.step, "
-            "e.epoch, e.batch_loss, e.train_loss, e.train_accuracy, e.val_loss, e.val_accuracy, "
-            "e.test_loss, e.test_accuracy, "
-            "e.wall_time, e.extras FROM evals e JOIN runs r ON r.id = e.run_id ORDER BY r.id, e.step",
-            conn))
-        for column in ("val_loss", "val_accuracy"):  # NULL in every row without a validation set
-            evals[column] = evals[column].astype(float)
-        log = _with_extras(pd.read_sql_query(
-            f"SELECT r.id AS run_id, r.optimizer, r.lr, {run_dual}r.seed, t.step, "
-            "t.epoch, t.loss, t.extras FROM train_log t JOIN runs r ON r.id = t.run_id "
-            "ORDER BY r.id, t.step", conn))
-        meta = {k: store.meta(k) for k in ("name", "study_file", "schema_version")}
-        meta["environment"] = json.loads(store.meta("environment") or "{}")
-        meta["definition"] = definition
+        return read_results(store)
     finally:
         store.close()
+
+
+def read_results(store: StudyStore, train_log: bool = True) -> StudyResults:
+    """The results of a store open already (:func:`load_results` opens and closes it); without
+    ``train_log``, its rows are left unread (an empty frame)."""
+    import pandas as pd
+
+    conn = store.conn
+    definition = json.loads(store.meta("definition") or "{}")
+    named = [parse_constraint(c) for c in definition.get("shared", {}).get("constraints", [])]
+    constraints = {c.key: c.kind for c in named}
+    formulation = definition.get("shared", {}).get("formulation", "lagrangian")
+    dual, run_dual = ("dual_lr, penalty, ", "r.dual_lr, r.penalty, ") if constraints else ("", "")
+    for axis in ("schedule", "batch_size", "task"):  # where the study varies them
+        if conn.execute(f"SELECT COUNT(*) FROM runs WHERE {axis} IS NOT NULL").fetchone()[0]:
+            dual, run_dual = dual + f"{axis}, ", run_dual + f"r.{axis}, "
+    runs = pd.read_sql_query(
+        f"SELECT id AS run_id, optimizer, lr, {dual}seed, status, steps, diverged_at, wall_time, "
+        "attempts, error, engine FROM runs ORDER BY id", conn)
+    runs["wall_time_of"] = [_timed(e) for e in runs.engine]
+    evals = _with_extras(pd.read_sql_query(
+        f"SELECT r.id AS run_id, r.optimizer, r.lr, {run_dual}r.seed, e.step, "
+        "e.epoch, e.batch_loss, e.train_loss, e.train_accuracy, e.val_loss, e.val_accuracy, "
+        "e.test_loss, e.test_accuracy, "
+        "e.wall_time, e.extras FROM evals e JOIN runs r ON r.id = e.run_id ORDER BY r.id, e.step",
+        conn))
+    for column in ("val_loss", "val_accuracy"):  # NULL in every row without a validation set
+        evals[column] = evals[column].astype(float)
+    log = _with_extras(pd.read_sql_query(
+        f"SELECT r.id AS run_id, r.optimizer, r.lr, {run_dual}r.seed, t.step, "
+        "t.epoch, t.loss, t.extras FROM train_log t JOIN runs r ON r.id = t.run_id "
+        f"{'' if train_log else 'WHERE 0 '}ORDER BY r.id, t.step", conn))
+    meta = {k: store.meta(k) for k in ("name", "study_file", "schema_version")}
+    meta["environment"] = json.loads(store.meta("environment") or "{}")
+    meta["definition"] = definition
     return StudyResults(runs, evals, log, meta, constraints, formulation)
 
 

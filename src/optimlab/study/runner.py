@@ -233,6 +233,8 @@ class _Board:
         self.total = total
         self.bar = tqdm(total=total, initial=self.done, unit="run", disable=not progress,
                         dynamic_ncols=True)
+        self._now: dict[str, tuple] = {}  # unit key -> its last step's status, while in training
+        self._shown = 0.0
         self._postfix()
 
     def explain(self, units: list[Unit]) -> None:
@@ -248,28 +250,49 @@ class _Board:
         self.bar.set_postfix_str(f"{text}; {unit}" if unit else text, refresh=False)
 
     def stepper(self, unit: Unit):
-        """What the unit trained in this process calls at every look at its losses: the bar shows its
-        steps, the runs still training, their best current batch loss and the unit's time left (at
-        most twice a second)."""
-        clock = {"start": None, "shown": 0.0}
+        """What a unit in training calls (here, or through a worker's messages) at every look at its
+        losses: the bar shows its steps, the runs still training, their best current batch loss and
+        the unit's time left, or for several units in flight at once (worker processes) their sum
+        (at most twice a second)."""
+        clock = {"start": None}
 
         def show(step: int, total: int, losses: list) -> None:
             now = time.perf_counter()
             if clock["start"] is None:
                 clock["start"] = (now, step)
-            if now - clock["shown"] < 0.5 and step < total:
-                return
-            clock["shown"] = now
-            alive = [v for v in losses if v is not None and math.isfinite(v)]
             (t0, s0) = clock["start"]
+            alive = [v for v in losses if v is not None and math.isfinite(v)]
             left = (now - t0) / (step - s0) * (total - step) if step > s0 else math.nan
-            runs = f"{len(alive)} of {len(losses)} runs" if len(losses) > 1 else "1 run"
-            best = f", best batch loss {min(alive):.4g}" if alive else ""
-            eta = f", {left:.0f} s left" if math.isfinite(left) else ""
-            self._postfix(f"now: {runs} at step {step}/{total}{best}{eta}")
+            self._now[unit.key] = (step, total, len(alive), len(losses), min(alive, default=None), left)
+            if now - self._shown < 0.5 and step < total:
+                return
+            self._shown = now
+            self._postfix(self._in_flight())
             self.bar.refresh()
 
         return show
+
+    def _in_flight(self) -> str:
+        """The status of the units in training, for the bar."""
+        states = list(self._now.values())
+        if not states:
+            return ""
+        alive, n = sum(s[2] for s in states), sum(s[3] for s in states)
+        bests = [s[4] for s in states if s[4] is not None]
+        lefts = [s[5] for s in states if math.isfinite(s[5])]
+        best = f", best batch loss {min(bests):.4g}" if bests else ""
+        eta = f", {max(lefts):.0f} s left" if lefts else ""
+        if len(states) == 1:
+            step, total = states[0][:2]
+            runs = f"{alive} of {n} runs" if n > 1 else "1 run"
+            return f"now: {runs} at step {step}/{total}{best}{eta}"
+        steps = ", ".join(f"{s[0]}/{s[1]}" for s in states)
+        return f"now: {len(states)} units, {alive} of {n} runs, at steps {steps}{best}{eta}"
+
+    def idle(self, unit: Unit) -> None:
+        """The unit is no longer in training (finished, failed, given up)."""
+        if self._now.pop(unit.key, None) is not None:
+            self._postfix(self._in_flight())
 
     def receiver(self, unit: Unit):
         def emit(checkpoint: bytes, results: list[dict], finished: bool) -> None:
@@ -285,15 +308,18 @@ class _Board:
                 self.diverged += r["status"] == "diverged"
                 if self.verbose:
                     self.bar.write(self._line(run_id, config, r))
-            self._postfix()
+            self._now.pop(unit.key, None)
+            self._postfix(self._in_flight())
             self.bar.update(len(results))
 
     def lost(self, unit: Unit) -> None:
         """Another process took the unit over (this one's lease had expired): its work since the last
         checkpoint is dropped; the other process's claim writes the runs."""
+        self._now.pop(unit.key, None)
         self.bar.write(f"note: runs {unit.run_ids} were taken over by another process; left to it")
 
     def failed(self, unit: Unit, error: str, retry: bool) -> None:
+        self._now.pop(unit.key, None)
         self.store.fail(unit.key, unit.run_ids, error, retry)
         if not retry:
             self.failed_runs += len(unit.run_ids)

@@ -12,6 +12,8 @@ transport can carry them to the process that owns the store.
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -119,6 +121,20 @@ def unit_data(config: TrainConfig, data_dir: str | None = None) -> Dataset:
             _DATA.pop(next(iter(_DATA)))
         _DATA[key] = load_data(config, None, data_dir, device)
     return _DATA[key]
+
+
+def throttled(send: Callable[[int, int, list], None], every_s: float = 0.5) -> Callable:
+    """An ``on_step`` for a unit trained elsewhere: passes a look at the losses on to ``send`` at most
+    every ``every_s`` seconds, and always the last step's."""
+    last = [-math.inf]
+
+    def on_step(step: int, total: int, losses: list) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s or step >= total:
+            last[0] = now
+            send(step, total, [None if v is None else float(v) for v in losses])
+
+    return on_step
 
 
 def train_unit(unit: Unit, checkpoint: bytes | None, emit: Emit, data_dir: str | None = None,
