@@ -75,8 +75,8 @@ def test_a_finished_study_is_skipped_and_a_different_one_refused(reference, tmp_
     assert extended.completed == 9
     third = load_results(out / "study.db")
     assert len(third.runs) == 9 and set(third.runs.seed) == {0, 1, 2}
-    changed = other.replace("epochs = 3", "epochs = 4")
-    with pytest.raises(OptimlabError, match="shared settings differ \\(epochs\\)"):
+    changed = other.replace("batch_size = 250", "batch_size = 100")  # (a larger budget continues)
+    with pytest.raises(OptimlabError, match="shared settings differ \\(batch_size\\)"):
         run_study(parse_study(changed), out=out, executor=SEQUENTIAL, extend=True)
 
 
@@ -152,7 +152,9 @@ def test_killing_the_study_loses_nothing_and_resume_ends_with_the_same_numbers(t
     assert set(final.runs.status) == {"completed"}
     assert rows(final, "evals").equals(rows(reference, "evals"))
     assert rows(final, "train_log").equals(rows(reference, "train_log"))
-    assert StudyStore.open(db).conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 0
+    # each run's final checkpoint stays (a larger budget continues from it), and only those
+    units = StudyStore.open(db).conn.execute("SELECT unit FROM checkpoints ORDER BY unit").fetchall()
+    assert [u for (u,) in units] == sorted(f"run:{i}" for i in final.runs.run_id)
 
 
 @pytest.mark.parametrize("max_attempts, status", [(2, "completed"), (1, "failed")])

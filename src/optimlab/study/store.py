@@ -397,6 +397,7 @@ class StudyStore:
         self.held: dict[str, str] = {}  # unit -> token of the claims this process holds
         self.claim_ids: dict[str, int] = {}  # unit -> its claim's id in claim_history (rows name it)
         self.claimed_here: set[int] = set()  # every run this process has claimed (not to retry them)
+        self.grown_budgets: dict = {}  # extended with a larger budget: task -> its new budget
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -564,8 +565,23 @@ class StudyStore:
             store._set_meta(study_file=spec.text, definition=definition,
                             environment=json.dumps(environment()),
                             code=json.dumps(code or {}, sort_keys=True))
+            if store.grown_budgets:
+                store._reopen(store.grown_budgets)
             store._insert_runs(spec.grid, spec.configs())
         return store
+
+    def _reopen(self, budgets: dict) -> None:
+        """A larger budget: every finished run of a task whose budget grew is pending again with it,
+        to continue from its final checkpoint (``budgets``: task, None for a study of one task ->
+        {"epochs" or "iterations": the new value})."""
+        for row in self.conn.execute("SELECT id, task, config FROM runs WHERE status IN "
+                                     "('completed', 'diverged')").fetchall():
+            budget = budgets.get(row[1])
+            if budget is None:
+                continue
+            config = {**json.loads(row[2]), "epochs": None, "iterations": None, **budget}
+            self.conn.execute("UPDATE runs SET status='pending', config=?, updated=? WHERE id=?",
+                              (json.dumps(config), time.time(), row[0]))
 
     def add_runs(self, points: list[axes.Point], configs: list) -> int:
         """Add runs at ``points`` (beside the grid's: a second stage) with their TrainConfigs; those
@@ -666,18 +682,22 @@ class StudyStore:
                 f"cannot extend {self.path}: its study has {'[[tasks]]' if 'tasks' in old else 'one task'} "
                 f"and this file {'[[tasks]]' if 'tasks' in new else 'one task'}; a study of one task cannot "
                 "gain tasks (its runs name none): write the tasks into a new study (another --out)")
-        if old.get("shared") != new["shared"]:
-            differ = sorted(k for k in new["shared"] if old.get("shared", {}).get(k) != new["shared"][k])
+        self.grown_budgets = _grown_budgets(old, new, self.path)  # may be larger: runs continue
+        if _without_budget(old.get("shared", {})) != _without_budget(new["shared"]):
+            was = old.get("shared", {})
+            differ = sorted(k for k in {*was, *new["shared"]} if k not in BUDGET
+                            and was.get(k) != new["shared"].get(k))
             raise OptimlabError(
                 f"cannot extend {self.path}: the shared settings differ ({', '.join(differ)}); only "
-                "tasks, optimizers, learning rates, seeds and the other axes' values may be added"
+                "tasks, optimizers, learning rates, seeds and the other axes' values may be added, and "
+                "the budget made larger"
             )
         points = {json.dumps(g, sort_keys=True): g for g in [*old.get("grid", []), *new["grid"]]}
         merged = {**new, "grid": [points[k] for k in sorted(points)]}
         if "tasks" in new:
             for task in sorted(set(old["tasks"]) & set(new["tasks"])):
                 was, now = old["tasks"][task]["settings"], new["tasks"][task]["settings"]
-                if was != now:
+                if _without_budget(was) != _without_budget(now):
                     differ = sorted(k for k in {*was, *now} if was.get(k) != now.get(k))
                     raise OptimlabError(
                         f"cannot extend {self.path}: the task {task!r} has other settings "
@@ -833,10 +853,11 @@ class StudyStore:
 
     def commit(self, unit: str, run_ids: list[int], checkpoint: bytes | None, results: list[dict],
                finished: bool) -> None:
-        """Write, in one transaction, the rows and state of the unit's runs and its checkpoint
-        (removed when ``finished``). ``results``: per run, ``status``, ``steps``, ``diverged_at``,
-        ``wall_time``, ``evals`` and ``train_log`` (all rows so far; those already stored are kept).
-        Raises :class:`LostClaim`, writing nothing, when the unit's claim is no longer this process's."""
+        """Write, in one transaction, the rows and state of the unit's runs and its checkpoint (kept
+        when ``finished``: the study extended with a larger budget continues from it). ``results``:
+        per run, ``status``, ``steps``, ``diverged_at``, ``wall_time``, ``evals`` and ``train_log``
+        (all rows so far; those already stored are kept). Raises :class:`LostClaim`, writing nothing,
+        when the unit's claim is no longer this process's."""
         with self.transaction():
             self._check_held(unit)
             for run_id, r in zip(run_ids, results, strict=True):
@@ -846,7 +867,7 @@ class StudyStore:
                     (status, r["steps"], r["diverged_at"], r["wall_time"], time.time(), run_id))
                 self._insert_rows("evals", EVAL_COLUMNS, run_id, r["evals"], self.claim_ids[unit])
                 self._insert_rows("train_log", LOG_COLUMNS, run_id, r["train_log"], self.claim_ids[unit])
-            if finished or checkpoint is None:
+            if checkpoint is None:  # (a finished unit's stays: a larger budget continues from it)
                 self.conn.execute("DELETE FROM checkpoints WHERE unit=?", (unit,))
             else:
                 self.conn.execute("INSERT OR REPLACE INTO checkpoints (unit, data, updated) VALUES (?,?,?)",
@@ -951,6 +972,55 @@ def _extras(row: dict, columns: tuple[str, ...]) -> str | None:
     """The row's values that have no column of their own, as a JSON object (None when there are none)."""
     extras = {k: v for k, v in row.items() if k not in columns}
     return json.dumps(extras) if extras else None
+
+
+BUDGET = ("epochs", "iterations")
+
+
+def _without_budget(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k not in BUDGET}
+
+
+def _budget(settings: dict) -> dict:
+    return {k: settings[k] for k in BUDGET if settings.get(k) is not None}
+
+
+def _grown_budgets(old: dict, new: dict, path) -> dict:
+    """The budgets that grew from the stored study ``old`` to ``new`` (definitions): task (None for
+    a study of one task) -> the new budget; a smaller budget, another unit of budget or a learning-
+    rate schedule (it spans its budget) is refused."""
+    def budgets(d: dict) -> dict:
+        shared = _budget(d.get("shared", {}))
+        if "tasks" not in d:
+            return {None: shared}
+        return {t: {**shared, **_budget(v["settings"])} if _budget(v["settings"]) else shared
+                for t, v in d["tasks"].items()}
+
+    was, now = budgets(old), budgets(new)
+    grown = {}
+    for task in sorted(set(was) & set(now), key=str):
+        a, b = was[task], now[task]
+        if a == b:
+            continue
+        where = f"task {task!r}: " if task is not None else ""
+        if set(a) != set(b) or any(b[k] < a[k] for k in a):
+            raise OptimlabError(
+                f"cannot extend {path}: {where}the budget changes from {a} to {b}; an extended study "
+                "may only train longer in the same unit (more epochs, or more iterations). Write the "
+                "other budget into a new study (another --out)")
+        grown[task] = b
+    if grown:
+        at = axes.NAMES.index("schedule")
+        points = [*old.get("grid", []), *new["grid"]]
+        scheduled = sorted({str(p[at]) for p in points if len(p) > at and p[at] not in (None, "constant")}
+                           | {str(d["shared"]["schedule"]) for d in (old, new)
+                              if d.get("shared", {}).get("schedule") not in (None, "constant")})
+        if scheduled:
+            raise OptimlabError(
+                f"cannot extend {path} with a larger budget: runs with a learning-rate schedule "
+                f"({', '.join(scheduled)}) span their budget, so a longer one would be another run; "
+                "train the longer runs into a new study (another --out)")
+    return grown
 
 
 class _Transaction:

@@ -148,8 +148,8 @@ def train_unit(unit: Unit, checkpoint: bytes | None, emit: Emit, data_dir: str |
     def report(ckpt: dict, results) -> None:
         results = results if isinstance(results, list) else [results]
         finished = all(r.status != "running" for r in results)
-        emit(checkpoint_bytes(ckpt) if not finished else b"", [result_dict(r) for r in results],
-             finished)
+        # the final checkpoint too: a study extended with a larger budget continues from it
+        emit(checkpoint_bytes(ckpt), [result_dict(r) for r in results], finished)
 
     if unit.kind == "run":
         train(first, data=data, resume_from=resume, on_checkpoint=report, keep_model=False,
