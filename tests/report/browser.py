@@ -26,6 +26,12 @@ window.addEventListener('load', () => {
 </script></body>"""
 
 
+def outside_scripts(page: str) -> str:
+    """A page's text without its inline scripts (a report inlines Plotly, whose code holds link and
+    image literals of its own that the page never fetches)."""
+    return re.sub(r"<script\b[^>]*>.*?</script>", "", page, flags=re.S)
+
+
 def open_in_browser(page, tmp_path) -> tuple[str, list[str]]:
     """The page's verdict, ``IMAGES <decoded>/<all> ERRORS <count>``, and the browser's console
     lines."""
@@ -40,3 +46,38 @@ def open_in_browser(page, tmp_path) -> tuple[str, list[str]]:
     title = re.search(r"<title>(.*?)</title>", run.stdout)
     return (title.group(1) if title else run.stderr[-2000:]), [
         line for line in run.stderr.splitlines() if "CONSOLE" in line]
+
+
+# driving a page (clicks, hovers, a page that changes): selenium with Debian's chromium-driver
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def start_driver(profile):
+    """Headless Chromium under selenium, keeping the page's console and network log; nothing
+    downloaded (the driver is Debian's, the browser the system's)."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    options.page_load_strategy = "eager"  # the document, not every script it loads after
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1400",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-quic", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+
+
+def fetched(driver) -> list[str]:
+    """Every URL the page asked the network for since the last call (http, https, ws, wss)."""
+    import json
+
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            url = message["params"]["request"]["url"]
+            if url.split(":", 1)[0] in ("http", "https", "ws", "wss"):
+                urls.append(url)
+    return urls

@@ -1,5 +1,6 @@
-"""The command line: ``optimlab train | data | study | report | localflow | lr-find | optimizers``, one module
-per command, each adding its parser (``add_to(subparsers)``) and handling its arguments.
+"""The command line: ``optimlab train | data | study | report | dashboard | localflow | lr-find |
+optimizers``, one module per command, each adding its parser (``add_to(subparsers)``) and handling its
+arguments.
 
 Errors a user can fix are printed as one message, without a traceback, with exit status 2.
 """
@@ -10,10 +11,10 @@ import argparse
 import sys
 
 from optimlab import __version__
-from optimlab.cli import data, localflow, lr_find, optimizers, report, study, train
+from optimlab.cli import dashboard, data, localflow, lr_find, optimizers, report, study, train
 from optimlab.errors import OptimlabError
 
-COMMANDS = (train, data, study, report, localflow, lr_find, optimizers)
+COMMANDS = (train, data, study, report, dashboard, localflow, lr_find, optimizers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,7 @@
 """Study reports: summaries as DataFrames (final metrics, convergence speed, robustness to the
-learning rate, ranking), figures (PNG) and a page that opens in a browser (``report.html``)."""
+learning rate, ranking), figures (PNG) and a page that opens in a browser (``report.html``, with the
+live dashboard's interactive figures where ``plotly`` is installed); the live dashboard itself
+(``live``: its data; ``serve``: its server)."""
 
 from __future__ import annotations
 
@@ -62,7 +64,7 @@ def make_report(db: str | Path, out: str | Path | None = None, target_fraction: 
                             feasibility_tolerance=feasibility_tolerance)
         _folder(out)
         figures = all_figures(summary, out)
-        page, notes = write_pages(summary, figures, out, title, meta)
+        page, notes = write_pages(summary, figures, out, title, meta, _interactive(db))
         return Report(page, notes, figures, summary)
     summaries, targets, across = summarize_tasks(results, target_fraction, target_accuracy,
                                                  feasibility_tolerance)
@@ -71,7 +73,8 @@ def make_report(db: str | Path, out: str | Path | None = None, target_fraction: 
     first = next(iter(summaries.values()))
     overall = across_figures(across, first.colours, out)
     tasks = {t: results.task_definition(t) for t in summaries}
-    page, notes = write_study_pages(summaries, figures, across, overall, tasks, targets, out, title, meta)
+    page, notes = write_study_pages(summaries, figures, across, overall, tasks, targets, out, title, meta,
+                                    _interactive(db))
     flat = {**overall, **{f"{t}/{k}": p for t, f in figures.items() for k, p in f.items()}}
     return Report(page, notes, flat, first, summaries, across)
 
@@ -104,6 +107,18 @@ def summarize_tasks(results, target_fraction: float = 0.95, target_accuracy: flo
     if unfinished:
         across.notes = (*across.notes, f"No run of {', '.join(unfinished)} has finished yet: left out.")
     return summaries, targets, across
+
+
+def _interactive(db) -> str | None:
+    """The report's interactive figures (the live dashboard's, of the store as it is now), where the
+    ``plotly`` package is installed (``optimlab[dashboard]``); else None: the PNGs only."""
+    from importlib.util import find_spec
+
+    if find_spec("plotly") is None:
+        return None
+    from optimlab.report.live import interactive_figures, study_state
+
+    return interactive_figures(study_state(db))
 
 
 def _folder(out: Path) -> None:

@@ -1,5 +1,6 @@
-"""The report as files: ``report.html`` (self-contained: figures inlined, opens offline), ``report.md``
-(figures beside it as PNG) and the PNGs."""
+"""The report as files: ``report.html`` (self-contained: figures inlined, opens offline; with the
+interactive figures, Plotly inlined, where it is installed), ``report.md`` (figures beside it as PNG)
+and the PNGs."""
 
 from __future__ import annotations
 
@@ -173,7 +174,24 @@ th { background: #f3f3f3; } td:nth-child(-n+2) { text-align: left; }
 img { max-width: 100%; border: 1px solid #eee; } figure { margin: 1.5em 0; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 0.5em 1em; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
+.figures { display: grid; grid-template-columns: repeat(auto-fit, minmax(340px, 1fr)); gap: 0.5em; }
+.figure { min-height: 360px; border: 1px solid #eee; }
 """
+INTERACTIVE = ("Every run's learning curves and the sensitivity curves (final metric against the learning "
+               "rate, each run and the mean over seeds), drawn with Plotly inlined in this page, which stays "
+               "offline: hover a point for its run, click a legend entry to hide or show an optimizer. "
+               "`optimlab dashboard` draws the same figures live while a study runs.")
+
+
+def _interactive(level: int, block: str | None) -> tuple[list[str], list[str]]:
+    """The interactive figures' section (``block``: :func:`optimlab.report.live.interactive_figures`;
+    None: none, plotly not installed), and its line in the markdown."""
+    if not block:
+        return [], []
+    h = f"h{level}"
+    section = (f"<{h}>Interactive figures <span id='task-choice'></span></{h}>"
+               f"<p>{html.escape(INTERACTIVE)}</p>{block}")
+    return [section], ["Interactive figures (learning curves of every run, sensitivity): in report.html.\n"]
 
 
 def _figure(key: str, path: Path, out: Path) -> tuple[str, str]:
@@ -197,8 +215,9 @@ def _chosen(summary: Summary, validation) -> str:
 
 
 def _summary_blocks(summary: Summary, figures: dict[str, Path], out: Path, level: int,
-                    lead: str = "") -> tuple[list[str], list[str]]:
-    """The notes, tables and figures of one task's summary, headed at ``level`` (2: h2)."""
+                    lead: str = "", interactive: str | None = None) -> tuple[list[str], list[str]]:
+    """The notes, tables and figures of one task's summary, headed at ``level`` (2: h2); the
+    interactive figures after the PNGs."""
     h, hashes = f"h{level}", "#" * level
     sections = [("Ranking", ranking_rows(summary)), ("Every optimizer and learning rate", cell_rows(summary))]
     if not summary.tuning.empty:
@@ -221,6 +240,10 @@ def _summary_blocks(summary: Summary, figures: dict[str, Path], out: Path, level
                 block, line = _figure(key, path, out)
                 parts.append(block)
                 md.append(line)
+        if i == 0:
+            more, lines = _interactive(level, interactive)
+            parts += more
+            md += lines
     return parts, md
 
 
@@ -243,11 +266,12 @@ def _write(out: Path, title: str, parts: list[str], md: list[str], meta: dict) -
 
 
 def write_pages(summary: Summary, figures: dict[str, Path], out: Path, title: str,
-                meta: dict) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``report.md`` of a study of one task into ``out``; returns their paths."""
+                meta: dict, interactive: str | None = None) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.md`` of a study of one task into ``out``; returns their paths.
+    ``interactive``: the interactive figures' block (:func:`optimlab.report.live.interactive_figures`)."""
     validation = meta.get("definition", {}).get("shared", {}).get("validation")
     about = f"{_about(meta)} {_chosen(summary, validation)}"
-    parts, md = _summary_blocks(summary, figures, out, 2)
+    parts, md = _summary_blocks(summary, figures, out, 2, interactive=interactive)
     return _write(out, title, [f"<p>{html.escape(about)}</p>", *parts], [about, "", *md], meta)
 
 
@@ -330,10 +354,10 @@ ACROSS = ("Across tasks. A task's time to target: the step (and wall time) at wh
 
 def write_study_pages(summaries: dict[str, Summary], figures: dict[str, dict[str, Path]], across,
                       across_figures: dict[str, Path], tasks: dict[str, dict], targets: dict, out: Path,
-                      title: str, meta: dict) -> tuple[Path, Path]:
+                      title: str, meta: dict, interactive: str | None = None) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.md`` of a study of several tasks: the tasks, the ranking
-    across them (scores, performance profiles, a table per task and optimizer), then each task's
-    own report."""
+    across them (scores, performance profiles, a table per task and optimizer), the interactive
+    figures (a task to choose), then each task's own report."""
     about = f"{_about(meta)} {len(summaries)} tasks."
     parts, md = [f"<p>{html.escape(about)}</p>"], [about, ""]
     head, rows = task_rows(tasks, summaries, targets)
@@ -355,6 +379,9 @@ def write_study_pages(summaries: dict[str, Summary], figures: dict[str, dict[str
         block, line = _figure(key, path, out)
         parts.append(block)
         md.append(line)
+    more, lines = _interactive(2, interactive)
+    parts += more
+    md += lines
     for name, summary in summaries.items():
         validation = tasks.get(name, {}).get("settings", {}).get("validation")
         lead = _chosen(summary, validation)
