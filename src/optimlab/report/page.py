@@ -85,7 +85,8 @@ def cell_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     on_val = summary.split == "val"
     head = ["optimizer", "lr", "seeds", "diverged", "final train loss",
             *(["final validation accuracy"] if on_val else []), "final test accuracy",
-            "best test accuracy", "reached target", "epochs to target", "seconds to target"]
+            "best test accuracy", "reached target", "epochs to target",
+            "seconds to target (a vectorized group's own clock)"]
     keys = list(summary.constraints)
     if keys:
         head += ["final violation", "feasible seeds"] + [f"multiplier ({k})" for k in keys]
