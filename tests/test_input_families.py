@@ -43,6 +43,7 @@ BASES = {
                            "--out", "{t}/out.json"],
     "lr-find": ["lr-find", "--dataset", "mnist-10k:0,1", "--model", "logreg", "--steps", "12", "--skip-start",
                 "2", "--skip-end", "2", "--out", "{t}/out"],
+    "dashboard": ["dashboard", "{t}/study.db"],  # (serving stops at once here: see test_numeric_options)
 }
 # options that need another base: the budget given as epochs, a hidden layer, constraints
 EXTRA = {
@@ -65,6 +66,7 @@ VALID = {
     ("lr-find", "--seed"): {"0"}, ("lr-find", "--start"): {"1.5"}, ("lr-find", "--end"): {"1.5"},
     ("lr-find", "--smooth"): {"0"}, ("lr-find", "--diverge"): {"1.5"}, ("lr-find", "--skip-start"): {"0"},
     ("lr-find", "--skip-end"): {"0"},
+    ("dashboard", "--interval"): {"1.5"},
 }
 
 
@@ -113,7 +115,10 @@ def test_every_numeric_option_has_a_base_command():
 
 @pytest.mark.parametrize("value", NUMBERS)
 @pytest.mark.parametrize("command, option", numeric_options())
-def test_numeric_options(command, option, value, tmp_path):
+def test_numeric_options(command, option, value, tmp_path, monkeypatch):
+    from optimlab.report.serve import DashboardServer
+
+    monkeypatch.setattr(DashboardServer, "serve_forever", lambda self, poll_interval=0.5: None)
     t = workspace(tmp_path)
     base = EXTRA.get((command, option), [])
     argv = ([command.split()[0], *base] if base and base[0].startswith("--dataset") else
