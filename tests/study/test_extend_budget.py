@@ -115,3 +115,23 @@ def test_on_the_command_line_a_larger_budget_needs_extend(tmp_path, capsys):
     assert "another version of this file" in capsys.readouterr().err
     assert main([*longer, "--extend"]) == 0
     assert load_results(out / "study.db").evals.epoch.max() == 3
+
+
+def test_without_final_checkpoints_a_larger_budget_trains_again(tmp_path):
+    """``[executor] final_checkpoints = false`` keeps a store small (no checkpoint of a finished unit);
+    a larger budget then trains its runs again from the start, to the same numbers."""
+    out = tmp_path / "study"
+    small = STUDY + "[executor]\nkind = 'vectorized'\nfinal_checkpoints = false\n"
+    first = run_study(parse_study(small), out=out)
+    with sqlite3.connect(first.store) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 0
+    before = claims_of_rows(first.store)
+    longer = small.replace("epochs = 2", "epochs = 4")
+    extended = run_study(parse_study(longer), out=out, extend=True)
+    fresh = run_study(parse_study(LONGER), out=tmp_path / "fresh", executor="vectorized")
+    got, want = rows(extended.store), rows(fresh.store)
+    assert got[0].equals(want[0]) and got[1].equals(want[1])
+    after = dict(((run, step), claim) for run, step, claim in claims_of_rows(extended.store))
+    assert all(after[(run, step)] != claim for run, step, claim in before)  # trained again
+    with pytest.raises(OptimlabError, match="executor final_checkpoints must be true .* or false; got 'no'"):
+        parse_study(STUDY + "[executor]\nfinal_checkpoints = 'no'\n")

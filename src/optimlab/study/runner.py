@@ -83,7 +83,7 @@ def run_study(
                 busy = store.claimed_runs()
                 todo = [r for r in rows if r["status"] in ("pending", "running", "failed")
                         and r["id"] not in busy and r["id"] not in store.claimed_here]
-                board = board or _Board(store, len(rows), progress, verbose)
+                board = board or _Board(store, len(rows), progress, verbose, executor.final_checkpoints)
                 if not todo:
                     if busy:  # others train the rest: wait, to take their units over if they die
                         time.sleep(WAIT_S)
@@ -221,10 +221,11 @@ def _run_here(units: list[Unit], store: StudyStore, board: _Board, data_dir: str
 class _Board:
     """Writes what units report to the store, and keeps the progress bar and lines up to date."""
 
-    def __init__(self, store: StudyStore, total: int, progress: bool, verbose: bool):
+    def __init__(self, store: StudyStore, total: int, progress: bool, verbose: bool,
+                 final_checkpoints: bool = True):
         from tqdm.auto import tqdm
 
-        self.store, self.verbose = store, verbose
+        self.store, self.verbose, self.final_checkpoints = store, verbose, final_checkpoints
         runs = store.runs()
         self.rows = {r["id"]: r for r in runs}  # their axes, for the lines
         self.done = sum(r["status"] in ("completed", "diverged", "failed") for r in runs)
@@ -301,7 +302,8 @@ class _Board:
         return emit
 
     def commit(self, unit: Unit, checkpoint: bytes, results: list[dict], finished: bool) -> None:
-        self.store.commit(unit.key, unit.run_ids, checkpoint or None, results, finished)
+        keep = checkpoint and (self.final_checkpoints or not finished)
+        self.store.commit(unit.key, unit.run_ids, checkpoint if keep else None, results, finished)
         if finished:
             for run_id, config, r in zip(unit.run_ids, unit.configs, results, strict=True):
                 self.done += 1

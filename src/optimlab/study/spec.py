@@ -133,7 +133,7 @@ LATER_SETTINGS = {"dataset_options": {}, "loss": None, "validation": None}
 STUDY_DEFAULTS = {"validation": 0.1}
 # the fields that are the user's own code, by import path
 CODE_FIELDS = ("model", "dataset", "loss")
-EXECUTOR_FIELDS = ("kind", "workers", "units", "address", "max_attempts", "stack")
+EXECUTOR_FIELDS = ("kind", "workers", "units", "address", "max_attempts", "stack", "final_checkpoints")
 STACK = ("auto", "always")
 # settings shared by every run of the study (the rest of a run is optimizer, lr, seed, dual lr)
 SHARED = ("dataset", "dataset_options", "model", "model_options", "loss", "batch_size", "epochs",
@@ -150,6 +150,7 @@ class ExecutorSpec:
     address: str | None = None
     max_attempts: int = 2
     stack: str = "auto"  # vectorized: "always" stacks what is exact even where measured slower
+    final_checkpoints: bool = True  # keep each finished unit's, for a larger budget to continue from
 
     @property
     def unit_kind(self) -> str:
@@ -680,4 +681,7 @@ def check_executor(spec: ExecutorSpec, fail=OptimlabError) -> ExecutorSpec:
             raise fail(f"executor {name} must be an integer >= 1; got {value!r}")
     if spec.address is not None and not isinstance(spec.address, str):
         raise fail("executor address must be a string such as 'auto' or 'ray://host:10001'")
+    if not isinstance(spec.final_checkpoints, bool):
+        raise fail("executor final_checkpoints must be true (keep each finished unit's checkpoint, for a "
+                   f"larger budget to continue from) or false; got {spec.final_checkpoints!r}")
     return spec
