@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from optimlab.cli.arguments import path_arg, store_path
@@ -31,6 +32,9 @@ def _dashboard(args: argparse.Namespace) -> int:
     from optimlab.report.serve import make_server
 
     server = make_server(store_path(args.db), args.host, args.port, args.allow_remote, args.interval)
+    # Ctrl-C stops it even where the process was started with SIGINT ignored (Python then installs no
+    # handler of its own), and so does SIGTERM
+    before = {s: signal.signal(s, signal.default_int_handler) for s in (signal.SIGINT, signal.SIGTERM)}
     print(f"dashboard of {server.dashboard.name}: {server.url} (Ctrl-C stops it)", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
@@ -38,4 +42,6 @@ def _dashboard(args: argparse.Namespace) -> int:
         print("dashboard stopped", file=sys.stderr)
     finally:
         server.server_close()
+        for s, handler in before.items():
+            signal.signal(s, handler)
     return 0
