@@ -35,15 +35,31 @@ def _quiet_ray(monkeypatch):
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
 
 
+def _descends_from_here(pid: int) -> bool:
+    """Whether process ``pid`` was started by this one (through the Ray it started): another Ray on
+    the machine (another test run) is left alone."""
+    here = os.getpid()
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the parent (after the command's name)
+        if pid == here:
+            return True
+    return False
+
+
 def _kill_first_task_worker(stop: threading.Event, killed: list) -> None:
-    """Find a Ray worker process running one of our tasks and SIGKILL it, once."""
+    """Find a Ray worker process of this test's Ray running one of our tasks and SIGKILL it, once."""
     while not stop.is_set() and not killed:
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
                 title = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"ray::_ray_task" in title and b"ray::IDLE" not in title:
+            if (b"ray::_ray_task" in title and b"ray::IDLE" not in title
+                    and _descends_from_here(int(pid))):
                 os.kill(int(pid), signal.SIGKILL)
                 killed.append(int(pid))
                 return
