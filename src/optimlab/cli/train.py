@@ -38,6 +38,10 @@ def add_to(sub) -> None:
     t.add_argument("--validation", type=count_or_fraction, default=None, metavar="SIZE",
                    help="hold out a validation set from the training set, evaluated beside the test set: "
                    "a fraction in (0, 1) or a count (default: none)")
+    t.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="fp32 (default), or mixed precision: the forward passes in bf16 or fp16 under "
+                   "autocast, fp32 master weights (fp16 with a gradient scaler; on a CPU without native "
+                   "fp16 it is emulated and slow)")
     t.add_argument("--no-eval-train", action="store_true",
                    help="evaluate on the test set only (faster)")
     t.add_argument("--constraint", action="append", default=[], metavar="NAME<=BOUND",
@@ -104,7 +108,7 @@ def _train(args: argparse.Namespace) -> int:
         eval_every=args.eval_every, log_every=args.log_every, eval_train=not args.no_eval_train,
         constraints=args.constraint, dual_optimizer=args.dual_optimizer, dual_lr=args.dual_lr,
         formulation=args.formulation, penalty=args.penalty, validation=args.validation,
-        schedule=args.schedule,
+        schedule=args.schedule, precision=args.precision,
     )
     out = Path(args.out) if args.out else Path("runs") / _run_name(config)
 

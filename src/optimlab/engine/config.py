@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from optimlab import registry
 from optimlab.data import check_validation
+from optimlab.engine.precision import check_precision
 from optimlab.errors import OptimlabError
 from optimlab.optimizers import LOCAL_FLOW, OptimizerSpec, check_lr, default_lr
 from optimlab.schedules import schedule_text
@@ -19,7 +20,7 @@ FORMULATIONS = ("lagrangian", "augmented_lagrangian", "quadratic_penalty")
 # fields of TrainConfig that may change between a run and its resumption
 RESUMABLE_CHANGES = ("epochs", "iterations", "device")
 # fields added since runs were first named, with the value every earlier run had (names keep to them)
-LATER_FIELDS = {"validation": None, "schedule": "constant"}
+LATER_FIELDS = {"validation": None, "schedule": "constant", "precision": "fp32"}
 
 
 @dataclass
@@ -46,6 +47,8 @@ class TrainConfig:
     ``quadratic_penalty``, the last two with the penalty coefficient ``penalty``, default 1), stepped
     by simultaneous gradient descent-ascent with ``optimizer`` on the model and ``dual_optimizer`` at
     ``dual_lr`` on the multipliers (the quadratic penalty has none).
+    ``precision``: ``fp32`` (plain), ``bf16`` or ``fp16``: mixed precision, the forward passes under
+    autocast with fp32 master weights, fp16 with a gradient scaler (:mod:`optimlab.engine.precision`).
     """
 
     dataset: object = "mnist-10k"
@@ -72,6 +75,7 @@ class TrainConfig:
     device: str = "auto"
     validation: float | int | None = None
     schedule: str = "constant"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if not isinstance(self.constraints, list | tuple):
@@ -96,6 +100,7 @@ class TrainConfig:
         if self.constraints and local:
             raise OptimlabError(f"constraints need a torch.optim optimizer; {local} is not one")
         self.schedule = schedule_text(self.schedule)
+        self._check_precision(local)
         if local and self.schedule != "constant":
             raise OptimlabError(f"{local} sets its own learning rate; an lr schedule ({self.schedule}) is "
                                 "for torch.optim optimizers")
@@ -109,6 +114,17 @@ class TrainConfig:
         for name in ("epochs", "iterations", "eval_every"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), minimum=1)
+
+    def _check_precision(self, local: str | None) -> None:
+        self.precision = check_precision(self.precision)
+        if self.precision == "fp32":
+            return
+        if local:
+            raise OptimlabError(f"{local} computes its flow in fp32 or fp64; precision {self.precision!r} is "
+                                "for torch.optim optimizers")
+        if self.precision == "fp16" and self.constraints:
+            raise OptimlabError("precision 'fp16' needs a gradient scaler, which constrained training does "
+                                "not take; use 'bf16' (fp32's range, no scaler) or 'fp32'")
 
     def _check_formulation(self) -> None:
         if self.formulation not in FORMULATIONS:

@@ -45,6 +45,7 @@ from optimlab.devices import resolve_device
 from optimlab.engine.build import check_batch_size, init_model, load_data, task_of, total_steps
 from optimlab.engine.config import TrainConfig, check_schedule_budget, config_differences, local_flow_name
 from optimlab.engine.loop import run_loop
+from optimlab.engine.precision import Precision
 from optimlab.engine.records import (
     RunProgress,
     RunResult,
@@ -102,6 +103,9 @@ def group_refusal(config: TrainConfig, data: Dataset, always: bool = False) -> s
     ``always``, also when stacking is measured slower (convolutions on the CPU)."""
     if local_flow_name(config.optimizer):
         return "local-flow optimizers are built per run (they need the model and the batch)"
+    if config.precision == "fp16":
+        return ("precision fp16's gradient scaler would skip the step of every stacked run when one run's "
+                "gradients overflow; trained run by run (bf16 needs no scaler and is stacked)")
     unknown = [c for c in config.constraints if parse_constraint(c).measure not in STACKED_MEASURES]
     if unknown:
         return f"constraint {unknown[0]!r} has no stacked measure"
@@ -456,7 +460,7 @@ class _Group:
         self.models = [init_model(by_seed[s], data) for s in self.layout.seeds]  # on the CPU
         constrained = bool(self.base.constraints)
         self.stack = Stack(self.models, self.layout.width, data, device, with_accuracy=constrained,
-                            task=task_of(self.base, data))
+                           task=task_of(self.base, data), precision=Precision(self.base.precision, device))
         lrs = torch.zeros(self.layout.shape, device=device)
         for config, (s, j) in zip(configs, self.layout.cells, strict=True):
             lrs[s, j] = config.lr

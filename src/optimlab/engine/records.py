@@ -57,11 +57,15 @@ def loss_function(task: str | Task) -> Callable[[torch.Tensor, torch.Tensor], to
     return (TASKS[task] if isinstance(task, str) else task).loss
 
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)  # outputs of autocast, cast to fp32 for the loss
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str | Task,
              batch_size: int = EVAL_BATCH) -> tuple[float, float | None]:
     """Mean loss and accuracy (a fraction; None for a task without one) of ``model`` on all of (x, y),
-    in eval mode (BatchNorm's running statistics, no dropout)."""
+    in eval mode (BatchNorm's running statistics, no dropout). Under autocast (a run's bf16 or fp16
+    precision), the outputs are cast to fp32 for the loss."""
     task = TASKS[task] if isinstance(task, str) else task
     was_training = model.training
     model.eval()
@@ -70,6 +74,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str | Tas
     for start in range(0, x.shape[0], batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         out = model(xb)
+        if out.dtype in LOW_PRECISION:
+            out = out.float()
         loss_sum += task.loss_sum(out, yb).double()
         if task.accuracy:
             correct += task.hits(out, yb)

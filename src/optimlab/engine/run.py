@@ -31,6 +31,7 @@ from optimlab.engine.records import (
     progress_bar,
     run_result,
 )
+from optimlab.engine.precision import Precision
 from optimlab.engine.steppers import make_stepper
 from optimlab.errors import OptimlabError
 from optimlab.runfiles import (
@@ -117,7 +118,8 @@ class _Run:
         self.total = total_steps(config, self.per_epoch)
         self.task = task_of(config, data)
         self.model = init_model(config, data).to(device).train()
-        self.stepper = make_stepper(config, self.model, self.task, device)
+        self.precision = Precision(config.precision, device)
+        self.stepper = make_stepper(config, self.model, self.task, device, self.precision)
         self.schedule = Schedule.parse(config.schedule)
         self.schedule.check(self.total)
         self.lr_scheduler = None if self.schedule.constant else torch.optim.lr_scheduler.LambdaLR(
@@ -195,7 +197,8 @@ class _Run:
 
     def record_eval(self, batch_loss: float | None) -> None:
         d, task, model = self.data, self.task, self.model
-        with evaluation_point(self.stepper.optimizer, model, d.x_train, self.config.batch_size):
+        with evaluation_point(self.stepper.optimizer, model, d.x_train, self.config.batch_size), \
+                self.precision.autocast():
             train_metrics = evaluate(model, d.x_train, d.y_train, task) if self.config.eval_train else None
             test_metrics = evaluate(model, d.x_test, d.y_test, task)
             val_metrics = evaluate(model, d.x_val, d.y_val, task) if d.x_val is not None else None

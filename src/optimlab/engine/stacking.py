@@ -53,9 +53,8 @@ from torch.overrides import TorchFunctionMode
 
 from optimlab import registry
 from optimlab.data import Dataset
-from optimlab.engine.records import (
-    EVAL_BATCH,
-)
+from optimlab.engine.precision import Precision
+from optimlab.engine.records import EVAL_BATCH
 from optimlab.errors import OptimlabError
 from optimlab.optimizers import OptimizerSpec
 from optimlab.tasks import TASKS, Task
@@ -101,7 +100,7 @@ class Stack:
     """
 
     def __init__(self, models: list[nn.Module], width: int, data: Dataset, device: torch.device,
-                 with_accuracy: bool = False, task: Task | None = None):
+                 with_accuracy: bool = False, task: Task | None = None, precision: Precision | None = None):
         stacked, buffers = stack_module_state([m for m in models for _ in range(width)])
         grid = (len(models), width)
         self.params = {k: v.detach().reshape(*grid, *v.shape[1:]).to(device).requires_grad_()
@@ -112,6 +111,7 @@ class Stack:
         self.tensors = (*self.params.values(), *self.buffers.values())
         self.template = copy.deepcopy(models[0]).to("meta").train()  # eval only in evaluate
         self.task = task or TASKS[data.task]
+        self.precision = precision or Precision("fp32", device)
         self.loss_fn = self.task.stacked_loss
         self.with_accuracy = with_accuracy and self.task.accuracy
         stacked_dims = (0,) * len(self.tensors)
@@ -119,14 +119,15 @@ class Stack:
         self._losses = vmap(per_seed, in_dims=(*stacked_dims, 0, 0))  # the batch: one per seed
         shared = (*stacked_dims, None, None)  # the evaluation set: shared by all
         self._sums = vmap(vmap(self._sum_metrics, in_dims=shared), in_dims=shared)
-        act = _largest_activation(self.template, data.input_shape)
+        act = _largest_activation(models[0], data.input_shape)
         self.eval_chunk = max(1, min(EVAL_BATCH, EVAL_FLOATS // (grid[0] * grid[1] * act)))
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None
                for m in self.template.modules()):  # batch statistics in eval mode too: the outputs
             self.eval_chunk = EVAL_BATCH  # depend on the chunks, evaluate's (memory over the bound)
 
     def _apply(self, tensors: tuple, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.template, dict(zip(self.names, tensors, strict=True)), (x,))
+        out = functional_call(self.template, dict(zip(self.names, tensors, strict=True)), (x,))
+        return out.float() if self.precision.mixed else out  # the loss in fp32
 
     def _loss(self, *args):
         *tensors, x, y = args
@@ -146,7 +147,7 @@ class Stack:
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Mean batch loss of every slice: x (S, B, *input), y (S, B) -> (S, L); with
         ``with_accuracy``, (losses, batch accuracies), both (S, L)."""
-        with SharedInputLinear():
+        with SharedInputLinear(), self.precision.autocast():
             return self._losses(*self.tensors, x, y)
 
     @torch.no_grad()
@@ -156,7 +157,7 @@ class Stack:
         self.template.eval()
         loss_sum = torch.zeros(self.shape, dtype=torch.float64, device=x.device)
         correct = torch.zeros(self.shape, dtype=torch.int64, device=x.device)
-        with SharedInputLinear():
+        with SharedInputLinear(), self.precision.autocast():
             for start in range(0, x.shape[0], self.eval_chunk):
                 stop = start + self.eval_chunk
                 loss, hits = self._sums(*self.tensors, x[start:stop], y[start:stop])
@@ -178,23 +179,23 @@ class Stack:
         return {k: v[s, j].detach().clone() for k, v in {**self.params, **self.buffers}.items()}
 
 
-def _largest_activation(template: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Floats in the largest activation of one sample (a forward pass of two samples on the meta
-    device, in eval mode: BatchNorm refuses a batch of one sample where it takes batch statistics)."""
+@torch.no_grad()
+def _largest_activation(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Floats in the largest activation of one sample: a forward pass of two samples (zeros) through
+    a copy of ``model``, in eval mode (BatchNorm refuses a batch of one sample where it takes batch
+    statistics). On the model's own device, not the meta device: a process's first operation on meta
+    tensors loads their kernels, measured 1.2 s, a sixth of a 15-run MLP epoch."""
+    template = copy.deepcopy(model).eval()
     sizes = [math.prod(input_shape)]
+
     def record(_module, _inputs, out) -> None:
         if isinstance(out, torch.Tensor):
             sizes.append(out[0].numel())
 
-    hooks = [m.register_forward_hook(record) for m in template.modules()]
-    was_training = template.training
-    try:
-        template.eval()
-        template(torch.empty(2, *input_shape, device="meta"))
-    finally:
-        template.train(was_training)
-        for h in hooks:
-            h.remove()
+    for m in template.modules():
+        m.register_forward_hook(record)
+    device = next((t.device for t in [*template.parameters(), *template.buffers()]), None)
+    template(torch.zeros(2, *input_shape, device=device))
     return max(sizes)
 
 

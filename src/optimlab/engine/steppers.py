@@ -18,6 +18,7 @@ from optimlab import registry
 from optimlab.constrained.named import parse_constraint
 from optimlab.engine.config import TrainConfig, local_flow_name
 from optimlab.engine.modes import has_modes
+from optimlab.engine.precision import Precision
 from optimlab.errors import OptimlabError
 from optimlab.optimizers import LOCAL_FLOW, OptimizerSpec
 from optimlab.schedules import Schedule
@@ -25,16 +26,27 @@ from optimlab.tasks import Task
 
 
 class PlainStepper:
-    """Gradient descent with any torch optimizer: zero the gradients, the loss, backward, step."""
+    """Gradient descent with any torch optimizer: zero the gradients, the loss, backward, step (in
+    ``precision``: the forward pass under autocast, its output cast to fp32 for the loss; fp16
+    through the gradient scaler, whose state the checkpoint carries)."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
+                 precision: Precision | None = None):
         self.model, self.optimizer, self.loss_fn = model, optimizer, task.loss
+        self.precision = precision or Precision("fp32", "cpu")
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model(xb), yb)
-        loss.backward()
-        self.optimizer.step()
+        if not self.precision.mixed:
+            loss = self.loss_fn(self.model(xb), yb)
+            loss.backward()
+            self.optimizer.step()
+            return loss
+        with self.precision.autocast():
+            out = self.model(xb)
+        loss = self.loss_fn(out.float(), yb)
+        self.precision.backward(loss)
+        self.precision.step(self.optimizer)
         return loss
 
     def annotate(self, rows: list[dict], last_step: int) -> None:
@@ -44,10 +56,10 @@ class PlainStepper:
         return {}
 
     def state_dict(self) -> dict:
-        return {}
+        return self.precision.state_dict()
 
     def load_state_dict(self, checkpoint: dict) -> None:
-        pass
+        self.precision.load_state_dict(checkpoint)
 
 
 class LocalFlowStepper(PlainStepper):
@@ -93,15 +105,21 @@ class ConstrainedStepper:
     has none) and, in train_log, the batch ``accuracy``; the checkpoint carries ``constrained``."""
 
     def __init__(self, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
-                 device):
+                 device, precision: Precision | None = None):
         from optimlab.constrained import ConstrainedOptimizer, Constraint, Problem, State
 
         self.named = [parse_constraint(c) for c in config.constraints]
         self.model, self.optimizer = model, optimizer
+        self.precision = precision = precision or Precision("fp32", device)
         classify, loss_fn = task.accuracy, task.loss
 
-        def compute(xb, yb):
-            out = model(xb)
+        def compute(xb, yb):  # the violations from the fp32 parameters, outside autocast
+            if precision.mixed:
+                with precision.autocast():
+                    out = model(xb)
+                out = out.float()
+            else:
+                out = model(xb)
             misc = {"accuracy": (out.argmax(1) == yb).float().mean()} if classify else {}
             return State(loss_fn(out, yb), {c.key: c.violation(model) for c in self.named}, misc=misc)
 
@@ -154,8 +172,11 @@ class ConstrainedStepper:
         self.lagrangian.load_state_dict(checkpoint["constrained"])
 
 
-def make_stepper(config: TrainConfig, model: nn.Module, task: Task, device):
-    """The stepper of ``config``: local flow, constrained, or plain with its optimizer."""
+def make_stepper(config: TrainConfig, model: nn.Module, task: Task, device,
+                 precision: Precision | None = None):
+    """The stepper of ``config``: local flow, constrained, or plain with its optimizer; ``precision``
+    (default: ``config.precision`` on ``device``) for the last two (local flows are fp32)."""
+    precision = precision or Precision(config.precision, device)
     if local_flow_name(config.optimizer):
         return LocalFlowStepper(config, model, task)
     optimizer = registry.build_optimizer(config.optimizer, model.parameters(), lr=config.lr)
@@ -165,5 +186,5 @@ def make_stepper(config: TrainConfig, model: nn.Module, task: Task, device):
             f"eval()): it replaces a learning-rate schedule, so schedule {config.schedule!r} is refused; "
             "use schedule = 'constant' and its own warmup_steps option to warm up")
     if config.constraints:
-        return ConstrainedStepper(config, model, optimizer, task, device)
-    return PlainStepper(model, optimizer, task)
+        return ConstrainedStepper(config, model, optimizer, task, device, precision)
+    return PlainStepper(model, optimizer, task, precision)

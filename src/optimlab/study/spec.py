@@ -95,6 +95,7 @@ FIELDS = {
     "validation": "the validation set held out of the training set: a fraction in (0, 1) or a count "
                   "(default 0.1; 0 for none); best settings are chosen on it, test numbers reported",
     "device": "auto, cpu, cuda, cuda:N",
+    "precision": "fp32 (default), bf16 or fp16: mixed precision of the forward passes, fp32 master weights",
     "optimizers": "a list of names, name(hyperparameters), import paths or {name, class, learning_rates, "
                   "options, lr_linear, default_lr} tables",
     "learning_rates": "a list of numbers > 0, or {from, to, count}",
@@ -128,7 +129,7 @@ TASK_SETTINGS = ("dataset", "dataset_options", "model", "model_options", "loss",
 TASK_FIELDS = ("name", "suite", "target", *TASK_SETTINGS)
 _TASK_NAME = re.compile(r"[A-Za-z0-9._-]{1,60}")
 # shared settings that stores written before them lack, with the value that means "not used"
-LATER_SETTINGS = {"dataset_options": {}, "loss": None, "validation": None}
+LATER_SETTINGS = {"dataset_options": {}, "loss": None, "validation": None, "precision": "fp32"}
 # what a study takes where its file says nothing (a run of `optimlab train` takes the TrainConfig default)
 STUDY_DEFAULTS = {"validation": 0.1}
 # the fields that are the user's own code, by import path
@@ -138,7 +139,7 @@ STACK = ("auto", "always")
 # settings shared by every run of the study (the rest of a run is optimizer, lr, seed, dual lr)
 SHARED = ("dataset", "dataset_options", "model", "model_options", "loss", "batch_size", "epochs",
           "iterations", "eval_every", "log_every", "drop_last", "normalize", "eval_train", "constraints",
-          "dual_optimizer", "formulation", "validation")
+          "dual_optimizer", "formulation", "validation", "precision")
 DEFAULT_DUAL_LR = TrainConfig.dual_lr
 
 
