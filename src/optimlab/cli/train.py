@@ -42,6 +42,9 @@ def add_to(sub) -> None:
                    help="fp32 (default), or mixed precision: the forward passes in bf16 or fp16 under "
                    "autocast, fp32 master weights (fp16 with a gradient scaler; on a CPU without native "
                    "fp16 it is emulated and slow)")
+    t.add_argument("--compile", action="store_true",
+                   help="compile the model with torch.compile (off by default: measured slower on a CPU, "
+                   "the compilation included)")
     t.add_argument("--no-eval-train", action="store_true",
                    help="evaluate on the test set only (faster)")
     t.add_argument("--constraint", action="append", default=[], metavar="NAME<=BOUND",
@@ -108,7 +111,7 @@ def _train(args: argparse.Namespace) -> int:
         eval_every=args.eval_every, log_every=args.log_every, eval_train=not args.no_eval_train,
         constraints=args.constraint, dual_optimizer=args.dual_optimizer, dual_lr=args.dual_lr,
         formulation=args.formulation, penalty=args.penalty, validation=args.validation,
-        schedule=args.schedule, precision=args.precision,
+        schedule=args.schedule, precision=args.precision, compile=args.compile,
     )
     out = Path(args.out) if args.out else Path("runs") / _run_name(config)
 

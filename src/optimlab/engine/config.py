@@ -20,7 +20,7 @@ FORMULATIONS = ("lagrangian", "augmented_lagrangian", "quadratic_penalty")
 # fields of TrainConfig that may change between a run and its resumption
 RESUMABLE_CHANGES = ("epochs", "iterations", "device")
 # fields added since runs were first named, with the value every earlier run had (names keep to them)
-LATER_FIELDS = {"validation": None, "schedule": "constant", "precision": "fp32"}
+LATER_FIELDS = {"validation": None, "schedule": "constant", "precision": "fp32", "compile": False}
 
 
 @dataclass
@@ -49,6 +49,9 @@ class TrainConfig:
     ``dual_lr`` on the multipliers (the quadratic penalty has none).
     ``precision``: ``fp32`` (plain), ``bf16`` or ``fp16``: mixed precision, the forward passes under
     autocast with fp32 master weights, fp16 with a gradient scaler (:mod:`optimlab.engine.precision`).
+    ``compile``: the training steps of runs trained one by one call the model compiled by
+    ``torch.compile`` (evaluations the model itself); their results equal the plain run's to
+    rounding. Off by default: on the study benchmark's CPU it does not pay (the README's Speed).
     """
 
     dataset: object = "mnist-10k"
@@ -76,6 +79,7 @@ class TrainConfig:
     validation: float | int | None = None
     schedule: str = "constant"
     precision: str = "fp32"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.constraints, list | tuple):
@@ -101,6 +105,10 @@ class TrainConfig:
             raise OptimlabError(f"constraints need a torch.optim optimizer; {local} is not one")
         self.schedule = schedule_text(self.schedule)
         self._check_precision(local)
+        if not isinstance(self.compile, bool):
+            raise OptimlabError(f"compile must be true or false; got {self.compile!r}")
+        if self.compile and local:
+            raise OptimlabError(f"{local} is not compiled: compile is for torch.optim optimizers")
         if local and self.schedule != "constant":
             raise OptimlabError(f"{local} sets its own learning rate; an lr schedule ({self.schedule}) is "
                                 "for torch.optim optimizers")

@@ -103,6 +103,9 @@ def group_refusal(config: TrainConfig, data: Dataset, always: bool = False) -> s
     ``always``, also when stacking is measured slower (convolutions on the CPU)."""
     if local_flow_name(config.optimizer):
         return "local-flow optimizers are built per run (they need the model and the batch)"
+    if config.compile:
+        return ("compile is for runs trained one by one: the stacked step (vmap over functional_call) is "
+                "not compiled; trained run by run")
     if config.precision == "fp16":
         return ("precision fp16's gradient scaler would skip the step of every stacked run when one run's "
                 "gradients overflow; trained run by run (bf16 needs no scaler and is stacked)")

@@ -21,6 +21,7 @@ from optimlab.engine.build import check_batch_size, init_model, load_data, task_
 from optimlab.engine.config import TrainConfig, check_schedule_budget, config_differences
 from optimlab.engine.loop import run_loop
 from optimlab.engine.modes import evaluation_point, has_modes, to_evaluation_point
+from optimlab.engine.precision import Precision
 from optimlab.engine.records import (
     RunProgress,
     RunResult,
@@ -31,7 +32,6 @@ from optimlab.engine.records import (
     progress_bar,
     run_result,
 )
-from optimlab.engine.precision import Precision
 from optimlab.engine.steppers import make_stepper
 from optimlab.errors import OptimlabError
 from optimlab.runfiles import (
@@ -119,7 +119,10 @@ class _Run:
         self.task = task_of(config, data)
         self.model = init_model(config, data).to(device).train()
         self.precision = Precision(config.precision, device)
-        self.stepper = make_stepper(config, self.model, self.task, device, self.precision)
+        # compiled: the training steps call the compiled module, which shares the model's parameters;
+        # evaluations and checkpoints use the model itself (its state dict keeps its keys)
+        trained = torch.compile(self.model) if config.compile else self.model
+        self.stepper = make_stepper(config, trained, self.task, device, self.precision)
         self.schedule = Schedule.parse(config.schedule)
         self.schedule.check(self.total)
         self.lr_scheduler = None if self.schedule.constant else torch.optim.lr_scheduler.LambdaLR(

@@ -96,6 +96,7 @@ FIELDS = {
                   "(default 0.1; 0 for none); best settings are chosen on it, test numbers reported",
     "device": "auto, cpu, cuda, cuda:N",
     "precision": "fp32 (default), bf16 or fp16: mixed precision of the forward passes, fp32 master weights",
+    "compile": "true or false (default): torch.compile the model of runs trained one by one",
     "optimizers": "a list of names, name(hyperparameters), import paths or {name, class, learning_rates, "
                   "options, lr_linear, default_lr} tables",
     "learning_rates": "a list of numbers > 0, or {from, to, count}",
@@ -129,7 +130,8 @@ TASK_SETTINGS = ("dataset", "dataset_options", "model", "model_options", "loss",
 TASK_FIELDS = ("name", "suite", "target", *TASK_SETTINGS)
 _TASK_NAME = re.compile(r"[A-Za-z0-9._-]{1,60}")
 # shared settings that stores written before them lack, with the value that means "not used"
-LATER_SETTINGS = {"dataset_options": {}, "loss": None, "validation": None, "precision": "fp32"}
+LATER_SETTINGS = {"dataset_options": {}, "loss": None, "validation": None, "precision": "fp32",
+                  "compile": False}
 # what a study takes where its file says nothing (a run of `optimlab train` takes the TrainConfig default)
 STUDY_DEFAULTS = {"validation": 0.1}
 # the fields that are the user's own code, by import path
@@ -139,7 +141,7 @@ STACK = ("auto", "always")
 # settings shared by every run of the study (the rest of a run is optimizer, lr, seed, dual lr)
 SHARED = ("dataset", "dataset_options", "model", "model_options", "loss", "batch_size", "epochs",
           "iterations", "eval_every", "log_every", "drop_last", "normalize", "eval_train", "constraints",
-          "dual_optimizer", "formulation", "validation", "precision")
+          "dual_optimizer", "formulation", "validation", "precision", "compile")
 DEFAULT_DUAL_LR = TrainConfig.dual_lr
 
 
