@@ -24,15 +24,33 @@ learning rates (Adam 1e-2, SGD 0.1 on the MLP), where a whole epoch amplifies su
 differences of the batched kernels (up to a few 1e-2 after 469 steps): ``train`` itself drifts the
 same way when its Linear layers compute ``(w @ x.T).T`` instead of ``x @ w.T``.
 
+``--precisions bf16 fp16`` adds, per precision, its sequential and vectorized ways (fp16: sequential
+only; a study trains fp16 runs one by one), and a table of each precision's speed-up over fp32 and
+the largest relative difference of a final test loss from the fp32 sequential run's.
+
+The rate table: the training FLOPs of an epoch of the 15 runs (forward and backward of every step,
+counted by ``torch.utils.flop_counter`` on one step) over each way's seconds, against the peak of
+this machine's matmul in the same precision measured in the same run (one thread, 1024^3).
+
+``--grid``: the comparison users make, as whole processes (start-up, imports and data loading
+included, all cores): the 15-run grid (SGD, 5 learning rates x 3 seeds, the MLP, Fashion-MNIST, batch
+128, ``--grid-epochs`` epochs, test set evaluated each epoch) as ``optimlab study run`` with each
+executor (and vectorized in bf16) against the same grid as a Ray Tune grid search
+(``benchmarks/raytune_grid.py``; ``pip install "optimlab[bench]"``). Target: optimlab >= 5x faster.
+
 Run: python benchmarks/bench_study.py [--threads 1] [--repeats 3] [--epochs 1]
                                       [--models logreg mlp usercnn] [--optimizers sgd adam] [--eval-train]
+                                      [--precisions bf16 fp16] [--grid [--grid-epochs 5]]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,8 +58,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
-from optimlab.data import Dataset, load_dataset
+from optimlab.data import Dataset, load_dataset, steps_per_epoch
+from optimlab.engine.build import init_model
 from optimlab.engine.group import train_group
 from optimlab.study import ExecutorSpec, load_results, parse_study, run_study
 from optimlab.training import RunResult, TrainConfig, train
@@ -84,6 +105,41 @@ def processes(configs: list[TrainConfig], data: Dataset) -> list:
 
 
 WAYS = {"sequential": sequential, "vectorized": vectorized, "processes": processes}
+PRECISION_WAYS = {"bf16": ("sequential", "vectorized"), "fp16": ("sequential",)}  # fp16: run by run
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def in_precision(way, precision: str):
+    """``way`` on the same configs in ``precision``."""
+    def run(configs, data):
+        return way([dataclasses.replace(c, precision=precision) for c in configs], data)
+    return run
+
+
+def precision_of(way: str) -> str:
+    return way.rpartition("-")[2] if "-" in way else "fp32"
+
+
+def training_flops(config: TrainConfig, data: Dataset) -> float:
+    """FLOPs of one epoch of one run: a training step's forward and backward (counted by torch's
+    flop counter on one batch) times the steps of an epoch."""
+    model = init_model(config, data)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        F.cross_entropy(model(data.x_train[:config.batch_size]), data.y_train[:config.batch_size]).backward()
+    return counter.get_total_flops() * steps_per_epoch(data.num_train, config.batch_size, config.drop_last)
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 7) -> float:
+    """This machine's matmul rate in ``dtype`` (FLOP/s, the median of ``repeats``) on n x n x n."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(times)
 
 
 def study(model: str, optimizer: str, epochs: int, eval_train: bool) -> list[TrainConfig]:
@@ -101,8 +157,9 @@ def warm_up(data: Dataset, models: list[str], optimizers: list[str]) -> None:
                    data.y_test[:256], data.task, data.classes)
     for m in models:
         for o in optimizers:
-            for way in (sequential, vectorized):  # processes: start-up is part of its cost
-                way(study(m, o, 1, False)[:4], part)
+            for w, way in WAYS.items():
+                if w != "processes":  # its start-up is part of its cost
+                    way(study(m, o, 1, False)[:4], part)
 
 
 def largest_difference(a: list[RunResult], b: list[RunResult]) -> float:
@@ -117,6 +174,65 @@ def load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
+GRID = """name = "grid"
+dataset = "fashion-mnist"
+model = "mlp"
+batch_size = 128
+epochs = {epochs}
+eval_train = false
+validation = 0
+optimizers = ["sgd"]
+learning_rates = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+seeds = [0, 1, 2]
+"""
+
+
+def whole_process(command: list[str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def grid_comparison(epochs: int, repeats: int) -> None:
+    """The grid as whole processes: optimlab study run (each executor, and vectorized in bf16)
+    against Ray Tune's grid search of the same runs."""
+    optimlab = shutil.which("optimlab") or str(Path(sys.executable).parent / "optimlab")
+    try:
+        import ray.tune  # noqa: F401
+        has_tune = True
+    except ImportError:
+        has_tune = False
+    with tempfile.TemporaryDirectory() as tmp:
+        study = Path(tmp) / "grid.toml"
+        study.write_text(GRID.format(epochs=epochs))
+        ways = {f"optimlab {k}": [optimlab, "study", "run", str(study), "--executor", k, "-q"]
+                for k in ("sequential", "processes", "vectorized")}
+        ways["optimlab vectorized bf16"] = [*ways["optimlab vectorized"], 'precision="bf16"']
+        if has_tune:
+            ways["ray tune"] = [sys.executable, str(Path(__file__).parent / "raytune_grid.py"),
+                                "--epochs", str(epochs)]
+        times = {w: [] for w in ways}
+        for _ in range(repeats):
+            for w, command in ways.items():
+                out = Path(tmp) / "out"
+                shutil.rmtree(out, ignore_errors=True)
+                store = ["--out", str(out)] if w.startswith("optimlab") else []
+                times[w].append(whole_process(command + store))
+    print(f"\nthe grid as whole processes: 15 runs (SGD, 5 lrs x 3 seeds), the MLP, Fashion-MNIST, {epochs} "
+          f"epochs, {os.cpu_count()} cpus, median of {repeats}" + ("" if has_tune else
+          "; Ray Tune not installed (pip install 'optimlab[bench]'): its column left out"))
+    med = {w: statistics.median(t) for w, t in times.items()}
+    for w, t in med.items():
+        ratio = f"  Ray Tune / this {med['ray tune'] / t:.2f}x" if has_tune and w != "ray tune" else ""
+        print(f"  {w:<28}{t:>8.1f} s{ratio}")
+    if has_tune:
+        best = min(t for w, t in med.items() if w.startswith("optimlab"))
+        print(f"  optimlab's fastest way against Ray Tune: {med['ray tune'] / best:.2f}x (target >= 5x: "
+              f"{'PASS' if med['ray tune'] / best >= 5 else 'FAIL'})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
@@ -128,22 +244,41 @@ def main() -> None:
     p.add_argument("--train-samples", type=int, default=None,
                    help="train on the first N training images only (the CNN: an epoch of all 60,000 "
                    "takes minutes a way); leaves out the processes way")
+    p.add_argument("--precisions", nargs="*", default=[], choices=sorted(PRECISION_WAYS),
+                   help="add each precision's sequential and vectorized ways (fp16: sequential)")
+    p.add_argument("--no-processes", action="store_true", help="leave out the processes way")
+    p.add_argument("--grid", action="store_true",
+                   help="then the whole-process comparison with Ray Tune (all cores)")
+    p.add_argument("--grid-epochs", type=int, default=5)
+    p.add_argument("--grid-only", action="store_true", help="only the whole-process comparison")
     args = p.parse_args()
+    if args.grid_only:
+        grid_comparison(args.grid_epochs, max(1, min(args.repeats, 3)))
+        return
     torch.set_num_threads(args.threads)
 
     data = load_dataset("fashion-mnist", device="cpu")
-    if args.train_samples:  # the workers would load the whole named set: processes left out
+    if args.train_samples or args.no_processes:  # the workers would load the whole named set
         WAYS.pop("processes")
+    if args.train_samples:
         data = Dataset(data.name, data.x_train[:args.train_samples], data.y_train[:args.train_samples],
                        data.x_test, data.y_test, data.task, data.classes)
+    for precision in args.precisions:
+        for way in PRECISION_WAYS[precision]:
+            WAYS[f"{way}-{precision}"] = in_precision(WAYS[way], precision)
     warm_up(data, args.models, args.optimizers)
+    peaks = {precision_of(w): 0.0 for w in WAYS}
+    for name in peaks:
+        peaks[name] = matmul_peak(DTYPES[name])
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, epochs {args.epochs} of "
           f"{data.num_train} samples, "
           f"repeats {args.repeats}, runs {len(SEEDS)} seeds x 5 lrs, batch {BATCH}, eval_train "
           f"{args.eval_train}, cpus {os.cpu_count()}; load average at start: {load()}")
+    print("matmul peak (1024^3, one run's threads): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s"
+                                                                  for k, v in peaks.items()))
     cases = [(m, o) for m in args.models for o in args.optimizers]
     times = {(case, w): [] for case in cases for w in WAYS}
-    worst = dict.fromkeys(cases, 0.0)
+    worst = {(case, w): 0.0 for case in cases for w in WAYS}
     for r in range(args.repeats):
         for case in cases:
             configs = study(*case, args.epochs, args.eval_train)
@@ -152,12 +287,13 @@ def main() -> None:
                 start = time.perf_counter()
                 results[w] = way(configs, data)
                 times[case, w].append((time.perf_counter() - start) / args.epochs)
-            worst[case] = max(worst[case], *(largest_difference(res, results["sequential"])
-                                             for res in results.values()))
+            for w, res in results.items():
+                worst[case, w] = max(worst[case, w], largest_difference(res, results["sequential"]))
         print(f"  repeat {r + 1}/{args.repeats} done, load average {load()}", flush=True)
 
-    others = [w for w in WAYS if w != "sequential"]
-    print(f"\n{'model':<8}{'optimizer':<11}" + "".join(f"{w + ' s/ep':>17}" for w in WAYS)
+    fp32 = [w for w in WAYS if precision_of(w) == "fp32"]
+    others = [w for w in fp32 if w != "sequential"]
+    print(f"\n{'model':<8}{'optimizer':<11}" + "".join(f"{w + ' s/ep':>17}" for w in fp32)
           + "".join(f"{'speed-up ' + w[:5]:>16}" for w in others)
           + f"{'target':>8}  result  max rel diff of a final test loss")
     for case in cases:
@@ -166,10 +302,34 @@ def main() -> None:
         target = TARGETS[case[0]]
         verdict = "-" if target is None else "PASS" if ratios["vectorized"] >= target else "FAIL"
         shown = "-" if target is None else f"{target:.1f}x"
-        print(f"{case[0]:<8}{case[1]:<11}" + "".join(f"{med[w]:>17.3f}" for w in WAYS)
+        diff = max(worst[case, w] for w in fp32)
+        print(f"{case[0]:<8}{case[1]:<11}" + "".join(f"{med[w]:>17.3f}" for w in fp32)
               + "".join(f"{ratios[w]:>15.2f}x" for w in others)
-              + f"{shown:>8}  {verdict:<8}{worst[case]:.1e}")
+              + f"{shown:>8}  {verdict:<8}{diff:.1e}")
+
+    print("\nrates: the training GFLOP/s of each way (the epoch's forward and backward FLOPs over its "
+          "seconds) and its fraction of the matmul peak in its precision")
+    print(f"{'model':<8}{'optimizer':<11}" + "".join(f"{w:>24}" for w in WAYS))
+    for case in cases:
+        flops = len(SEEDS) * len(LRS[case[1]]) * training_flops(study(*case, 1, False)[0], data)
+        cells = []
+        for w in WAYS:
+            rate = flops / statistics.median(times[case, w])
+            cells.append(f"{rate / 1e9:.0f} GFLOP/s {100 * rate / peaks[precision_of(w)]:.0f} %")
+        print(f"{case[0]:<8}{case[1]:<11}" + "".join(f"{c:>24}" for c in cells))
+
+    if args.precisions:
+        print("\nprecision: speed-up over the fp32 sequential way, and the largest relative difference of a "
+              "final test loss from fp32 sequential's")
+        low = [w for w in WAYS if precision_of(w) != "fp32"]
+        print(f"{'model':<8}{'optimizer':<11}" + "".join(f"{w:>28}" for w in low))
+        for case in cases:
+            base = statistics.median(times[case, "sequential"])
+            print(f"{case[0]:<8}{case[1]:<11}" + "".join(
+                f"{base / statistics.median(times[case, w]):>17.2f}x  {worst[case, w]:.1e}" for w in low))
     print(f"load average at end (1, 5, 15 min): {load()}")
+    if args.grid:
+        grid_comparison(args.grid_epochs, max(1, min(args.repeats, 3)))
 
 
 if __name__ == "__main__":

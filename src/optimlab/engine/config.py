@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from optimlab import registry
 from optimlab.data import check_validation
+from optimlab.engine.layout import check_memory_format
 from optimlab.engine.precision import check_precision
 from optimlab.errors import OptimlabError
 from optimlab.optimizers import LOCAL_FLOW, OptimizerSpec, check_lr, default_lr
@@ -18,7 +19,7 @@ from optimlab.schedules import schedule_text
 
 FORMULATIONS = ("lagrangian", "augmented_lagrangian", "quadratic_penalty")
 # fields of TrainConfig that may change between a run and its resumption
-RESUMABLE_CHANGES = ("epochs", "iterations", "device")
+RESUMABLE_CHANGES = ("epochs", "iterations", "device", "memory_format")
 # fields added since runs were first named, with the value every earlier run had (names keep to them)
 LATER_FIELDS = {"validation": None, "schedule": "constant", "precision": "fp32", "compile": False}
 
@@ -52,6 +53,9 @@ class TrainConfig:
     ``compile``: the training steps of runs trained one by one call the model compiled by
     ``torch.compile`` (evaluations the model itself); their results equal the plain run's to
     rounding. Off by default: on the study benchmark's CPU it does not pay (the README's Speed).
+    ``memory_format``: the layout of a convolutional network's images and parameters in runs trained
+    one by one, ``contiguous``, ``channels_last``, or ``auto`` (default: the faster of the two,
+    measured; :mod:`optimlab.engine.layout`); like the device, it does not change the run.
     """
 
     dataset: object = "mnist-10k"
@@ -80,6 +84,7 @@ class TrainConfig:
     schedule: str = "constant"
     precision: str = "fp32"
     compile: bool = False
+    memory_format: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.constraints, list | tuple):
@@ -105,6 +110,7 @@ class TrainConfig:
             raise OptimlabError(f"constraints need a torch.optim optimizer; {local} is not one")
         self.schedule = schedule_text(self.schedule)
         self._check_precision(local)
+        self.memory_format = check_memory_format(self.memory_format)
         if not isinstance(self.compile, bool):
             raise OptimlabError(f"compile must be true or false; got {self.compile!r}")
         if self.compile and local:

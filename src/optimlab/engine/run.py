@@ -19,6 +19,7 @@ from optimlab.data import Dataset, epoch_batches, steps_per_epoch
 from optimlab.devices import resolve_device
 from optimlab.engine.build import check_batch_size, init_model, load_data, task_of, total_steps
 from optimlab.engine.config import TrainConfig, check_schedule_budget, config_differences
+from optimlab.engine.layout import choose_layout
 from optimlab.engine.loop import run_loop
 from optimlab.engine.modes import evaluation_point, has_modes, to_evaluation_point
 from optimlab.engine.precision import Precision
@@ -119,6 +120,11 @@ class _Run:
         self.task = task_of(config, data)
         self.model = init_model(config, data).to(device).train()
         self.precision = Precision(config.precision, device)
+        layout = choose_layout(config.memory_format, self.model, data.input_shape, config.batch_size, device,
+                               self.precision, data.num_classes)
+        self.channels_last = layout == "channels_last"
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         # compiled: the training steps call the compiled module, which shares the model's parameters;
         # evaluations and checkpoints use the model itself (its state dict keeps its keys)
         trained = torch.compile(self.model) if config.compile else self.model
@@ -185,7 +191,10 @@ class _Run:
         return epoch_batches(self.data.num_train, c.batch_size, self.order, c.drop_last, self.device)
 
     def train_step(self, idx: torch.Tensor) -> torch.Tensor:
-        loss = self.stepper.step(self.data.x_train[idx], self.data.y_train[idx]).detach()
+        xb = self.data.x_train[idx]
+        if self.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        loss = self.stepper.step(xb, self.data.y_train[idx]).detach()
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         return loss

@@ -97,6 +97,8 @@ FIELDS = {
     "device": "auto, cpu, cuda, cuda:N",
     "precision": "fp32 (default), bf16 or fp16: mixed precision of the forward passes, fp32 master weights",
     "compile": "true or false (default): torch.compile the model of runs trained one by one",
+    "memory_format": "auto (default: measured), contiguous or channels_last: the layout of a convolutional "
+                     "network's images in runs trained one by one (not part of the study's definition)",
     "optimizers": "a list of names, name(hyperparameters), import paths or {name, class, learning_rates, "
                   "options, lr_linear, default_lr} tables",
     "learning_rates": "a list of numbers > 0, or {from, to, count}",
@@ -132,6 +134,8 @@ _TASK_NAME = re.compile(r"[A-Za-z0-9._-]{1,60}")
 # shared settings that stores written before them lack, with the value that means "not used"
 LATER_SETTINGS = {"dataset_options": {}, "loss": None, "validation": None, "precision": "fp32",
                   "compile": False}
+# shared settings that do not make another study (as the device does not): left out of its definition
+HOW_NOT_WHAT = ("memory_format",)
 # what a study takes where its file says nothing (a run of `optimlab train` takes the TrainConfig default)
 STUDY_DEFAULTS = {"validation": 0.1}
 # the fields that are the user's own code, by import path
@@ -141,7 +145,7 @@ STACK = ("auto", "always")
 # settings shared by every run of the study (the rest of a run is optimizer, lr, seed, dual lr)
 SHARED = ("dataset", "dataset_options", "model", "model_options", "loss", "batch_size", "epochs",
           "iterations", "eval_every", "log_every", "drop_last", "normalize", "eval_train", "constraints",
-          "dual_optimizer", "formulation", "validation", "precision", "compile")
+          "dual_optimizer", "formulation", "validation", "precision", "compile", "memory_format")
 DEFAULT_DUAL_LR = TrainConfig.dual_lr
 
 
@@ -217,8 +221,8 @@ class StudySpec:
         study of one task with a target adds ``target``; one with ``[rerun_best]``, ``rerun_best``."""
         grid = [axes.serialized(p) for p in self.grid]
         # settings added after 0.1.0 are left out at their defaults: older stores keep their study
-        shared = {k: v for k, v in self.shared.items()
-                  if not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}
+        shared = {k: v for k, v in self.shared.items() if k not in HOW_NOT_WHAT
+                  and not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}
         out = {"name": self.name, "shared": shared, "grid": grid}
         if self.tasks:
             out["tasks"] = {name: {"settings": settings, "target": self.targets.get(name),
