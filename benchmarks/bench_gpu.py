@@ -45,6 +45,7 @@ printed before the times and makes the exit status 1.
 Run (a CUDA machine; the whole study's epoch, 120 runs each way, takes minutes):
     python benchmarks/bench_gpu.py [--device auto|cuda|cpu] [--epochs-timed 1] [--runs 120]
                                    [--train-size 50000] [--threads 1] [--eval-train] [--no-tf32]
+                                   [--precision fp32|bf16]
 Smoke test of the code path on the CPU (under a minute on one thread; an epoch is 2 steps there):
     python benchmarks/bench_gpu.py --device cpu --train-size 512 --runs 4
 """
@@ -167,10 +168,10 @@ def cifar_sized(dev: Device, train_size: int, test_size: int) -> tuple[Dataset, 
                   "for), so standard normal images and uniform labels of its shape, generated on the device")
 
 
-def study(device: Device, epochs: int, eval_train: bool) -> list[TrainConfig]:
+def study(device: Device, epochs: int, eval_train: bool, precision: str = "fp32") -> list[TrainConfig]:
     """Seed 004's 120 configs, optimizer by optimizer, seed by seed, learning rate by learning rate."""
     return [TrainConfig(dataset="cifar10", model="cnn", optimizer=o, lr=lr, seed=s, batch_size=BATCH,
-                        epochs=epochs, eval_train=eval_train, device=str(device.device))
+                        epochs=epochs, eval_train=eval_train, device=str(device.device), precision=precision)
             for o in OPTIMIZERS for s in SEEDS for lr in LRS]
 
 
@@ -375,6 +376,8 @@ def main() -> None:
     p.add_argument("--no-tf32", action="store_true", help="float32 convolutions and matmuls without TF32")
     p.add_argument("--tolerance", type=float, default=None, help="of the check (default: 1e-4 on the CPU, "
                    "1e-3 on CUDA)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="every run's precision (bf16: mixed, under autocast; fp16 groups are not stacked)")
     args = p.parse_args()
     for name in ("epochs_timed", "runs", "train_size", "threads"):
         if getattr(args, name) < 1:
@@ -392,7 +395,7 @@ def main() -> None:
     dev.sync()
     data_bytes = dev.allocated()
     per_epoch = steps_per_epoch(data.num_train, BATCH, False)
-    configs = study(dev, args.epochs_timed, args.eval_train)
+    configs = study(dev, args.epochs_timed, args.eval_train, args.precision)
     chosen = list(range(min(args.runs, len(configs))))
     print(f"torch {torch.__version__}, device {dev.describe()}, threads {torch.get_num_threads()}")
     print(f"data: {data.num_train:,} x {' x '.join(map(str, data.input_shape))} training images, "
