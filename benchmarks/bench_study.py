@@ -32,6 +32,9 @@ The rate table: the training FLOPs of an epoch of the 15 runs (forward and backw
 counted by ``torch.utils.flop_counter`` on one step) over each way's seconds, against the peak of
 this machine's matmul in the same precision measured in the same run (one thread, 1024^3).
 
+``--compile`` adds the way ``compiled``: the sequential runs with ``compile = true``, every run's
+compilation inside its time (torch's compile cache makes the later runs' cheaper, as in a study).
+
 ``--grid``: the comparison users make, as whole processes (start-up, imports and data loading
 included, all cores): the 15-run grid (SGD, 5 learning rates x 3 seeds, the MLP, Fashion-MNIST, batch
 128, ``--grid-epochs`` epochs, test set evaluated each epoch) as ``optimlab study run`` with each
@@ -189,7 +192,7 @@ def warm_up(data: Dataset, models: list[str], optimizers: list[str]) -> None:
     for m in models:
         for o in optimizers:
             for w, way in WAYS.items():
-                if w != "processes":  # its start-up is part of its cost
+                if w not in ("processes", "compiled"):  # start-up, compilation: part of their cost
                     way(study(m, o, 1, False)[:4], part)
 
 
@@ -279,6 +282,8 @@ def main() -> None:
                    help="evaluate on the first N test images only (the CNN: 10,000 take seconds a run)")
     p.add_argument("--precisions", nargs="*", default=[], choices=sorted(PRECISION_WAYS),
                    help="add each precision's sequential and vectorized ways (fp16: sequential)")
+    p.add_argument("--compile", action="store_true",
+                   help="add the way 'compiled': sequential with compile = true (compilation timed too)")
     p.add_argument("--no-processes", action="store_true", help="leave out the processes way")
     p.add_argument("--no-vectorized", action="store_true",
                    help="leave out the vectorized ways (a stacked CNN: minutes an epoch on the CPU)")
@@ -301,6 +306,9 @@ def main() -> None:
                        data.task, data.classes)
     if args.no_vectorized:
         WAYS.pop("vectorized")
+    if args.compile:
+        WAYS["compiled"] = lambda configs, data: sequential(
+            [dataclasses.replace(c, compile=True) for c in configs], data)
     for precision in args.precisions:
         for way in PRECISION_WAYS[precision]:
             if way in WAYS:
@@ -354,7 +362,9 @@ def main() -> None:
         cells = []
         for w in WAYS:
             rate = flops / statistics.median(times[case, w])
-            cells.append(f"{rate / 1e9:.0f} GFLOP/s {100 * rate / peaks[precision_of(w)]:.0f} %")
+            share = rate / peaks[precision_of(w)]  # > 1: the peak's kernel is not training's (fp16)
+            shown = f"{100 * share:.0f} %" if share <= 1 else "peak n/a"
+            cells.append(f"{rate / 1e9:.0f} GFLOP/s {shown}")
         print(f"{case[0]:<8}{case[1]:<11}" + "".join(f"{c:>24}" for c in cells))
 
     if any(m in ("cnn", "usercnn") for m in args.models):
