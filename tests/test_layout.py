@@ -1,7 +1,7 @@
 """``memory_format``: a convolutional run in channels-last equals its contiguous run up to the kernels'
 summation order; ``auto`` takes channels-last only where a probe measures it faster, once per model
-and setting; the layout is not part of the run (a run resumes in the other one); bad values are
-refused."""
+and setting, and a study measures once for all its processes; a run resumes in the layout it began
+in, bit for bit; bad values are refused."""
 
 import pytest
 import torch
@@ -12,7 +12,7 @@ from optimlab.engine.precision import Precision
 from optimlab.errors import OptimlabError
 from optimlab.models import CNN
 from optimlab.study import parse_study
-from optimlab.training import TrainConfig, train
+from optimlab.training import CHECKPOINT, TrainConfig, train
 
 # channels-last against contiguous, seed 004's CNN, 12 Adam steps: measured 4e-5 relative (batch loss)
 RTOL = 1e-3
@@ -40,11 +40,16 @@ def test_a_channels_last_run_equals_its_contiguous_run(images):
     assert set(last.model.state_dict()) == set(plain.model.state_dict())
 
 
-def test_a_run_resumes_in_the_other_layout(images, tmp_path):
-    whole = train(cnn("contiguous"), data=images)
-    train(cnn("contiguous", epochs=1), data=images, out=tmp_path)
-    resumed = train(cnn("channels_last"), data=images, out=tmp_path, resume=True)
-    assert resumed.final["test_loss"] == pytest.approx(whole.final["test_loss"], rel=RTOL)
+@pytest.mark.parametrize("began, asked", [("contiguous", "channels_last"), ("channels_last", "auto")])
+def test_a_run_resumes_in_the_layout_it_began_in_bit_for_bit(images, tmp_path, began, asked):
+    whole = train(cnn(began), data=images)
+    train(cnn(began, epochs=1), data=images, out=tmp_path)
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["memory_format"] == began
+    resumed = train(cnn(asked), data=images, out=tmp_path, resume=True)  # a layout may not change a run
+    def timeless(rows):
+        return [{k: v for k, v in row.items() if k != "wall_time"} for row in rows]
+
+    assert resumed.train_log == whole.train_log and timeless(resumed.evals) == timeless(whole.evals)
 
 
 @pytest.mark.parametrize("plain_s, last_s, chosen", [(0.12, 0.10, "channels_last"),
@@ -86,3 +91,21 @@ def test_bad_memory_formats_are_refused_and_a_study_is_the_same_in_any_layout():
     last = parse_study(study + 'memory_format = "channels_last"\n')
     assert last.definition() == parse_study(study).definition()
     assert {c.memory_format for c in last.configs()} == {"channels_last"}
+
+
+def test_a_study_measures_once_and_gives_every_process_the_layout_it_chose(monkeypatch):
+    import json
+
+    from optimlab.study.runner import _preflight
+    from optimlab.study.units import plan_units
+
+    monkeypatch.setattr(layout, "_CHOSEN", {})
+    monkeypatch.setattr(layout, "_step_time", lambda *a: 0.05 if a[-1] == torch.channels_last else 0.1)
+    spec = parse_study('name = "s"\ndataset = "mnist-10k"\nmodel = "cnn"\noptimizers = ["adam"]\n'
+                       'learning_rates = [1e-3, 1e-2]\nseeds = [0]\nbatch_size = 16\n')
+    layouts = _preflight(spec.configs(), None, "processes", [(None, None)] * 2)
+    assert list(layouts.values()) == ["channels_last"]
+    runs = [{"id": i + 1, "config": json.dumps(c.to_dict())} for i, c in enumerate(spec.configs())]
+    units = plan_units(runs, groups=False, layouts=layouts)
+    assert [u.configs[0].memory_format for u in units] == ["channels_last"] * 2  # what a worker receives
+    assert [u.configs[0].memory_format for u in plan_units(runs, groups=False)] == ["auto"] * 2

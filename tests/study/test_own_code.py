@@ -83,8 +83,11 @@ def study_text(npz: str, stack: bool = False) -> str:
     return "\n".join(lines)
 
 
-def run(tmp_path, npz: str, executor: ExecutorSpec, stack: bool = False):
-    spec = parse_study(study_text(npz, stack), "study.toml", base=OWN)
+def run(tmp_path, npz: str, executor: ExecutorSpec, stack: bool = False, layout: str | None = None):
+    text = study_text(npz, stack)
+    if layout is not None:  # a top-level field: before the file's first table
+        text = f"memory_format = {layout!r}\n{text}"
+    spec = parse_study(text, "study.toml", base=OWN)
     outcome = run_study(spec, out=tmp_path / executor.kind, executor=executor)
     assert (outcome.completed, outcome.diverged, outcome.failed) == (4, 0, 0)
     store = StudyStore.open(outcome.store)
@@ -131,7 +134,16 @@ def test_runs_one_by_one_give_the_sequential_numbers_bit_for_bit(tmp_path, npz, 
     assert rows(results, "train_log").equals(rows(reference, "train_log"))
 
 
-def test_stacking_forced_stacks_each_optimizer_within_the_vectorized_tolerance(tmp_path, npz, reference):
+@pytest.fixture(scope="module")
+def contiguous(tmp_path_factory, npz):
+    """The reference runs in the contiguous layout, the stacked tensors' (memory_format = "auto" may
+    give runs one by one channels-last, another summation order)."""
+    return run(tmp_path_factory.mktemp("contiguous"), npz, ExecutorSpec(kind="sequential"),
+               layout="contiguous")[0]
+
+
+def test_stacking_forced_stacks_each_optimizer_within_the_vectorized_tolerance(tmp_path, npz, contiguous):
+    reference = contiguous
     results, engines = run(tmp_path, npz, ExecutorSpec(kind="vectorized", stack="always"), stack=True)
     # signum is the user's class declared lr_linear in study.toml: stacked like the built-in momentum
     assert engines == {k: "vectorized: a group of 2 runs" for k in engines}

@@ -122,9 +122,8 @@ class _Run:
         self.precision = Precision(config.precision, device)
         layout = choose_layout(config.memory_format, self.model, data.input_shape, config.batch_size, device,
                                self.precision, data.num_classes)
-        self.channels_last = layout == "channels_last"
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        self.channels_last = False
+        self._set_layout(layout)
         # compiled: the training steps call the compiled module, which shares the model's parameters;
         # evaluations and checkpoints use the model itself (its state dict keeps its keys)
         trained = torch.compile(self.model) if config.compile else self.model
@@ -146,6 +145,14 @@ class _Run:
             self._restore(resume_from)
         self.started = time.perf_counter() - self.state.wall_time
         self.bar = None
+
+    def _set_layout(self, layout: str) -> None:
+        """Put the model's parameters (in place: the optimizer holds the same tensors) in ``layout``;
+        batches follow in :meth:`train_step`."""
+        was, self.channels_last = self.channels_last, layout == "channels_last"
+        if was or self.channels_last:
+            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+            self.model.to(memory_format=fmt)
 
     # the loop's counters are the run's progress
     @property
@@ -241,6 +248,7 @@ class _Run:
             "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
             "model": self.model.state_dict(), "optimizer": self.stepper.optimizer.state_dict(),
             "rng": rng, "progress": self.state.to_dict(), **self.stepper.state_dict(),
+            "memory_format": "channels_last" if self.channels_last else "contiguous",
         }), run_result(self.config, self.state, self.device, None))
 
     def _restore(self, ckpt: dict) -> None:
@@ -252,6 +260,8 @@ class _Run:
                 f"the checkpoint belongs to a different run ({details}). Use another --out folder, or "
                 "resume with the same settings (only the budget and the device may change).")
         check_schedule_budget(ckpt["config"], self.config)
+        if ckpt.get("memory_format") in ("contiguous", "channels_last"):  # the run goes on as it began:
+            self._set_layout(ckpt["memory_format"])  # resumed, it is bit for bit the uninterrupted one
         self.model.load_state_dict(ckpt["model"])
         self.stepper.optimizer.load_state_dict(ckpt["optimizer"])
         self.stepper.load_state_dict(ckpt)

@@ -69,7 +69,7 @@ def run_study(
     if executor.kind in ("processes", "ray"):
         refuse_objects(configs, f"the {executor.kind} executor trains in other processes, which")
     targets = [(p["task"], spec.targets.get(p["task"])) for p in spec.grid]
-    _preflight(configs, data_dir, executor.kind, targets)
+    layouts = _preflight(configs, data_dir, executor.kind, targets)
     store = StudyStore.create(out / DB_NAME, spec, extend=extend, code=fingerprint(spec.import_paths()),
                               code_changed=code_changed)
     started = time.perf_counter()
@@ -98,7 +98,7 @@ def run_study(
                 by_id = {r["id"]: mine[k] for r in todo if (k := axes.key(axes.of_row(r))) in mine}
                 units = plan_units(todo, groups=executor.unit_kind == "groups", configs=by_id,
                                    data_dir=data_dir, python_path=spec.python_path,
-                                   stack_always=executor.stack == "always")
+                                   stack_always=executor.stack == "always", layouts=layouts)
                 board.explain(units)
                 _execute(units, store, board, executor, data_dir)
                 for unit in list(store.held):  # none should be left; never wait on one's own claim
@@ -152,21 +152,26 @@ def _as_in_store(spec: StudySpec, db: Path, say: bool) -> StudySpec:
     return spec
 
 
-def _preflight(configs, data_dir: str | None, kind: str, targets: list[tuple]) -> None:
+def _preflight(configs, data_dir: str | None, kind: str, targets: list[tuple]) -> dict[tuple, str]:
     """Build the pieces of every distinct run once (data, model, task, optimizer, constraints), so
     that a setting refused there is refused before the store is written; ``targets``: each run's
     (task name, its target or None), a target refused where its task's metric can never reach it (an
     accuracy outside (0, 1]). On Ray the data may live on the cluster's nodes only: a data set this
-    machine cannot find is left to them."""
+    machine cannot find is left to them. Returns the memory format ``auto`` chose for each distinct
+    run (by :func:`vectorizable_key`), measured here once, so that every process of the study trains
+    the same layout (and so the same numbers)."""
     from optimlab.data import steps_per_epoch
+    from optimlab.devices import resolve_device
     from optimlab.engine.build import check_batch_size, init_model, task_of, total_steps
     from optimlab.engine.group import vectorizable_key
+    from optimlab.engine.layout import choose_layout
+    from optimlab.engine.precision import Precision
     from optimlab.engine.steppers import make_stepper
     from optimlab.errors import DatasetNotFoundError
     from optimlab.schedules import Schedule
     from optimlab.study.units import unit_data
 
-    seen = set()
+    seen, layouts = set(), {}
     for config, (name, target) in zip(configs, targets, strict=True):
         if (key := (name, target, vectorizable_key(config))) in seen:
             continue
@@ -175,17 +180,23 @@ def _preflight(configs, data_dir: str | None, kind: str, targets: list[tuple]) -
             data = unit_data(config, data_dir)
         except DatasetNotFoundError:
             if kind == "ray":
-                return
+                return layouts
             raise
         check_batch_size(config.batch_size, data)
         per_epoch = steps_per_epoch(data.num_train, config.batch_size, config.drop_last)
         Schedule.parse(config.schedule).check(total_steps(config, per_epoch))
         task = task_of(config, data)
-        make_stepper(config, init_model(config, data), task, "cpu")
+        model = init_model(config, data)
+        make_stepper(config, model, task, "cpu")
+        device = resolve_device(config.device)
+        layouts[vectorizable_key(config)] = choose_layout(
+            config.memory_format, model, data.input_shape, config.batch_size, device,
+            Precision(config.precision, device), data.num_classes)
         if target is not None and task.accuracy and not 0 < target <= 1:
             where = f"task {name!r}" if name is not None else "the study"
             raise OptimlabError(f"{where}: the target {target:g} is a validation accuracy, which lies in "
                                 "(0, 1] (0.9 for 90 %): it can never be reached")
+    return layouts
 
 
 def _execute(units: list[Unit], store: StudyStore, board: _Board, executor: ExecutorSpec,

@@ -11,6 +11,7 @@ transport can carry them to the process that owns the store.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -68,17 +69,23 @@ def refuse_objects(configs: list[TrainConfig], where: str) -> None:
 
 def plan_units(runs: list[dict], groups: bool, configs: dict[int, TrainConfig] | None = None,
                data_dir: str | None = None, python_path: tuple[str, ...] = (),
-               stack_always: bool = False) -> list[Unit]:
+               stack_always: bool = False, layouts: dict[tuple, str] | None = None) -> list[Unit]:
     """Cut runs (store rows) into units: one per run, or (``groups``) one per set of runs that
     differ only in learning rate, seed, dual learning rate and penalty and that the vectorized engine
     can stack exactly (else one per run, with the reason). ``configs``: run id -> the config of the
     study in this process (which may hold objects); other runs are rebuilt from their stored config.
-    ``stack_always``: stack wherever it is exact, even where measured slower. Order: as the runs come."""
+    ``stack_always``: stack wherever it is exact, even where measured slower. ``layouts``: the
+    memory format measured for each distinct run (by ``vectorizable_key``), given to the runs whose
+    setting is ``auto`` (so that every process trains them alike). Order: as the runs come."""
+    from optimlab.engine.group import group_refusal, vectorizable_key
+
     configs = configs or {}
     pairs = [(r["id"], configs.get(r["id"]) or TrainConfig.from_dict(_config(r))) for r in runs]
+    layouts = layouts or {}
+    pairs = [(i, dataclasses.replace(c, memory_format=layouts[k]) if c.memory_format == "auto" and (
+        k := vectorizable_key(c)) in layouts else c) for i, c in pairs]
     if not groups:
         return [Unit([i], [c], "run", "one by one (executor)", python_path) for i, c in pairs]
-    from optimlab.engine.group import group_refusal, vectorizable_key
 
     buckets: dict[tuple, list[tuple[int, TrainConfig]]] = {}
     for i, c in pairs:
