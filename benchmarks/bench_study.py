@@ -1,12 +1,15 @@
 """Time per epoch of a study's runs, one after another against trained together, on Fashion-MNIST.
 
-For each model (``logreg``, ``mlp``; ``--models usercnn``: the user's BatchNorm CNN of
-``examples/own_code``, ``mycode.nets:SmallCNN`` by import path, 8 and 16 channels) and optimizer
-(``sgd``, ``adam``): 15 runs, 5 learning rates
+For each model (``logreg``, ``mlp``; ``--models cnn``: seed 004's CNN; ``--models usercnn``: the
+user's BatchNorm CNN of ``examples/own_code``, ``mycode.nets:SmallCNN`` by import path, 8 and 16
+channels) and optimizer (``sgd``, ``adam``): 15 runs, 5 learning rates
 (log-spaced, ``LRS``) x 3 seeds, batch 128, one epoch (test accuracy evaluated before and after,
 ``eval_train`` off unless ``--eval-train``), trained by every way of ``WAYS``:
 
-* sequential: ``optimlab.training.train`` of each config, one after another;
+* plain: the baseline a user writes, a plain PyTorch loop over the resident tensors (contiguous,
+  fp32) for each config; the CNN's targets (1.3x fp32, 2.5x bf16) are against it;
+* sequential: ``optimlab.training.train`` of each config, one after another (a CNN in the layout
+  ``memory_format = "auto"`` measures);
 * vectorized: ``optimlab.engine.group.train_group`` of the 15 configs, one pass (the CNN stacked
   too: a study does so only with ``[executor] stack = "always"`` on the CPU);
 * processes: ``optimlab.study.run_study`` with the ``processes`` executor, one worker per core each
@@ -42,8 +45,11 @@ executor (and vectorized in bf16) against the same grid as a Ray Tune grid searc
 (``benchmarks/raytune_grid.py``; ``pip install "optimlab[bench]"``). Target: optimlab >= 5x faster.
 
 Run: python benchmarks/bench_study.py [--threads 1] [--repeats 3] [--epochs 1]
-                                      [--models logreg mlp usercnn] [--optimizers sgd adam] [--eval-train]
-                                      [--precisions bf16 fp16] [--grid [--grid-epochs 5]]
+                                      [--models logreg mlp cnn usercnn] [--optimizers sgd adam]
+                                      [--eval-train] [--precisions bf16 fp16] [--compile]
+                                      [--train-samples N] [--test-samples N] [--no-vectorized]
+                                      [--no-processes] [--grid [--grid-epochs 5]] [--grid-only]
+The CNN: --models cnn --train-samples 3840 --test-samples 1000 --no-vectorized --no-processes
 """
 
 from __future__ import annotations
