@@ -4,6 +4,7 @@ trains such runs one by one, saying why."""
 
 import pytest
 import torch
+import torch._dynamo
 
 from optimlab.data import Dataset
 from optimlab.engine.group import group_refusal
@@ -23,7 +24,10 @@ def digits(mnist10k):
 def test_a_compiled_run_has_the_plain_runs_numbers(digits, tmp_path):
     cfg = dict(model="mlp", optimizer="adam", lr=1e-3, batch_size=64, epochs=2, log_every=1, device="cpu")
     plain = train(TrainConfig(**cfg), data=digits)
+    counters = torch._dynamo.utils.counters
+    counters.clear()
     compiled = train(TrainConfig(**cfg, compile=True), data=digits, out=tmp_path)
+    assert counters["frames"]["ok"] >= 1  # compiled indeed (nn.Module.compile() compiles nothing here)
     steps = list(range(1, 9))  # 4 steps an epoch, every one logged
     assert [r["step"] for r in compiled.train_log] == [r["step"] for r in plain.train_log] == steps
     for a, b in zip(compiled.train_log, plain.train_log, strict=True):

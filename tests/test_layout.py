@@ -57,13 +57,13 @@ def test_a_run_resumes_in_the_layout_it_began_in_bit_for_bit(images, tmp_path, b
 def test_auto_takes_channels_last_only_where_measured_faster(monkeypatch, plain_s, last_s, chosen):
     calls = []
 
-    def timed(model, shape, batch, device, precision, classes, memory_format):
+    def timed(model, shape, batch, device, precision, memory_format):
         calls.append(memory_format)
         return last_s if memory_format == torch.channels_last else plain_s
 
     monkeypatch.setattr(layout, "_step_time", timed)
     monkeypatch.setattr(layout, "_CHOSEN", {})
-    args = (CNN((1, 28, 28), 10), (1, 28, 28), 32, torch.device("cpu"), Precision("fp32", "cpu"), 10)
+    args = (CNN((1, 28, 28), 10), (1, 28, 28), 32, torch.device("cpu"), Precision("fp32", "cpu"))
     assert layout.choose_layout("auto", *args) == chosen
     assert layout.choose_layout("auto", *args) == chosen
     assert len(calls) == 2  # measured once: both layouts, one time each
@@ -74,12 +74,12 @@ def test_auto_measures_nothing_for_a_model_without_convolutions(monkeypatch):
     monkeypatch.setattr(layout, "_step_time", lambda *a: pytest.fail("measured"))
     mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
     assert layout.choose_layout("auto", mlp, (1, 28, 28), 32, torch.device("cpu"),
-                                Precision("fp32", "cpu"), 10) == "contiguous"
+                                Precision("fp32", "cpu")) == "contiguous"
 
 
 def test_the_real_probe_times_both_layouts():
     t = layout._step_time(CNN((1, 28, 28), 10), (1, 28, 28), 8, torch.device("cpu"),
-                          Precision("fp32", "cpu"), 10, torch.channels_last)
+                          Precision("fp32", "cpu"), torch.channels_last)
     assert 0 < t < 5
 
 

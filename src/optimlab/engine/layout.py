@@ -23,7 +23,6 @@ import logging
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from optimlab.engine.precision import Precision
@@ -48,7 +47,7 @@ def has_image_convolutions(model: nn.Module, input_shape: tuple[int, ...]) -> bo
 
 
 def choose_layout(setting: str, model: nn.Module, input_shape: tuple[int, ...], batch_size: int,
-                  device: torch.device, precision: Precision, classes: int) -> str:
+                  device: torch.device, precision: Precision) -> str:
     """``contiguous`` or ``channels_last`` for a run of ``model``: the setting, or for ``auto`` the
     faster of the two measured (contiguous for a model without 2-D convolutions on images)."""
     if setting != "auto":
@@ -59,7 +58,7 @@ def choose_layout(setting: str, model: nn.Module, input_shape: tuple[int, ...], 
            torch.get_num_threads(), tuple((n, tuple(p.shape)) for n, p in model.named_parameters()))
     if key not in _CHOSEN:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            plain, channels_last = (_step_time(model, input_shape, batch_size, device, precision, classes, f)
+            plain, channels_last = (_step_time(model, input_shape, batch_size, device, precision, f)
                                     for f in (torch.contiguous_format, torch.channels_last))
         _CHOSEN[key] = "channels_last" if channels_last * MARGIN <= plain else "contiguous"
         log.info("memory format of %s: %s (a training step measured %.1f ms contiguous, %.1f ms "
@@ -68,18 +67,14 @@ def choose_layout(setting: str, model: nn.Module, input_shape: tuple[int, ...], 
 
 
 def _step_time(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, device: torch.device,
-               precision: Precision, classes: int, memory_format: torch.memory_format) -> float:
-    """The shortest time of a training step (forward, loss, backward) of a copy of ``model``."""
+               precision: Precision, memory_format: torch.memory_format) -> float:
+    """The shortest time of a training step (forward, a loss, backward) of a copy of ``model``."""
     probe = copy.deepcopy(model).to(device).train().to(memory_format=memory_format)
     x = torch.randn(batch_size, *input_shape, device=device).contiguous(memory_format=memory_format)
     times = []
     for _ in range(PROBE_STEPS + 2):
         start = time.perf_counter()
-        with precision.autocast():
-            out = probe(x)
-        loss = F.cross_entropy(out.float(), torch.zeros(batch_size, dtype=torch.long, device=device)) \
-            if out.dim() == 2 and out.shape[1] == classes and classes > 1 else out.float().square().mean()
-        loss.backward()
+        precision.forward(probe, x).square().mean().backward()  # the loss's cost is the model's to neglect
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)

@@ -38,8 +38,9 @@ def check_precision(value: object) -> str:
 
 class Precision:
     """The precision of one run (or of a vectorized group) on ``device``: ``autocast()`` around its
-    forward passes; ``backward(loss)`` and ``step(optimizer)`` (through the gradient scaler for
-    fp16); ``state_dict()`` for its checkpoint (the scaler's state; {} without one)."""
+    forward passes, ``forward(model, x)`` one of them; ``backward(loss)`` and ``step(optimizer)``
+    (through the gradient scaler for fp16); ``state_dict()`` for its checkpoint (the scaler's state;
+    {} without one)."""
 
     def __init__(self, name: str, device: torch.device):
         self.name = check_precision(name)
@@ -56,6 +57,14 @@ class Precision:
         if not self.mixed:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def forward(self, model, x: torch.Tensor) -> torch.Tensor:
+        """``model(x)`` in this precision, the output in fp32 for the loss (fp32: ``model(x)`` itself)."""
+        if not self.mixed:
+            return model(x)
+        with self.autocast():
+            out = model(x)
+        return out.float()
 
     def backward(self, loss: torch.Tensor) -> None:
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()

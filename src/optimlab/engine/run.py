@@ -121,7 +121,7 @@ class _Run:
         self.model = init_model(config, data).to(device).train()
         self.precision = Precision(config.precision, device)
         layout = choose_layout(config.memory_format, self.model, data.input_shape, config.batch_size, device,
-                               self.precision, data.num_classes)
+                               self.precision)
         self.channels_last = False
         self._set_layout(layout)
         # compiled: the training steps call the compiled module, which shares the model's parameters;

@@ -37,14 +37,7 @@ class PlainStepper:
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        if not self.precision.mixed:
-            loss = self.loss_fn(self.model(xb), yb)
-            loss.backward()
-            self.optimizer.step()
-            return loss
-        with self.precision.autocast():
-            out = self.model(xb)
-        loss = self.loss_fn(out.float(), yb)
+        loss = self.loss_fn(self.precision.forward(self.model, xb), yb)
         self.precision.backward(loss)
         self.precision.step(self.optimizer)
         return loss
@@ -114,12 +107,7 @@ class ConstrainedStepper:
         classify, loss_fn = task.accuracy, task.loss
 
         def compute(xb, yb):  # the violations from the fp32 parameters, outside autocast
-            if precision.mixed:
-                with precision.autocast():
-                    out = model(xb)
-                out = out.float()
-            else:
-                out = model(xb)
+            out = precision.forward(model, xb)
             misc = {"accuracy": (out.argmax(1) == yb).float().mean()} if classify else {}
             return State(loss_fn(out, yb), {c.key: c.violation(model) for c in self.named}, misc=misc)
 

@@ -191,7 +191,7 @@ def _preflight(configs, data_dir: str | None, kind: str, targets: list[tuple]) -
         device = resolve_device(config.device)
         layouts[vectorizable_key(config)] = choose_layout(
             config.memory_format, model, data.input_shape, config.batch_size, device,
-            Precision(config.precision, device), data.num_classes)
+            Precision(config.precision, device))
         if target is not None and task.accuracy and not 0 < target <= 1:
             where = f"task {name!r}" if name is not None else "the study"
             raise OptimlabError(f"{where}: the target {target:g} is a validation accuracy, which lies in "
