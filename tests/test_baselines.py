@@ -174,7 +174,7 @@ def test_a_vectorized_study_stacks_lion_and_trains_the_other_baselines_run_by_ru
                   '{ name = "prodigy", learning_rates = [1.0] }, '
                   '{ name = "schedulefree-adamw", learning_rates = [0.01] }, '
                   '"lion(weight_decay=0.5, decoupled_weight_decay=True)"]')
-    spec = parse_study(study(optimizers))
+    spec = parse_study(study(optimizers) + '\n[executor]\nstack = "always"\n')  # lion's pair: stacked
     outcome = run_study(spec, out=tmp_path / "s", executor="vectorized")
     assert (outcome.completed, outcome.failed) == (len(spec.grid), 0) == (12, 0)
     store = StudyStore.open(outcome.store)

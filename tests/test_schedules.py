@@ -133,7 +133,7 @@ def test_schedules_are_a_grid_axis_trained_in_one_group_each_and_reported_as_ser
     from optimlab.study import load_results, parse_study, run_study
     from optimlab.study.store import StudyStore
 
-    spec = parse_study(STUDY)
+    spec = parse_study(STUDY + '\n[executor]\nstack = "always"\n')  # the groups, however fast
     assert [p["schedule"] for p in spec.grid] == [None, None, "cosine(warmup=0.1)", "cosine(warmup=0.1)"]
     outcome = run_study(spec, out=tmp_path / "v", executor="vectorized", progress=False)
     store = StudyStore.open(outcome.store, readonly=True)

@@ -78,7 +78,8 @@ def test_batch_sizes_and_schedules_as_axes_train_in_groups_of_their_own_and_repo
     text = (STUDY.replace("batch_size = 200", "batch_sizes = [100, 200]")
             .replace("learning_rates = [0.1]", "learning_rates = [0.1, 0.03]")
             .replace('kind = "sequential"', 'kind = "vectorized"') + '\nschedules = ["constant", "linear"]\n')
-    text = text.replace('\n[executor]\nkind = "vectorized"\n', "\n") + '[executor]\nkind = "vectorized"\n'
+    text = (text.replace('\n[executor]\nkind = "vectorized"\n', "\n")
+            + '[executor]\nkind = "vectorized"\nstack = "always"\n')
     spec = parse_study(text)
     assert len(spec.grid) == 2 * 2 * 2 * 2  # optimizers x batch sizes x schedules x lrs
     outcome = run_study(spec, out=tmp_path / "v", progress=False)

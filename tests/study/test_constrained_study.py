@@ -70,8 +70,8 @@ def test_every_row_holds_the_violations_and_multipliers_of_the_single_run(refere
 
 def test_the_vectorized_executor_trains_constrained_runs_together_with_the_same_numbers(reference,
                                                                                       tmp_path, capsys):
-    outcome = run_study(parse_study(STUDY), out=tmp_path, executor=ExecutorSpec(kind="vectorized"),
-                        verbose=True)
+    outcome = run_study(parse_study(STUDY), out=tmp_path,
+                        executor=ExecutorSpec(kind="vectorized", stack="always"), verbose=True)
     assert outcome.completed == 4
     vectorized = load_results(outcome.store)
     assert vectorized.runs.wall_time.nunique() == 1  # the four runs: one group (its wall time)

@@ -44,7 +44,7 @@ METRICS = ["batch_loss", "test_loss", "test_accuracy"]  # what the study records
 # a stored row, less what differs between two stores of the same runs
 ROW = ["optimizer", "lr", "seed", "step", "epoch", *METRICS]
 KEY = ["optimizer", "lr", "seed", "step"]
-CONVOLUTIONS = "one by one: the model has convolutions"
+CONVOLUTIONS = "one by one: stacked, a step of 2 of these runs was measured"
 # shrinking study.toml: 1 seed x 2 lrs x 2 optimizers, 60 steps on 640 digits (no validation set)
 SHRINK = [
     ("seeds = [0, 1]", "seeds = [0]\nvalidation = 0"),  # all 640 digits: what RTOL's steps were measured on

@@ -87,7 +87,7 @@ def test_every_run_of_every_task_is_the_run_trained_alone(reference):
 
 @pytest.mark.parametrize("kind", ["vectorized", "processes"])
 def test_other_executors_give_the_sequential_numbers_per_task(reference, tmp_path, kind):
-    executor = ExecutorSpec(kind=kind, workers=2) if kind == "processes" else ExecutorSpec(kind=kind)
+    executor = ExecutorSpec(kind=kind, workers=2 if kind == "processes" else None, stack="always")
     outcome = run_study(parse_study(TASKS), out=tmp_path, executor=executor)
     assert outcome.completed == 16
     mine = load_results(outcome.store)
@@ -111,7 +111,8 @@ def test_an_interrupted_study_of_tasks_resumes_to_the_same_numbers(reference, tm
     store = StudyStore.create(tmp_path / "study.db", spec)
     # the second task's first group, stopped after its first checkpoint (the end of its first epoch,
     # 9 of its 20 steps), as a process killed there leaves it
-    unit = next(u for u in plan_units([r for r in store.runs() if r["task"] == "lines"], groups=True))
+    unit = next(u for u in plan_units([r for r in store.runs() if r["task"] == "lines"], groups=True,
+                                      stack_always=True))
     claim = store.claim_unit(unit.key, unit.run_ids, engine=unit.engine)
 
     def emit(checkpoint, results, finished):

@@ -45,7 +45,8 @@ def useropt(tmp_path, monkeypatch):
 
 
 def study(optimizer: str, learning_rates=(0.05, 0.01)) -> str:
-    """Logistic regression on two digits, 2 learning rates x 2 seeds, 20 iterations."""
+    """Logistic regression on two digits, 2 learning rates x 2 seeds, 20 iterations (stacked wherever
+    exact, however fast)."""
     lrs = ", ".join(map(str, learning_rates))
     return textwrap.dedent(f"""
         name = "mine"
@@ -59,6 +60,8 @@ def study(optimizer: str, learning_rates=(0.05, 0.01)) -> str:
         optimizers = [{optimizer}]
         learning_rates = [{lrs}]
         seeds = [0, 1]
+        [executor]
+        stack = "always"
         """)
 
 

@@ -138,7 +138,7 @@ def test_grouping_of_constrained_runs(digits):
     assert vectorizable_key(other) != vectorizable_key(grid(seeds=(0,), lrs=(1e-2,))[0])
     assert group_refusal(a, digits) is None
     runs = [{"id": i, "config": cfg.to_dict()} for i, cfg in enumerate(grid() + [other])]
-    assert [u.kind for u in plan_units(runs, groups=True)] == ["group", "run"]
+    assert [u.kind for u in plan_units(runs, groups=True, stack_always=True)] == ["group", "run"]
     with pytest.raises(OptimlabError, match="differ only in lr, seed, dual_lr and penalty; run 1 has "
                                             "constraints=\\['l2norm<=2'\\]"):
         train_group([grid(seeds=(0,), lrs=(1e-2,))[0], other], data=digits)

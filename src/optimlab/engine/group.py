@@ -91,16 +91,11 @@ def _frozen(value: object) -> object:
     return value
 
 
-# convolutions on the CPU: stacked, 15 runs of seed 004's CNN measured 2x slower than one by one
-# (Adam on Fashion-MNIST, one thread: 7.1 against 3.3 s a step), of examples/own_code's BatchNorm CNN
-# 2.6x (benchmarks/bench_study.py --models usercnn: 65 against 25 s an epoch of 3,840 images)
-CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
-
-def group_refusal(config: TrainConfig, data: Dataset, always: bool = False) -> str | None:
+def group_refusal(config: TrainConfig, data: Dataset) -> str | None:
     """Why the runs of ``config``'s group are trained one by one rather than stacked (a line for the
-    log and the store), or None when :func:`train_group` trains them together exactly. Unless
-    ``always``, also when stacking is measured slower (convolutions on the CPU)."""
+    log and the store), or None when :func:`train_group` trains them together exactly (whether that
+    is also faster is measured: :func:`optimlab.engine.payoff.slower_stacked`)."""
     if local_flow_name(config.optimizer):
         return "local-flow optimizers are built per run (they need the model and the batch)"
     if config.compile:
@@ -122,13 +117,7 @@ def group_refusal(config: TrainConfig, data: Dataset, always: bool = False) -> s
         return why
     task = task_of(config, data)
     if task not in TASKS.values():
-        why = _loss_refusal(task, model, data)
-        if why:
-            return why
-    if not always and resolve_device(config.device).type == "cpu" and any(
-            isinstance(m, CONVOLUTIONS) for m in model.modules()):
-        return ("the model has convolutions, which train faster one by one on the CPU (stacked: measured "
-                "2-2.6x slower); [executor] stack = \"always\" stacks them anyway")
+        return _loss_refusal(task, model, data)
     return None
 
 
@@ -202,7 +191,7 @@ def train_group(
     device = resolve_device(base.device)
     data = load_data(base, data, data_dir, device)
     check_batch_size(base.batch_size, data)
-    why = group_refusal(base, data, always=True)
+    why = group_refusal(base, data)
     if why:
         raise OptimlabError(f"these runs cannot be trained together exactly: {why}")
     group = _Group(configs, data, device)

@@ -78,6 +78,7 @@ def plan_units(runs: list[dict], groups: bool, configs: dict[int, TrainConfig] |
     memory format measured for each distinct run (by ``vectorizable_key``), given to the runs whose
     setting is ``auto`` (so that every process trains them alike). Order: as the runs come."""
     from optimlab.engine.group import group_refusal, vectorizable_key
+    from optimlab.engine.payoff import slower_stacked
 
     configs = configs or {}
     pairs = [(r["id"], configs.get(r["id"]) or TrainConfig.from_dict(_config(r))) for r in runs]
@@ -92,8 +93,10 @@ def plan_units(runs: list[dict], groups: bool, configs: dict[int, TrainConfig] |
         buckets.setdefault(vectorizable_key(c), []).append((i, c))
     units = []
     for members in buckets.values():
-        first = members[0][1]
-        why = group_refusal(first, unit_data(first, data_dir), always=stack_always)
+        first, data = members[0][1], unit_data(members[0][1], data_dir)
+        why = group_refusal(first, data)
+        if why is None and len(members) > 1 and not stack_always:
+            why = slower_stacked([c for _, c in members], data)
         if why is None and len(members) > 1:
             units.append(Unit([i for i, _ in members], [c for _, c in members], "group",
                               f"vectorized: a group of {len(members)} runs", python_path))
