@@ -43,12 +43,15 @@ included, all cores): the 15-run grid (SGD, 5 learning rates x 3 seeds, the MLP,
 128, ``--grid-epochs`` epochs, test set evaluated each epoch) as ``optimlab study run`` with each
 executor (and vectorized in bf16) against the same grid as a Ray Tune grid search
 (``benchmarks/raytune_grid.py``; ``pip install "optimlab[bench]"``). Target: optimlab >= 5x faster.
+``--grid-optimizers sgd momentum``: a grid of several optimizers, so several groups (the worker pool
+then trains them at once; Ray Tune's column is left out: its script trains SGD only).
 
 Run: python benchmarks/bench_study.py [--threads 1] [--repeats 3] [--epochs 1]
                                       [--models logreg mlp cnn usercnn] [--optimizers sgd adam]
                                       [--eval-train] [--precisions bf16 fp16] [--compile]
                                       [--train-samples N] [--test-samples N] [--no-vectorized]
                                       [--no-processes] [--grid [--grid-epochs 5]] [--grid-only]
+                                      [--grid-optimizers sgd momentum]
 The CNN: --models cnn --train-samples 3840 --test-samples 1000 --no-vectorized --no-processes
 """
 
@@ -56,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import statistics
@@ -221,7 +225,7 @@ batch_size = 128
 epochs = {epochs}
 eval_train = false
 validation = 0
-optimizers = ["sgd"]
+optimizers = {optimizers}
 learning_rates = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 seeds = [0, 1, 2]
 """
@@ -235,18 +239,18 @@ def whole_process(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def grid_comparison(epochs: int, repeats: int) -> None:
+def grid_comparison(epochs: int, repeats: int, optimizers: list[str]) -> None:
     """The grid as whole processes: optimlab study run (each executor, and vectorized in bf16)
-    against Ray Tune's grid search of the same runs."""
+    against Ray Tune's grid search of the same runs (SGD only)."""
     optimlab = shutil.which("optimlab") or str(Path(sys.executable).parent / "optimlab")
     try:
         import ray.tune  # noqa: F401
-        has_tune = True
+        has_tune = optimizers == ["sgd"]
     except ImportError:
         has_tune = False
     with tempfile.TemporaryDirectory() as tmp:
         study = Path(tmp) / "grid.toml"
-        study.write_text(GRID.format(epochs=epochs))
+        study.write_text(GRID.format(epochs=epochs, optimizers=json.dumps(optimizers)))
         ways = {f"optimlab {k}": [optimlab, "study", "run", str(study), "--executor", k, "-q"]
                 for k in ("sequential", "processes", "vectorized")}
         ways["optimlab vectorized bf16"] = [*ways["optimlab vectorized"], 'precision="bf16"']
@@ -260,10 +264,13 @@ def grid_comparison(epochs: int, repeats: int) -> None:
                 shutil.rmtree(out, ignore_errors=True)
                 store = ["--out", str(out)] if w.startswith("optimlab") else []
                 times[w].append(whole_process(command + store))
-    print(f"\nthe grid as whole processes: 15 runs (SGD, 5 lrs x 3 seeds), the MLP, Fashion-MNIST, {epochs} "
-          f"epochs, {os.cpu_count()} cpus, median of {repeats}" + ("" if has_tune else
-          "; Ray Tune not installed (pip install 'optimlab[bench]'): its column left out"))
+    print(f"\nthe grid as whole processes: {15 * len(optimizers)} runs ({', '.join(optimizers)}; 5 lrs x 3 "
+          f"seeds), the MLP, Fashion-MNIST, {epochs} epochs, {os.cpu_count()} cpus, median of {repeats}" + (
+              "" if has_tune else "; Ray Tune's column left out (its script: SGD only, and pip install "
+              "'optimlab[bench]')"))
     med = {w: statistics.median(t) for w, t in times.items()}
+    print(f"  processes / sequential: {med['optimlab sequential'] / med['optimlab processes']:.2f}x (target "
+          f">= 1.6x); processes / vectorized: {med['optimlab vectorized'] / med['optimlab processes']:.2f}x")
     for w, t in med.items():
         ratio = f"  Ray Tune / this {med['ray tune'] / t:.2f}x" if has_tune and w != "ray tune" else ""
         print(f"  {w:<28}{t:>8.1f} s{ratio}")
@@ -297,9 +304,11 @@ def main() -> None:
                    help="then the whole-process comparison with Ray Tune (all cores)")
     p.add_argument("--grid-epochs", type=int, default=5)
     p.add_argument("--grid-only", action="store_true", help="only the whole-process comparison")
+    p.add_argument("--grid-optimizers", nargs="+", default=["sgd"],
+                   help="the grid's optimizers, by name (one group each; the grid's lrs for all)")
     args = p.parse_args()
     if args.grid_only:
-        grid_comparison(args.grid_epochs, max(1, min(args.repeats, 3)))
+        grid_comparison(args.grid_epochs, max(1, min(args.repeats, 3)), args.grid_optimizers)
         return
     torch.set_num_threads(args.threads)
 
@@ -399,7 +408,7 @@ def main() -> None:
                 f"{base / statistics.median(times[case, w]):>17.2f}x  {worst[case, w]:.1e}" for w in low))
     print(f"load average at end (1, 5, 15 min): {load()}")
     if args.grid:
-        grid_comparison(args.grid_epochs, max(1, min(args.repeats, 3)))
+        grid_comparison(args.grid_epochs, max(1, min(args.repeats, 3)), args.grid_optimizers)
 
 
 if __name__ == "__main__":

@@ -135,3 +135,17 @@ def test_without_final_checkpoints_a_larger_budget_trains_again(tmp_path):
     assert all(after[(run, step)] != claim for run, step, claim in before)  # trained again
     with pytest.raises(OptimlabError, match="executor final_checkpoints must be true .* or false; got 'no'"):
         parse_study(STUDY + "[executor]\nfinal_checkpoints = 'no'\n")
+
+
+@pytest.mark.parametrize("final", [True, False])
+def test_a_unit_serializes_its_final_checkpoint_only_where_it_is_kept(final):
+    from optimlab.study.units import plan_units, train_unit
+
+    spec = parse_study(STUDY)
+    runs = [{"id": i, "config": c.to_dict()} for i, c in enumerate(spec.configs()[:2], 1)]
+    (unit,) = plan_units(runs, groups=True, stack_always=True)
+    reports = []
+    train_unit(unit, None, lambda ckpt, results, finished: reports.append((ckpt, finished)),
+               final_checkpoint=final)
+    assert [f for _, f in reports] == [False, True]  # the end of epoch 1, then the end
+    assert reports[0][0] and bool(reports[-1][0]) is final  # empty bytes: nothing serialized

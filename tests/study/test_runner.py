@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from optimlab.errors import OptimlabError
 from optimlab.study.results import export_results, load_results
@@ -67,7 +68,7 @@ def test_a_finished_study_is_skipped_and_a_different_one_refused(reference, tmp_
     out = tmp_path / "s"
     run_study(parse_study(STUDY), out=out, executor=SEQUENTIAL)
     again = run_study(parse_study(STUDY), out=out, executor=ExecutorSpec(kind="processes"))
-    assert again.completed == 6 and again.wall_time < 5  # nothing to do: no worker started
+    assert again.completed == 6 and again.wall_time < 5  # nothing to do: the workers stop unused
     other = STUDY.replace("seeds = [0, 1]", "seeds = [0, 1, 2]")
     with pytest.raises(OptimlabError, match="holds another study .* --extend"):
         run_study(parse_study(other), out=out, executor=SEQUENTIAL)
@@ -92,6 +93,51 @@ def test_processes_give_the_sequential_numbers(reference, tmp_path, capsys):
     assert a[["optimizer", "lr", "seed", "step"]].equals(b[["optimizer", "lr", "seed", "step"]])
     for col in ("test_loss", "test_accuracy", "batch_loss"):
         assert (a[col] - b[col]).abs().max() <= 1e-5 * a[col].abs().max()
+
+
+def test_processes_train_groups_in_their_workers_as_the_vectorized_executor_does(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # 2 units on 2 workers: one thread each
+    procs = run_study(parse_study(STUDY), out=tmp_path / "p",
+                      executor=ExecutorSpec(kind="processes", workers=2, stack="always"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        vec = run_study(parse_study(STUDY), out=tmp_path / "v",
+                        executor=ExecutorSpec(kind="vectorized", stack="always"))
+    finally:
+        torch.set_num_threads(threads)
+    a, b = load_results(procs.store), load_results(vec.store)
+    assert sorted(a.runs.engine) == sorted(b.runs.engine) == (
+        ["vectorized: a group of 2 runs"] * 2 + ["vectorized: a group of 4 runs"] * 4)
+    for frame in ("evals", "train_log"):
+        assert rows(a, frame).equals(rows(b, frame))
+
+
+def test_a_single_unit_is_trained_by_the_driving_process_with_the_vectorized_numbers(tmp_path):
+    one = STUDY.replace('{ name = "adam", learning_rates = [1e-3] }', '').replace('"sgd",', '"sgd"')
+    procs = run_study(parse_study(one), out=tmp_path / "p",
+                      executor=ExecutorSpec(kind="processes", workers=2, stack="always"))
+    vec = run_study(parse_study(one), out=tmp_path / "v",
+                    executor=ExecutorSpec(kind="vectorized", stack="always"))
+    store = StudyStore.open(procs.store, readonly=True)
+    try:
+        assert {r["worker"] for r in store.runs()} == {os.getpid()}  # no worker to wait for
+    finally:
+        store.close()
+    a, b = load_results(procs.store), load_results(vec.store)
+    assert list(a.runs.engine) == ["vectorized: a group of 4 runs"] * 4
+    for frame in ("evals", "train_log"):
+        assert rows(a, frame).equals(rows(b, frame))
+
+
+def test_a_pool_is_stopped_when_the_study_is_refused_before_training(tmp_path):
+    import multiprocessing
+
+    bad = STUDY.replace("batch_size = 250", "batch_size = 100000")  # more than the data: preflight refuses
+    with pytest.raises(OptimlabError, match="batch size 100000 is larger than the training set"):
+        run_study(parse_study(bad), out=tmp_path, executor=ExecutorSpec(kind="processes", workers=2))
+    assert multiprocessing.active_children() == []
+    assert not (tmp_path / "study.db").exists()
 
 
 def _run_cli_study(study_file, out, *extra):
@@ -163,7 +209,7 @@ def test_a_worker_that_dies_is_retried_or_reported_and_the_study_goes_on(tmp_pat
     study = tmp_path / "w.toml"
     study.write_text(STUDY.replace("epochs = 3", "epochs = 30").replace(
         "seeds = [0, 1]", "seeds = [0]") + f"\n[executor]\nkind = 'processes'\nworkers = 2\n"
-        f"max_attempts = {max_attempts}\n")
+        f"units = 'runs'\nmax_attempts = {max_attempts}\n")
     out = tmp_path / "out"
     proc = _run_cli_study(study, out)
     victim = _wait_for(out / "study.db", "SELECT worker FROM runs WHERE id = 1 AND status = 'running'",

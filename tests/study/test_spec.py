@@ -81,7 +81,8 @@ def test_the_definition_ignores_the_executor_but_not_the_grid():
     b = parse_study(BASE + '\n[executor]\nkind = "processes"\nworkers = 3\n')
     c = parse_study(BASE.replace("seeds = [0, 1]", "seeds = [0, 2]"))
     assert a.definition() == b.definition() != c.definition()
-    assert b.executor.kind == "processes" and b.executor.unit_kind == "runs"
+    assert b.executor.kind == "processes" and b.executor.unit_kind == "groups"
+    assert parse_study(BASE + '\n[executor]\nkind = "ray"\n').executor.unit_kind == "runs"
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,11 @@ import signal
 import sys
 import traceback
 
+from optimlab.engine.config import TrainConfig
 from optimlab.errors import OptimlabError
 from optimlab.study.spec import ExecutorSpec
 from optimlab.study.store import LostClaim
-from optimlab.study.units import Unit, throttled, train_unit
+from optimlab.study.units import Unit, throttled, train_unit, unit_data
 
 POLL_S = 0.2
 
@@ -35,15 +36,18 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _worker(inbox, outbox, parent: int, threads: int, data_dir: str | None) -> None:
+def _worker(inbox, outbox, parent: int, data_dir: str | None) -> None:
     _die_with_parent(parent)
     import torch
 
-    torch.set_num_threads(threads)
     while True:
         task = inbox.get()
         if task is None:
             return
+        if "warm" in task:
+            _warm_up(task["warm"], data_dir)
+            continue
+        torch.set_num_threads(task["threads"])
         unit, tag = Unit.from_message(task["unit"]), (task["unit_key"], task["attempt"])
 
         def emit(checkpoint: bytes, results: list[dict], finished: bool, tag=tag) -> None:
@@ -55,28 +59,90 @@ def _worker(inbox, outbox, parent: int, threads: int, data_dir: str | None) -> N
             outbox.put(("step", tag, s, total, losses))
 
         try:
-            train_unit(unit, task["checkpoint"], emit, data_dir=data_dir, on_step=throttled(step))
+            train_unit(unit, task["checkpoint"], emit, data_dir=data_dir, on_step=throttled(step),
+                       final_checkpoint=task["final_checkpoint"])
         except Exception as e:  # reported to the driver, which records it
             fatal = str(e) if isinstance(e, OptimlabError) else None  # the user's to fix: stop
             outbox.put(("error", tag, traceback.format_exc(), fatal))
 
 
+def _warm_up(warm: dict, data_dir: str | None) -> None:
+    """What the first unit would do first: the modules a run imports (torch.optim's first optimizer
+    imports torch._dynamo: 0.7 s) and the data of a run. A failure is the first unit's to report."""
+    try:
+        import torch._dynamo  # noqa: F401
+
+        from optimlab.study.spec import add_to_python_path
+
+        add_to_python_path(warm["python_path"])
+        unit_data(TrainConfig.from_dict(warm["config"]), data_dir)
+    except Exception:
+        pass
+
+
 class _Slot:
-    def __init__(self, ctx, outbox, threads: int, data_dir: str | None):
+    def __init__(self, ctx, outbox, data_dir: str | None, warm: dict | None):
         self.inbox = ctx.Queue()
         self.process = ctx.Process(target=_worker, daemon=True,
-                                   args=(self.inbox, outbox, os.getpid(), threads, data_dir))
+                                   args=(self.inbox, outbox, os.getpid(), data_dir))
         self.process.start()
+        if warm is not None:
+            self.inbox.put({"warm": warm})
         self.unit: Unit | None = None
+        self.used = False  # whether it was given a unit
 
 
-def run_in_processes(units: list[Unit], store, board, executor: ExecutorSpec,
-                     data_dir: str | None) -> None:
-    ctx = mp.get_context("spawn")
-    outbox = ctx.Queue()
-    n = min(executor.workers or os.cpu_count() or 1, max(1, len(units)))
-    threads = max(1, (os.cpu_count() or 1) // n)
-    slots = [_Slot(ctx, outbox, threads, data_dir) for _ in range(n)]
+class WorkerPool:
+    """``size`` worker processes for a whole study run, kept across its units (torch imported, the
+    data loaded once a process), started by :meth:`start` when units first need them (after the
+    study's checks and the measurement of its groups, which their start-up would slow), each warmed
+    up first with ``warm`` (a config's plain values, and the user's ``python_path``): the imports
+    and the data its units will need."""
+
+    def __init__(self, size: int, data_dir: str | None, warm: dict | None = None):
+        self.ctx = mp.get_context("spawn")
+        self.outbox = self.ctx.Queue()
+        self.size, self.data_dir, self.warm = size, data_dir, warm
+        self.slots: list[_Slot] = []
+
+    def start(self) -> None:
+        if not self.slots:
+            self.slots = [self._start() for _ in range(self.size)]
+
+    def _start(self) -> _Slot:
+        return _Slot(self.ctx, self.outbox, self.data_dir, self.warm)
+
+    def threads(self, units: int) -> int:
+        """Torch threads for each of ``units`` units in training at once: the CPUs shared out (a
+        single group on two CPUs: one worker with two threads, measured as fast as the group cut
+        in two halves on one thread each, and no slower than one process)."""
+        return max(1, (os.cpu_count() or 1) // max(1, min(units, self.size)))
+
+    def replace(self, i: int) -> _Slot:
+        """A new worker in place of slot ``i``'s, which died."""
+        self.slots[i] = self._start()
+        return self.slots[i]
+
+    def close(self) -> None:
+        """End the workers: those never given a unit at once, the others when they have read the
+        message to stop (or after 5 s)."""
+        for slot in self.slots:
+            if slot.process.is_alive():
+                if slot.used:
+                    slot.inbox.put(None)
+                else:
+                    slot.process.kill()
+        for slot in self.slots:
+            slot.process.join(timeout=5)
+            if slot.process.is_alive():
+                slot.process.kill()
+
+
+def run_in_processes(units: list[Unit], store, board, executor: ExecutorSpec, pool: WorkerPool) -> None:
+    """Train ``units`` on ``pool``'s workers, writing what they report to ``store`` (through
+    ``board``); a worker that dies is replaced (its unit retried, up to ``executor.max_attempts``)."""
+    pool.start()
+    outbox, slots = pool.outbox, pool.slots
     todo = list(units)
     attempts = {u.key: 0 for u in units}
     by_key = {u.key: u for u in units}
@@ -87,18 +153,21 @@ def run_in_processes(units: list[Unit], store, board, executor: ExecutorSpec,
                 if slot.unit is not None and not slot.process.is_alive():
                     _lost(slot, board, executor, attempts, todo)
                 if not slot.process.is_alive():
-                    slots[i] = slot = _Slot(ctx, outbox, threads, data_dir)
+                    slot = pool.replace(i)
                 while slot.unit is None and todo:
                     unit = todo.pop(0)
                     claim = store.claim_unit(unit.key, unit.run_ids, worker=slot.process.pid,
                                              engine=unit.engine)
                     if claim is None:  # another process has it (or has finished it) meanwhile
                         continue
-                    slot.unit = unit
+                    slot.unit, slot.used = unit, True
                     attempts[unit.key] += 1
                     steppers.pop(unit.key, None)  # a new attempt: its time left is measured afresh
+                    in_flight = sum(s.unit is not None for s in slots) + len(todo)
                     slot.inbox.put({"unit": unit.to_message(), "unit_key": unit.key,
-                                    "attempt": attempts[unit.key], "checkpoint": claim.checkpoint})
+                                    "attempt": attempts[unit.key], "checkpoint": claim.checkpoint,
+                                    "threads": pool.threads(in_flight),
+                                    "final_checkpoint": executor.final_checkpoints})
             try:
                 msg = outbox.get(timeout=POLL_S)
             except queue.Empty:
@@ -131,13 +200,10 @@ def run_in_processes(units: list[Unit], store, board, executor: ExecutorSpec,
                     todo.append(slot.unit)
                 slot.unit = None
     finally:
-        for slot in slots:
-            if slot.process.is_alive():
-                slot.inbox.put(None)
-        for slot in slots:
-            slot.process.join(timeout=5)
-            if slot.process.is_alive():
+        for slot in slots:  # a unit left in training (an error, Ctrl-C): its worker is stopped
+            if slot.unit is not None and slot.process.is_alive():
                 slot.process.kill()
+                slot.unit = None
 
 
 def _lost(slot: _Slot, board, executor: ExecutorSpec, attempts: dict, todo: list) -> None:

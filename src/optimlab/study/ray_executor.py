@@ -64,7 +64,7 @@ def run_on_ray(units: list[Unit], store, board, executor: ExecutorSpec, data_dir
                     continue
                 attempts[unit.key] += 1
                 ref = task.remote(unit.to_message(), claim.checkpoint, events,
-                                  (unit.key, attempts[unit.key]), data_dir)
+                                  (unit.key, attempts[unit.key]), data_dir, executor.final_checkpoints)
                 running[ref] = unit
             for ref in [r for r, u in running.items() if u.key in lost]:  # taken over: stop them
                 ray.cancel(ref, force=True)
@@ -135,7 +135,8 @@ def _drain(events, by_key: dict, attempts: dict, running: dict, board, lost: set
             lost.add(key)
 
 
-def _ray_task(unit_msg: dict, checkpoint: bytes | None, events, tag, data_dir: str | None):
+def _ray_task(unit_msg: dict, checkpoint: bytes | None, events, tag, data_dir: str | None,
+              final_checkpoint: bool = True):
     """Runs on a Ray worker: train the unit, sending progress. Returns None, or (traceback, the
     message of an error the user must fix, else None)."""
     import traceback
@@ -151,7 +152,8 @@ def _ray_task(unit_msg: dict, checkpoint: bytes | None, events, tag, data_dir: s
         events.put(("step", tag, s, total, losses))
 
     try:
-        train_unit(unit, checkpoint, emit, data_dir=data_dir, on_step=throttled(step))
+        train_unit(unit, checkpoint, emit, data_dir=data_dir, on_step=throttled(step),
+                   final_checkpoint=final_checkpoint)
     except Exception as e:
         return traceback.format_exc(), (str(e) if isinstance(e, OptimlabError) else None)
     return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ def run_study(
     layouts = _preflight(configs, data_dir, executor.kind, targets)
     store = StudyStore.create(out / DB_NAME, spec, extend=extend, code=fingerprint(spec.import_paths()),
                               code_changed=code_changed)
+    pool = _pool(executor, configs, spec, data_dir)
     started = time.perf_counter()
     mine = {axes.key(p): c for p, c in zip(spec.grid, configs, strict=True)}
     board, staged = None, not spec.rerun_seeds
@@ -100,7 +102,7 @@ def run_study(
                                    data_dir=data_dir, python_path=spec.python_path,
                                    stack_always=executor.stack == "always", layouts=layouts)
                 board.explain(units)
-                _execute(units, store, board, executor, data_dir)
+                _execute(units, store, board, executor, data_dir, pool)
                 for unit in list(store.held):  # none should be left; never wait on one's own claim
                     store.release(unit)
         board.close()
@@ -112,6 +114,8 @@ def run_study(
             except StoreNotWritable:  # the store cannot be written now: the claim dies with this process
                 break
         store.close()
+        if pool is not None:
+            pool.close()
     return StudyOutcome(store=out / DB_NAME, wall_time=time.perf_counter() - started, **counts)
 
 
@@ -199,14 +203,28 @@ def _preflight(configs, data_dir: str | None, kind: str, targets: list[tuple]) -
     return layouts
 
 
+def _pool(executor: ExecutorSpec, configs: list, spec: StudySpec, data_dir: str | None):
+    """The processes executor's workers, one per CPU (or ``workers``), at most one per run, started
+    when units first need them; None for the other executors."""
+    if executor.kind != "processes":
+        return None
+    from optimlab.study.processes import WorkerPool
+
+    size = min(executor.workers or os.cpu_count() or 1, max(1, len(configs)))
+    warm = {"config": configs[0].to_dict(), "python_path": list(spec.python_path)} if configs else None
+    return WorkerPool(size, data_dir, warm)
+
+
 def _execute(units: list[Unit], store: StudyStore, board: _Board, executor: ExecutorSpec,
-             data_dir: str | None) -> None:
+             data_dir: str | None, pool=None) -> None:
     if executor.kind in ("sequential", "vectorized"):
         _run_here(units, store, board, data_dir)
+    elif executor.kind == "processes" and len(units) == 1:  # no other unit to train at once: here,
+        _run_here(units, store, board, data_dir)  # at once, with all the threads (a worker: 1.5 s later)
     elif executor.kind == "processes":
         from optimlab.study.processes import run_in_processes
 
-        run_in_processes(units, store, board, executor, data_dir)
+        run_in_processes(units, store, board, executor, pool)
     else:
         from optimlab.study.ray_executor import run_on_ray
 
@@ -220,7 +238,7 @@ def _run_here(units: list[Unit], store: StudyStore, board: _Board, data_dir: str
             continue
         try:
             train_unit(unit, claim.checkpoint, board.receiver(unit), data_dir=data_dir,
-                       on_step=board.stepper(unit))
+                       on_step=board.stepper(unit), final_checkpoint=board.final_checkpoints)
         except LostClaim:
             board.lost(unit)
         except OptimlabError:

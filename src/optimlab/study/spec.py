@@ -37,10 +37,10 @@ process and of every worker and Ray task).
     [executor]
     kind = "vectorized"          # sequential | vectorized | processes | ray
     workers = 2                  # processes / ray (default: all CPUs of the machine / cluster)
-    units = "groups"             # what one worker trains: "runs" or "groups" (vectorized)
+    units = "groups"             # what one unit is: "groups" (vectorized and processes) or "runs"
     address = "auto"             # ray: a cluster address; default: a local Ray
     max_attempts = 2             # tries per unit when a worker dies
-    stack = "auto"               # vectorized: "always" also stacks convolutions on the CPU (slower)
+    stack = "auto"               # "always": stack what is exact even where measured slower (CNNs on a CPU)
 
 Every error names the field, what was wrong and what is valid; a malformed file gives the line.
 """
@@ -153,7 +153,7 @@ DEFAULT_DUAL_LR = TrainConfig.dual_lr
 class ExecutorSpec:
     kind: str = "vectorized"
     workers: int | None = None  # None: this machine's CPUs (processes), the cluster's (ray)
-    units: str | None = None  # None: "groups" for vectorized, "runs" otherwise
+    units: str | None = None  # None: "groups" for vectorized and processes, "runs" otherwise
     address: str | None = None
     max_attempts: int = 2
     stack: str = "auto"  # vectorized: "always" stacks what is exact even where measured slower
@@ -161,7 +161,7 @@ class ExecutorSpec:
 
     @property
     def unit_kind(self) -> str:
-        return self.units or ("groups" if self.kind == "vectorized" else "runs")
+        return self.units or ("groups" if self.kind in ("vectorized", "processes") else "runs")
 
 
 @dataclass(frozen=True)

@@ -148,9 +148,12 @@ def throttled(send: Callable[[int, int, list], None], every_s: float = 0.5) -> C
 
 
 def train_unit(unit: Unit, checkpoint: bytes | None, emit: Emit, data_dir: str | None = None,
-               on_eval: Callable | None = None, on_step: Callable | None = None) -> None:
+               on_eval: Callable | None = None, on_step: Callable | None = None,
+               final_checkpoint: bool = True) -> None:
     """Train ``unit`` from ``checkpoint`` (None: from the start), reporting through ``emit``;
-    ``on_step(step, total, losses)``: at every look at the batch losses (each run's last one)."""
+    ``on_step(step, total, losses)``: at every look at the batch losses (each run's last one).
+    ``final_checkpoint=False``: the last report's checkpoint is empty bytes (not kept, so not
+    serialized)."""
     first = unit.configs[0]
     data = unit_data(first, data_dir)
     resume = checkpoint_from_bytes(checkpoint) if checkpoint is not None else None
@@ -159,7 +162,8 @@ def train_unit(unit: Unit, checkpoint: bytes | None, emit: Emit, data_dir: str |
         results = results if isinstance(results, list) else [results]
         finished = all(r.status != "running" for r in results)
         # the final checkpoint too: a study extended with a larger budget continues from it
-        emit(checkpoint_bytes(ckpt), [result_dict(r) for r in results], finished)
+        kept = final_checkpoint or not finished
+        emit(checkpoint_bytes(ckpt) if kept else b"", [result_dict(r) for r in results], finished)
 
     if unit.kind == "run":
         train(first, data=data, resume_from=resume, on_checkpoint=report, keep_model=False,
