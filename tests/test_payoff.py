@@ -66,3 +66,16 @@ def test_a_study_plans_by_the_measurement_unless_told_to_stack_always(images, mo
     monkeypatch.setattr("optimlab.study.units.unit_data", lambda config, data_dir=None: images)
     (stacked,) = plan_units(dense, groups=True)
     assert stacked.engine == "vectorized: a group of 6 runs"
+
+
+def test_a_study_resumed_goes_on_as_its_runs_were_measured_before(images, monkeypatch):
+    monkeypatch.setattr("optimlab.study.units.unit_data", lambda config, data_dir=None: images)
+    monkeypatch.setattr(payoff, "_step_times", lambda *a: pytest.fail("measured again"))
+    cnn = [{"id": i, "config": c.to_dict(), "engine": "vectorized: a group of 6 runs" if i == 1 else None}
+           for i, c in enumerate(group("cnn"), 1)]
+    (stacked,) = plan_units(cnn, groups=True)  # its checkpoint is a group's: it continues as one
+    assert stacked.kind == "group" and stacked.run_ids == [1, 2, 3, 4, 5, 6]
+    note = "one by one: stacked, a step of 6 of these runs was measured 1.2x slower than one by one (x)"
+    mlp = [{"id": i, "config": c.to_dict(), "engine": note} for i, c in enumerate(group("mlp"), 1)]
+    alone = plan_units(mlp, groups=True)
+    assert [u.kind for u in alone] == ["run"] * 6 and {u.engine for u in alone} == {note}

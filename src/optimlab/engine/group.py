@@ -91,7 +91,6 @@ def _frozen(value: object) -> object:
     return value
 
 
-
 def group_refusal(config: TrainConfig, data: Dataset) -> str | None:
     """Why the runs of ``config``'s group are trained one by one rather than stacked (a line for the
     log and the store), or None when :func:`train_group` trains them together exactly (whether that

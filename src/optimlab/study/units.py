@@ -28,6 +28,7 @@ from optimlab.errors import OptimlabError
 from optimlab.study.store import checkpoint_bytes, checkpoint_from_bytes, unit_key
 
 Emit = Callable[[bytes, list[dict], bool], None]
+SLOWER = "one by one: stacked, a step of"  # the engine note of runs of a group measured slower stacked
 
 
 @dataclass
@@ -76,11 +77,15 @@ def plan_units(runs: list[dict], groups: bool, configs: dict[int, TrainConfig] |
     study in this process (which may hold objects); other runs are rebuilt from their stored config.
     ``stack_always``: stack wherever it is exact, even where measured slower. ``layouts``: the
     memory format measured for each distinct run (by ``vectorizable_key``), given to the runs whose
-    setting is ``auto`` (so that every process trains them alike). Order: as the runs come."""
+    setting is ``auto`` (so that every process trains them alike). Whether a group that stacks
+    exactly is stacked is measured (:func:`optimlab.engine.payoff.slower_stacked`), unless a run of
+    it was trained before on that measurement (its row's ``engine``: a study resumed goes on as it
+    began, from its checkpoints and in its summation order). Order: as the runs come."""
     from optimlab.engine.group import group_refusal, vectorizable_key
     from optimlab.engine.payoff import slower_stacked
 
     configs = configs or {}
+    before = {r["id"]: r.get("engine") or "" for r in runs}
     pairs = [(r["id"], configs.get(r["id"]) or TrainConfig.from_dict(_config(r))) for r in runs]
     layouts = layouts or {}
     pairs = [(i, dataclasses.replace(c, memory_format=layouts[k]) if c.memory_format == "auto" and (
@@ -96,7 +101,11 @@ def plan_units(runs: list[dict], groups: bool, configs: dict[int, TrainConfig] |
         first, data = members[0][1], unit_data(members[0][1], data_dir)
         why = group_refusal(first, data)
         if why is None and len(members) > 1 and not stack_always:
-            why = slower_stacked([c for _, c in members], data)
+            measured = [e for i, _ in members if (e := before[i]).startswith(("vectorized:", SLOWER))]
+            if not measured:
+                why = slower_stacked([c for _, c in members], data)
+            elif measured[0].startswith(SLOWER):  # trained one by one before: so again
+                why = measured[0].removeprefix("one by one: ")
         if why is None and len(members) > 1:
             units.append(Unit([i for i, _ in members], [c for _, c in members], "group",
                               f"vectorized: a group of {len(members)} runs", python_path))
