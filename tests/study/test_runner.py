@@ -68,7 +68,7 @@ def test_a_finished_study_is_skipped_and_a_different_one_refused(reference, tmp_
     out = tmp_path / "s"
     run_study(parse_study(STUDY), out=out, executor=SEQUENTIAL)
     again = run_study(parse_study(STUDY), out=out, executor=ExecutorSpec(kind="processes"))
-    assert again.completed == 6 and again.wall_time < 5  # nothing to do: the workers stop unused
+    assert again.completed == 6 and again.wall_time < 5  # nothing to do: no worker started
     other = STUDY.replace("seeds = [0, 1]", "seeds = [0, 1, 2]")
     with pytest.raises(OptimlabError, match="holds another study .* --extend"):
         run_study(parse_study(other), out=out, executor=SEQUENTIAL)
@@ -130,7 +130,7 @@ def test_a_single_unit_is_trained_by_the_driving_process_with_the_vectorized_num
         assert rows(a, frame).equals(rows(b, frame))
 
 
-def test_a_pool_is_stopped_when_the_study_is_refused_before_training(tmp_path):
+def test_a_study_refused_before_training_leaves_no_worker_process_and_no_store(tmp_path):
     import multiprocessing
 
     bad = STUDY.replace("batch_size = 250", "batch_size = 100000")  # more than the data: preflight refuses
