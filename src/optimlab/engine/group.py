@@ -10,7 +10,8 @@ Each slice reproduces :func:`optimlab.training.train` of its config: initializat
 evaluation and train_log rows, divergence step, final parameters (up to the summation order of the
 batched kernels). A slice whose loss turns non-finite is recorded diverged and masked (parameters and
 optimizer state zeroed, learning rate 0) without disturbing the others. :func:`group_refusal` says
-when runs cannot be stacked exactly (or are measured slower stacked), and why.
+when runs cannot be stacked exactly, and why (whether stacking also pays is measured:
+:mod:`optimlab.engine.payoff`).
 
 Constrained runs (:class:`_Constraints`) are simultaneous gradient descent-ascent as in ``train``:
 the named measures (sums over all of a model's parameters) are reduced per slice from the stacked
