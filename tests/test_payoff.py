@@ -1,7 +1,7 @@
-"""Whether a group is stacked is measured: a dense network's group is faster stacked and stacked, seed
-004's CNN on the CPU measured slower stacked and trained one by one (the reason gives both times);
-the measurement is made once per group, leaves the random state alone, and ``stack = "always"``
-skips it."""
+"""Whether a group is stacked is measured: a dense network's group is measured faster stacked, and so
+stacked; seed 004's CNN on the CPU is measured slower stacked and trained one by one (the reason
+gives both times); the measurement is made once per group and leaves the random state alone,
+``stack = "always"`` skips it, and a resumed study keeps what its runs were trained with."""
 
 import pytest
 import torch
