@@ -70,12 +70,13 @@ def _step_times(configs: list[TrainConfig], data: Dataset, device: torch.device)
     run = _Run(configs[0], None, False, data, None, device, None, None, None)
     run_batches = run.epoch_batches()
     alone = [_timed(run.train_step, run_batches[i % len(run_batches)], device) for i in range(3)]
-    k = max(2, min(len(configs), int(PROBE_S / (2 * (PROBE_STEPS + 2) * min(alone[1:])))))
+    one = min(alone[1:])  # the first step: a warm-up
+    k = max(2, min(len(configs), int(PROBE_S / (2 * (PROBE_STEPS + 2) * one))))
+    warmup, timed = (2, PROBE_STEPS) if k * one * (PROBE_STEPS + 2) <= PROBE_S else (1, 2)  # slow: fewer
     group = _Group(configs[:k], data, device)
     group_batches = group.epoch_batches()
-    steps = PROBE_STEPS + 2 if k * min(alone[1:]) * (PROBE_STEPS + 2) <= PROBE_S else 3  # slow: 1 warm-up
     stacked = []
-    for i in range(steps):
+    for i in range(warmup + timed):
         stacked.append(_timed(group.train_step, group_batches[i % len(group_batches)], device))
         alone.append(_timed(run.train_step, run_batches[(i + 3) % len(run_batches)], device))
-    return k, min(stacked[1 if steps == 3 else 2:]), k * min(alone[1:])
+    return k, min(stacked[warmup:]), k * min(alone[1:])

@@ -16,11 +16,10 @@ import signal
 import sys
 import traceback
 
-from optimlab.engine.config import TrainConfig
 from optimlab.errors import OptimlabError
 from optimlab.study.spec import ExecutorSpec
 from optimlab.study.store import LostClaim
-from optimlab.study.units import Unit, throttled, train_unit, unit_data
+from optimlab.study.units import Unit, throttled, train_unit
 
 POLL_S = 0.2
 
@@ -44,9 +43,6 @@ def _worker(inbox, outbox, parent: int, data_dir: str | None) -> None:
         task = inbox.get()
         if task is None:
             return
-        if "warm" in task:
-            _warm_up(task["warm"], data_dir)
-            continue
         torch.set_num_threads(task["threads"])
         unit, tag = Unit.from_message(task["unit"]), (task["unit_key"], task["attempt"])
 
@@ -66,51 +62,33 @@ def _worker(inbox, outbox, parent: int, data_dir: str | None) -> None:
             outbox.put(("error", tag, traceback.format_exc(), fatal))
 
 
-def _warm_up(warm: dict, data_dir: str | None) -> None:
-    """What the first unit would do first: the modules a run imports (torch.optim's first optimizer
-    imports torch._dynamo: 0.7 s) and the data of a run. A failure is the first unit's to report."""
-    try:
-        import torch._dynamo  # noqa: F401
-
-        from optimlab.study.spec import add_to_python_path
-
-        add_to_python_path(warm["python_path"])
-        unit_data(TrainConfig.from_dict(warm["config"]), data_dir)
-    except Exception:
-        pass
-
-
 class _Slot:
-    def __init__(self, ctx, outbox, data_dir: str | None, warm: dict | None):
+    def __init__(self, ctx, outbox, data_dir: str | None):
         self.inbox = ctx.Queue()
         self.process = ctx.Process(target=_worker, daemon=True,
                                    args=(self.inbox, outbox, os.getpid(), data_dir))
         self.process.start()
-        if warm is not None:
-            self.inbox.put({"warm": warm})
         self.unit: Unit | None = None
-        self.used = False  # whether it was given a unit
 
 
 class WorkerPool:
-    """``size`` worker processes for a whole study run, kept across its units (torch imported, the
-    data loaded once a process), started by :meth:`start` when units first need them (after the
-    study's checks and the measurement of its groups, which their start-up would slow), each warmed
-    up first with ``warm`` (a config's plain values, and the user's ``python_path``): the imports
-    and the data its units will need."""
+    """Up to ``size`` worker processes for a whole study run, kept across its units (torch imported,
+    the data loaded once a process), started by :meth:`start` when units need them (after the
+    study's checks and the measurement of its groups, which their start-up would slow)."""
 
-    def __init__(self, size: int, data_dir: str | None, warm: dict | None = None):
+    def __init__(self, size: int, data_dir: str | None):
         self.ctx = mp.get_context("spawn")
         self.outbox = self.ctx.Queue()
-        self.size, self.data_dir, self.warm = size, data_dir, warm
+        self.size, self.data_dir = size, data_dir
         self.slots: list[_Slot] = []
 
-    def start(self) -> None:
-        if not self.slots:
-            self.slots = [self._start() for _ in range(self.size)]
+    def start(self, units: int) -> None:
+        """Workers for ``units`` units at once (at most ``size``; those running already count)."""
+        while len(self.slots) < min(units, self.size):
+            self.slots.append(self._start())
 
     def _start(self) -> _Slot:
-        return _Slot(self.ctx, self.outbox, self.data_dir, self.warm)
+        return _Slot(self.ctx, self.outbox, self.data_dir)
 
     def threads(self, units: int) -> int:
         """Torch threads for each of ``units`` units in training at once: the CPUs shared out (a
@@ -124,14 +102,10 @@ class WorkerPool:
         return self.slots[i]
 
     def close(self) -> None:
-        """End the workers: those never given a unit at once, the others when they have read the
-        message to stop (or after 5 s)."""
+        """End the workers when they have read the message to stop (or after 5 s)."""
         for slot in self.slots:
             if slot.process.is_alive():
-                if slot.used:
-                    slot.inbox.put(None)
-                else:
-                    slot.process.kill()
+                slot.inbox.put(None)
         for slot in self.slots:
             slot.process.join(timeout=5)
             if slot.process.is_alive():
@@ -141,7 +115,7 @@ class WorkerPool:
 def run_in_processes(units: list[Unit], store, board, executor: ExecutorSpec, pool: WorkerPool) -> None:
     """Train ``units`` on ``pool``'s workers, writing what they report to ``store`` (through
     ``board``); a worker that dies is replaced (its unit retried, up to ``executor.max_attempts``)."""
-    pool.start()
+    pool.start(len(units))
     outbox, slots = pool.outbox, pool.slots
     todo = list(units)
     attempts = {u.key: 0 for u in units}
@@ -160,7 +134,7 @@ def run_in_processes(units: list[Unit], store, board, executor: ExecutorSpec, po
                                              engine=unit.engine)
                     if claim is None:  # another process has it (or has finished it) meanwhile
                         continue
-                    slot.unit, slot.used = unit, True
+                    slot.unit = unit
                     attempts[unit.key] += 1
                     steppers.pop(unit.key, None)  # a new attempt: its time left is measured afresh
                     in_flight = sum(s.unit is not None for s in slots) + len(todo)

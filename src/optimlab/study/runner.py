@@ -73,7 +73,7 @@ def run_study(
     layouts = _preflight(configs, data_dir, executor.kind, targets)
     store = StudyStore.create(out / DB_NAME, spec, extend=extend, code=fingerprint(spec.import_paths()),
                               code_changed=code_changed)
-    pool = _pool(executor, configs, spec, data_dir)
+    pool = _pool(executor, configs, data_dir)
     started = time.perf_counter()
     mine = {axes.key(p): c for p, c in zip(spec.grid, configs, strict=True)}
     board, staged = None, not spec.rerun_seeds
@@ -203,16 +203,14 @@ def _preflight(configs, data_dir: str | None, kind: str, targets: list[tuple]) -
     return layouts
 
 
-def _pool(executor: ExecutorSpec, configs: list, spec: StudySpec, data_dir: str | None):
+def _pool(executor: ExecutorSpec, configs: list, data_dir: str | None):
     """The processes executor's workers, one per CPU (or ``workers``), at most one per run, started
     when units first need them; None for the other executors."""
     if executor.kind != "processes":
         return None
     from optimlab.study.processes import WorkerPool
 
-    size = min(executor.workers or os.cpu_count() or 1, max(1, len(configs)))
-    warm = {"config": configs[0].to_dict(), "python_path": list(spec.python_path)} if configs else None
-    return WorkerPool(size, data_dir, warm)
+    return WorkerPool(min(executor.workers or os.cpu_count() or 1, max(1, len(configs))), data_dir)
 
 
 def _execute(units: list[Unit], store: StudyStore, board: _Board, executor: ExecutorSpec,
