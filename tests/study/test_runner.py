@@ -302,6 +302,8 @@ def test_progress_is_shown_per_step_inside_a_unit(tmp_path, capsys):
         optimizers = ["sgd"]
         learning_rates = [0.1, 1e6]
         seeds = [0, 1]
+        [executor]
+        stack = "always"
         """)
     run_study(parse_study(text), out=tmp_path / "s", executor="vectorized", progress=True)
     err = capsys.readouterr().err
