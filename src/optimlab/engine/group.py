@@ -453,7 +453,9 @@ class _Group:
         constrained = bool(self.base.constraints)
         self.stack = Stack(self.models, self.layout.width, data, device, with_accuracy=constrained,
                            task=task_of(self.base, data), precision=Precision(self.base.precision, device))
-        lrs = torch.zeros(self.layout.shape, device=device)
+        # float64 where the device has it: a schedule's factor times each lr rounded once, as in a run
+        lrs = torch.zeros(self.layout.shape, device=device,
+                          dtype=torch.float32 if device.type == "mps" else torch.float64)
         for config, (s, j) in zip(configs, self.layout.cells, strict=True):
             lrs[s, j] = config.lr
         self.update = ScaledOptimizer(self.base.optimizer, list(self.stack.params.values()), lrs)
