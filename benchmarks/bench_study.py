@@ -175,7 +175,8 @@ def training_flops(config: TrainConfig, data: Dataset) -> float:
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 7) -> float:
-    """This machine's matmul rate in ``dtype`` (FLOP/s, the median of ``repeats``) on n x n x n."""
+    """This machine's matmul rate in ``dtype`` (FLOP/s, the fastest of ``repeats``: a peak, which a
+    busy moment of a shared machine must not lower) on n x n x n."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     a @ b
     times = []
@@ -183,7 +184,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 1024, repeats: int = 7) -> float:
         start = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / statistics.median(times)
+    return 2 * n ** 3 / min(times)
 
 
 def study(model: str, optimizer: str, epochs: int, eval_train: bool) -> list[TrainConfig]:
@@ -369,9 +370,13 @@ def main() -> None:
               + "".join(f"{ratios[w]:>15.2f}x" for w in others)
               + f"{shown:>8}  {verdict:<8}{diff:.1e}")
 
+    for name in peaks:  # again after the ways: the higher of the two
+        peaks[name] = max(peaks[name], matmul_peak(DTYPES[name]))
     print("\nrates: the training GFLOP/s of each way (the epoch's forward and backward FLOPs over its "
-          "seconds) and its fraction of the matmul peak in its precision")
-    print(f"{'model':<8}{'optimizer':<11}" + "".join(f"{w:>24}" for w in WAYS))
+          "seconds) and its fraction of the matmul peak in its precision (" + ", ".join(
+              f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()) + "); the last column: the most "
+          "vectorized could be over sequential, its FLOPs at that peak and nothing else done")
+    print(f"{'model':<8}{'optimizer':<11}" + "".join(f"{w:>24}" for w in WAYS) + f"{'bound':>8}")
     for case in cases:
         flops = len(SEEDS) * len(LRS[case[1]]) * training_flops(study(*case, 1, False)[0], data)
         cells = []
@@ -380,7 +385,8 @@ def main() -> None:
             share = rate / peaks[precision_of(w)]  # > 1: the peak's kernel is not training's (fp16)
             shown = f"{100 * share:.0f} %" if share <= 1 else "peak n/a"
             cells.append(f"{rate / 1e9:.0f} GFLOP/s {shown}")
-        print(f"{case[0]:<8}{case[1]:<11}" + "".join(f"{c:>24}" for c in cells))
+        bound = statistics.median(times[case, "sequential"]) / (flops / peaks["fp32"])
+        print(f"{case[0]:<8}{case[1]:<11}" + "".join(f"{c:>24}" for c in cells) + f"{bound:>7.1f}x")
 
     if any(m in ("cnn", "usercnn") for m in args.models):
         print("\nconvolutions: each way against the plain loop (contiguous fp32); target for seed 004's CNN "

@@ -68,7 +68,8 @@ def test_a_schedules_factor_is_applied_as_a_run_applies_it():
 
 
 @pytest.mark.parametrize("optimizer_class, options", [
-    (torch.optim.Adam, {}), (torch.optim.AdamW, {"weight_decay": 0.1}), (torch.optim.RMSprop, {"momentum": 0.5})])
+    (torch.optim.Adam, {}), (torch.optim.AdamW, {"weight_decay": 0.1}),
+    (torch.optim.RMSprop, {"momentum": 0.5})])
 def test_other_optimizers_scale_the_lr_one_step_by_a_lerp(optimizer_class, options):
     update, stacked, runs, _ = stepped(optimizer_class, options)
     assert not update.direct

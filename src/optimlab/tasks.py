@@ -30,6 +30,11 @@ def cross_entropies(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return out.logsumexp(dim=-1) - out.gather(-1, y.unsqueeze(-1)).squeeze(-1)
 
 
+def _per_output(y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Class labels y (S, B) as one row per output of out (S, L, B, C): (S, L, B), a view."""
+    return y.unsqueeze(1).expand(-1, out.shape[1], -1)
+
+
 def _half_mse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 0.5 * F.mse_loss(pred, y)
 
@@ -44,6 +49,8 @@ class Task:
     vectorized engine uses them; equal to ``loss`` / ``loss_sum`` up to rounding).
     ``accuracy``: whether the task reports the fraction of samples whose largest score is the label.
     ``kind``: the kind of data it needs, ``"classification"`` (int64 labels) or ``"regression"``.
+    ``many_losses(out, y)`` (or None): the mean loss of each of many outputs at once, without vmap:
+    out (S, L, B, *output), y (S, B, *target), each seed's targets shared by its L outputs -> (S, L).
     """
 
     name: str
@@ -53,6 +60,7 @@ class Task:
     stacked_loss_sum: Loss
     accuracy: bool
     kind: str
+    many_losses: Loss | None = None
 
     @classmethod
     def from_loss(cls, loss: Loss, kind: str, name: str | None = None) -> Task:
@@ -76,7 +84,8 @@ CLASSIFICATION = Task(
     name="classification", loss=F.cross_entropy,
     loss_sum=lambda out, y: F.cross_entropy(out, y, reduction="sum"),
     stacked_loss=lambda out, y: cross_entropies(out, y).mean(),
-    stacked_loss_sum=lambda out, y: cross_entropies(out, y).sum(), accuracy=True, kind="classification")
+    stacked_loss_sum=lambda out, y: cross_entropies(out, y).sum(), accuracy=True, kind="classification",
+    many_losses=lambda out, y: cross_entropies(out, _per_output(y, out)).mean(dim=-1))
 REGRESSION = Task(
     name="regression", loss=_half_mse, loss_sum=lambda pred, y: 0.5 * F.mse_loss(pred, y, reduction="sum"),
     # by hand: F.mse_loss with a target shared by the slices mixes them up under vmap (torch 2.13)
