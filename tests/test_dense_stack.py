@@ -57,6 +57,17 @@ def test_the_plan_of_an_mlp_names_its_layers():
     assert dense_plan(DeepOBSMLP((784,), 10), (784,)) is not None  # one-dimensional inputs, no Flatten
 
 
+def repeated():
+    layer = nn.Linear(36, 36)
+    return nn.Sequential(nn.Flatten(), layer, nn.ReLU(), layer)
+
+
+def tied():
+    m = nn.Sequential(nn.Flatten(), nn.Linear(36, 36), nn.ReLU(), nn.Linear(36, 36))
+    m[3].weight = m[1].weight
+    return m
+
+
 def hooked():
     m = MLP(IMAGES, 5, hidden=8)
     m[2].register_forward_hook(lambda *_: None)
@@ -75,6 +86,8 @@ def hooked():
     (lambda: nn.Sequential(nn.Flatten(), nn.Linear(36, 5), nn.Flatten()), "flatten after a Linear"),
     (lambda: nn.Sequential(nn.ReLU()), "no Linear"),
     (hooked, "a forward hook"),
+    (repeated, "one layer applied twice"),
+    (tied, "a weight shared by two layers"),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_anything_else_goes_through_vmap(model, why):
     assert dense_plan(model(), IMAGES) is None, why

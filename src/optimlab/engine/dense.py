@@ -30,19 +30,27 @@ def dense_plan(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str
     """The layers of ``model`` (inputs of ``input_shape`` a sample) as steps of
     :func:`dense_forward`: ``("flatten", None)``, ``("linear", (weight name, bias name or None))``,
     ``("elementwise", module)``; None unless ``model`` is exactly such a network (its forward
-    ``nn.Sequential``'s, no hooks, at least one Linear, each Linear fed one-dimensional samples)."""
+    ``nn.Sequential``'s, no hooks, at least one Linear, each Linear fed one-dimensional samples, no
+    layer used twice, no parameter shared between layers)."""
     if not isinstance(model, nn.Sequential) or type(model).forward is not nn.Sequential.forward:
         return None
     if any(_hooked(m) for m in model.modules()) or _global_hooks():
         return None
+    children = list(model._modules.items())  # every entry: named_children() skips a repeated module
+    named = dict(model.named_parameters())  # a parameter shared by two layers: under its first name only
+    if len({id(m) for _, m in children}) < len(children):
+        return None
     shape, plan, linear = tuple(input_shape), [], False
-    for name, m in model.named_children():
+    for name, m in children:
+        if m is None:
+            return None
         if list(m.parameters(recurse=False)) and type(m) is not nn.Linear or list(m.buffers()):
             return None
         if type(m) is nn.Flatten and not linear and m.start_dim == 1 and m.end_dim == -1:
             shape = (math.prod(shape),)
             plan.append(("flatten", None))
-        elif type(m) is nn.Linear and shape == (m.in_features,):
+        elif type(m) is nn.Linear and shape == (m.in_features,) and named.get(f"{name}.weight") is m.weight \
+                and (m.bias is None or named.get(f"{name}.bias") is m.bias):
             plan.append(("linear", (f"{name}.weight", None if m.bias is None else f"{name}.bias")))
             shape, linear = (m.out_features,), True
         elif type(m) in ELEMENTWISE and not list(m.children()):
