@@ -33,7 +33,9 @@ the largest relative difference of a final test loss from the fp32 sequential ru
 
 The rate table: the training FLOPs of an epoch of the 15 runs (forward and backward of every step,
 counted by ``torch.utils.flop_counter`` on one step) over each way's seconds, against the peak of
-this machine's matmul in the same precision measured in the same run (one thread, 1024^3).
+this machine's matmul in the same precision measured in the same run (one thread, 1024^3, the
+fastest of 7, before and after the ways); its last column, ``bound``, is the most vectorized could be
+over sequential in fp32: the epoch's FLOPs at that peak, nothing else done.
 
 ``--compile`` adds the way ``compiled``: the sequential runs with ``compile = true``, every run's
 compilation inside its time (torch's compile cache makes the later runs' cheaper, as in a study).
