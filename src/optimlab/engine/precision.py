@@ -13,8 +13,8 @@ What to expect (``benchmarks/bench_study.py --precisions bf16 fp16``): on a CPU 
 products (AVX512-BF16 or AMX) bf16 matmuls are several times faster than fp32 ones (4.4x measured on
 1024^3, AVX512-BF16); a CPU without native fp16 arithmetic emulates fp16, several times slower than
 fp32, so fp16 is for GPUs. Runs in bf16 or fp16 are not bit-exact reproductions of their fp32 runs:
-their final test losses agree to a few 1e-3 relative on the study benchmark (3e-2 at its largest Adam
-learning rate, where a whole epoch amplifies any rounding).
+their final test losses agree to a few 1e-3 relative on the study benchmark (3e-2 to 9e-2 at its
+largest Adam learning rate, where a whole epoch amplifies any rounding).
 """
 
 from __future__ import annotations
