@@ -329,8 +329,9 @@ class _Board:
         return emit
 
     def commit(self, unit: Unit, checkpoint: bytes, results: list[dict], finished: bool) -> None:
-        keep = checkpoint and (self.final_checkpoints or not finished)
-        self.store.commit(unit.key, unit.run_ids, checkpoint if keep else None, results, finished)
+        """Write a unit's report; an empty checkpoint (a finished unit's with ``final_checkpoints =
+        false``, which every executor's ``train_unit`` leaves out) is not kept."""
+        self.store.commit(unit.key, unit.run_ids, checkpoint or None, results, finished)
         if finished:
             for run_id, config, r in zip(unit.run_ids, unit.configs, results, strict=True):
                 self.done += 1
